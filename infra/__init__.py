@@ -1,0 +1,1 @@
+"""The local stack (Redis, a Kafka-protocol broker, a CQL server), topics and CQL schema."""

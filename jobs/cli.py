@@ -1,0 +1,306 @@
+"""`signals`: run the worker, produce events, read a user's last-k, run the demo.
+
+Every address comes from settings (environment, or the local stack's env file written by
+`signals-stack up`). Bad arguments get a one-line error and the usage, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from jobs.synthetic import synthetic_events, user_ids
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+from sinks.events_producer import EventProducer
+from sinks.hot_store import RedisHotStore
+from streams.bootstrap import build_hot_store, build_worker_app
+from streams.settings import Settings
+
+PROG = "signals"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _product_type(text: str) -> EventType:
+    try:
+        event_type = EventType(text)
+    except ValueError:
+        choices = ", ".join(sorted(t.value for t in PRODUCT_EVENT_TYPES))
+        raise argparse.ArgumentTypeError(f"unknown type {text!r} (choose from {choices})") from None
+    if event_type not in PRODUCT_EVENT_TYPES:
+        raise argparse.ArgumentTypeError(f"{text} events carry no product and have no last-k")
+    return event_type
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Real-time signals pipeline: worker, producers and readers. "
+        "Addresses come from SIGNALS_* variables or the local stack's env file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run the stream worker (events topic -> Redis last-k)",
+        description="Run the Faust worker that records every event in the user's last-k.",
+    )
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    produce = commands.add_parser(
+        "produce",
+        help="send synthetic events to the events topic",
+        description="Send reproducible synthetic events (keyed by user id) to the events topic.",
+    )
+    _traffic_arguments(produce)
+    produce.add_argument("--count", type=_positive_int, help="stop after this many events")
+
+    last_k = commands.add_parser(
+        "last-k",
+        help="print a user's most recent interactions",
+        description="Print a user's last-k interactions per type, newest first, from Redis.",
+    )
+    last_k.add_argument("user_id", help="for example u000001")
+    last_k.add_argument(
+        "--type",
+        dest="types",
+        type=_product_type,
+        action="append",
+        help="only this type (repeatable); default: every type",
+    )
+    last_k.add_argument("-k", type=_positive_int, default=10, help="how many per type (default 10)")
+
+    demo = commands.add_parser(
+        "demo",
+        help="worker + synthetic traffic + live rate + a user's last-k",
+        description="Start a worker, send synthetic traffic for a while, show the rate at which "
+        "events land in Redis, then print one user's last-k. Needs the stack (signals-stack up).",
+    )
+    _traffic_arguments(demo, default_seconds=20.0, default_rate=2000.0)
+    return parser
+
+
+def _traffic_arguments(
+    parser: argparse.ArgumentParser,
+    default_seconds: float | None = None,
+    default_rate: float = 1000.0,
+) -> None:
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=default_rate,
+        help=f"events per second (default {default_rate:g})",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=default_seconds,
+        help="how long to send" + (f" (default {default_seconds:g})" if default_seconds else ""),
+    )
+    parser.add_argument(
+        "--users", type=_positive_int, default=1000, help="distinct users (default 1000)"
+    )
+    parser.add_argument(
+        "--products", type=_positive_int, default=5000, help="catalog size (default 5000)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="same seed, same events (default 7)")
+
+
+def _paced(
+    events: Iterator[Event], rate: float, seconds: float | None, count: int | None
+) -> Iterator[Event]:
+    started = time.monotonic()
+    for sent, event in enumerate(events):
+        if count is not None and sent >= count:
+            return
+        elapsed = time.monotonic() - started
+        if seconds is not None and elapsed >= seconds:
+            return
+        ahead = sent / rate - elapsed
+        if ahead > 0:
+            time.sleep(ahead)
+        yield event
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    if args.count is None and args.seconds is None:
+        args.count = 1000
+    events = synthetic_events(
+        users=args.users,
+        products=args.products,
+        seed=args.seed,
+        start_ms=_wall_ms(),
+        clock_ms=_wall_ms,
+    )
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for event in _paced(events, args.rate, args.seconds, args.count):
+            producer.send(event)
+    print(
+        f"sent {producer.delivered} events to {settings.events_topic} "
+        f"({producer.failed} failed) at {settings.kafka_bootstrap}"
+    )
+    return 0 if producer.failed == 0 else 1
+
+
+def cmd_last_k(args: argparse.Namespace, settings: Settings) -> int:
+    types = args.types or sorted(PRODUCT_EVENT_TYPES, key=list(EventType).index)
+
+    async def read() -> dict[EventType, list[tuple[str, int]]]:
+        store = build_hot_store(settings)
+        try:
+            return {t: await store.last_k(args.user_id, t, args.k) for t in types}
+        finally:
+            await store.close()
+
+    rows = asyncio.run(read())
+    print(f"last-k for user {args.user_id} (newest first)")
+    for event_type, items in rows.items():
+        shown = ", ".join(f"{product}@{_clock(ms)}" for product, ms in items) or "-"
+        print(f"  {event_type.value:<16} {len(items):>3}  {shown}")
+    return 0
+
+
+def _clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust  # noqa: PLC0415  (heavy import, only the worker needs it)
+
+    app = build_worker_app(settings)
+    worker = faust.Worker(app, loglevel=args.loglevel)
+    worker.execute_from_commandline()  # exits the process when the worker stops
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    log_path = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs" / "demo-worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    store = build_hot_store(settings)
+    loop = asyncio.new_event_loop()
+    applied_before = loop.run_until_complete(store.applied_count())
+    print(f"starting worker (log: {log_path})")
+    with log_path.open("ab") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "warning"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        events = synthetic_events(
+            users=args.users,
+            products=args.products,
+            seed=args.seed,
+            start_ms=_wall_ms(),
+            clock_ms=_wall_ms,
+        )
+        print(f"sending ~{args.rate:g} events/s for {args.seconds:g}s to {settings.events_topic}")
+        with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+            last_report = started = time.monotonic()
+            last_applied = applied_before
+            for event in _paced(events, args.rate, args.seconds, None):
+                producer.send(event)
+                now = time.monotonic()
+                if now - last_report >= 2.0:
+                    applied = loop.run_until_complete(store.applied_count())
+                    rate = (applied - last_applied) / (now - last_report)
+                    print(
+                        f"  t={now - started:5.1f}s  produced {producer.delivered:>8}  "
+                        f"in Redis {applied - applied_before:>8}  ({rate:,.0f} interactions/s)"
+                    )
+                    last_report, last_applied = now, applied
+        _wait_for_drain(loop, store, applied_before, worker)
+        user = user_ids(args.users)[0]
+        print()
+        return cmd_last_k(argparse.Namespace(user_id=user, types=None, k=5), settings)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        loop.run_until_complete(store.close())
+        loop.close()
+
+
+def _wait_for_drain(
+    loop: asyncio.AbstractEventLoop,
+    store: RedisHotStore,
+    before: int,
+    worker: subprocess.Popen[bytes],
+) -> None:
+    """Give the worker a moment to apply the tail of the traffic, reporting the total."""
+    previous, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 2.0:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with code {worker.returncode}; see its log")
+        applied = loop.run_until_complete(store.applied_count()) - before
+        if applied != previous:
+            previous, stable_since = applied, time.monotonic()
+        time.sleep(0.25)
+    print(f"done: {previous} interactions in Redis")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load()
+        handler = {
+            "worker": cmd_worker,
+            "produce": cmd_produce,
+            "last-k": cmd_last_k,
+            "demo": cmd_demo,
+        }[args.command]
+        return handler(args, settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        print(
+            f"{PROG}: error: bad setting SIGNALS_{field.upper()}: {first['msg']}", file=sys.stderr
+        )
+    except (KafkaException, RedisError, OSError, RuntimeError) as exc:
+        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Event contracts: what producers send and what every consumer may rely on."""

@@ -1,0 +1,101 @@
+"""The event model shared by producers, the stream workers and the offline jobs.
+
+Pure: no Kafka, Redis or Avro here. The wire encoding lives in `schemas.codec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class EventType(StrEnum):
+    """Every interaction a shopper can produce. Values are the wire names."""
+
+    APP_OPEN = "app_open"
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    WISHLIST = "wishlist"
+    ORDER = "order"
+
+
+#: Types that point at a product and therefore belong in a user's last-k.
+PRODUCT_EVENT_TYPES: frozenset[EventType] = frozenset(EventType) - {EventType.APP_OPEN}
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract. `field` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One shopper interaction. `event_time_ms` is when it happened on the device (ms epoch)."""
+
+    event_id: str
+    user_id: str
+    event_type: EventType
+    event_time_ms: int
+    product_id: str | None = None
+    category_id: str | None = None
+    price_paise: int | None = None
+    feed_position: int | None = None
+    platform: str = "android"
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["event_type"] = self.event_type.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        """Build an event from a decoded mapping, naming the first bad field on error."""
+        if not isinstance(data, dict):
+            raise InvalidEvent("event", f"expected an object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidEvent(unknown[0], "unknown field")
+        for required in ("event_id", "user_id", "event_type", "event_time_ms"):
+            if required not in data:
+                raise InvalidEvent(required, "missing")
+        raw_type = data["event_type"]
+        try:
+            event_type = EventType(raw_type)
+        except ValueError:
+            raise InvalidEvent("event_type", f"unknown type {raw_type!r}") from None
+        return cls(**{**data, "event_type": event_type})
+
+
+def validate(event: Event) -> None:
+    """Reject events no consumer could use. Raises InvalidEvent naming the field."""
+    for name in ("event_id", "user_id"):
+        value = getattr(event, name)
+        if not isinstance(value, str) or not value:
+            raise InvalidEvent(name, "must be a non-empty string")
+    if not isinstance(event.event_type, EventType):
+        raise InvalidEvent("event_type", f"unknown type {event.event_type!r}")
+    if isinstance(event.event_time_ms, bool) or not isinstance(event.event_time_ms, int):
+        raise InvalidEvent("event_time_ms", "must be an integer (ms since epoch)")
+    if event.event_time_ms <= 0:
+        raise InvalidEvent("event_time_ms", "must be positive")
+    if event.event_type in PRODUCT_EVENT_TYPES and not event.product_id:
+        raise InvalidEvent("product_id", f"required for {event.event_type.value} events")
+    for name in ("price_paise", "feed_position"):
+        value = getattr(event, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidEvent(name, "must be an integer")
+        if value is not None and value < 0:
+            raise InvalidEvent(name, "must not be negative")

@@ -1,0 +1,1 @@
+"""Adapters to the stores the stream writes: Redis (hot tier) and CQL (cold tier)."""

@@ -1,0 +1,1 @@
+"""Stream processing: the Faust app, its agents, and the pure logic they run."""

@@ -1,0 +1,66 @@
+"""Last-k interactions per user and type: the hot-tier key layout and the write plan.
+
+The layout is a public contract (the feed service and other languages read it directly):
+
+    <prefix>:{<user_id>}:<event_type>   sorted set, member = product id, score = event time (ms)
+
+The `{user_id}` hash tag keeps all of a user's keys on one Redis Cluster slot, so one
+user's writes can share a pipeline or a Lua script even on a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """What the hot tier keeps of an event: who, what kind, which product, when."""
+
+    user_id: str
+    event_type: EventType
+    product_id: str
+    event_time_ms: int
+
+
+def hot_key(prefix: str, user_id: str, event_type: EventType | str) -> str:
+    return f"{prefix}:{{{user_id}}}:{EventType(event_type).value}"
+
+
+def interaction_of(event: Event) -> Interaction | None:
+    """The hot-tier view of an event, or None for events without a product (app-open)."""
+    if event.event_type not in PRODUCT_EVENT_TYPES or event.product_id is None:
+        return None
+    return Interaction(event.user_id, event.event_type, event.product_id, event.event_time_ms)
+
+
+@dataclass(slots=True)
+class KeyWrite:
+    """Everything one batch does to one sorted set: add members, then keep the newest k."""
+
+    key: str
+    keep: int
+    members: dict[str, int] = field(default_factory=dict)
+
+
+def plan_writes(
+    interactions: Iterable[Interaction], prefix: str, last_k: Mapping[EventType, int]
+) -> list[KeyWrite]:
+    """Group a batch into one write per sorted set.
+
+    Within a batch the newest time per product wins, which is what `ZADD GT` does across
+    batches, so replaying or reordering events never moves a product back in time.
+    """
+    writes: dict[str, KeyWrite] = {}
+    for item in interactions:
+        key = hot_key(prefix, item.user_id, item.event_type)
+        write = writes.get(key)
+        if write is None:
+            write = writes[key] = KeyWrite(key=key, keep=last_k[item.event_type])
+        previous = write.members.get(item.product_id)
+        if previous is None or item.event_time_ms > previous:
+            write.members[item.product_id] = item.event_time_ms
+    return list(writes.values())

@@ -1,0 +1,125 @@
+"""Shared fixtures.
+
+Unit tests need nothing. Tests marked `stack` talk to the real local services; the
+session fixture `stack` brings the stack up (idempotent: it reuses a running one) and
+fails loudly, never skips, when a service cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/stack/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    """The local stack is up and its env file written, or the test fails with the reason."""
+    from infra.services import StackError  # noqa: PLC0415
+    from infra.stack import load_config, up  # noqa: PLC0415
+
+    try:
+        up(load_config(), say=lambda _line: None)
+    except StackError as exc:
+        pytest.fail(f"the local stack could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def isolated_env(stack: None) -> dict[str, str]:
+    """SIGNALS_* variables giving this test its own topic, consumer group and Redis keys."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "SIGNALS_EVENTS_TOPIC": f"test.events.{tag}",
+        "SIGNALS_EVENTS_PARTITIONS": "4",
+        "SIGNALS_APP_ID": f"test-{tag}",
+        "SIGNALS_REDIS_KEY_PREFIX": f"t{tag}",
+        "SIGNALS_CQL_KEYSPACE": f"test_{tag}",
+    }
+
+
+@pytest.fixture
+def isolated_settings(isolated_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in isolated_env.items():
+        monkeypatch.setenv(key, value)
+    return Settings.load()
+
+
+@pytest.fixture
+def provisioned(isolated_settings: Settings) -> Settings:
+    """Isolated settings whose topics exist on the broker."""
+    from infra.topics import apply_topics  # noqa: PLC0415
+
+    apply_topics(isolated_settings)
+    return isolated_settings
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Callable[..., object]:
+    """Start `signals worker` as a subprocess with the test's environment."""
+
+    @contextmanager
+    def run(extra_env: dict[str, str]) -> Iterator[WorkerHandle]:
+        log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+        env = {**os.environ, **extra_env}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "info"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        handle = WorkerHandle(process, log)
+        try:
+            yield handle
+        finally:
+            handle.stop()
+
+    return run
+
+
+class WorkerHandle:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_for(
+    check: Callable[[], bool], timeout_s: float, what: str, on_fail: Callable[[], str] = str
+) -> None:
+    """Poll until `check()` holds; fail with `what` and extra context otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{on_fail()}")

@@ -1,0 +1,86 @@
+"""Bad arguments get one line and the usage, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run(*args: str, module: str = "jobs.cli") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["produce", "--rate", "-5"], "must be > 0"),
+        (["produce", "--count", "many"], "expected a whole number"),
+        (["last-k", "u1", "--type", "app_open"], "carry no product"),
+        (["last-k", "u1", "--type", "like"], "unknown type 'like'"),
+        (["last-k"], "required: user_id"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: signals")
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+def test_help_explains_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("worker", "produce", "last-k", "demo"):
+        assert command in result.stdout
+
+
+def test_unreachable_redis_is_one_line_not_a_traceback(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "last-k", "u1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "SIGNALS_STATE_DIR": str(tmp_path),
+            "SIGNALS_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("signals: error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stack_cli_rejects_a_bad_port_in_one_line(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.stack", "status"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "SIGNALS_STATE_DIR": str(tmp_path),
+            "SIGNALS_STACK_REDIS_PORT": "http",
+        },
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "signals-stack: error: SIGNALS_STACK_REDIS_PORT must be a whole number, got 'http'"
+    )

@@ -1,0 +1,67 @@
+import pytest
+
+from schemas.codec import decode_event, encode_event
+from schemas.events import Event, EventType, InvalidEvent
+
+
+def view(**overrides: object) -> Event:
+    fields = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "event_type": EventType.VIEW,
+        "event_time_ms": 1_700_000_000_000,
+        "product_id": "p1",
+    }
+    return Event(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def test_round_trip_through_the_wire_encoding() -> None:
+    event = view(category_id="c1", price_paise=19900, feed_position=3, language="hi")
+    assert decode_event(encode_event(event)) == event
+
+
+def test_app_open_needs_no_product() -> None:
+    event = Event("e2", "u1", EventType.APP_OPEN, 1_700_000_000_000)
+    assert decode_event(encode_event(event)).product_id is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"user_id": ""}, "user_id"),
+        ({"event_id": ""}, "event_id"),
+        ({"event_time_ms": 0}, "event_time_ms"),
+        ({"event_time_ms": "soon"}, "event_time_ms"),
+        ({"event_time_ms": True}, "event_time_ms"),
+        ({"product_id": None}, "product_id"),
+        ({"price_paise": -1}, "price_paise"),
+        ({"feed_position": 1.5}, "feed_position"),
+    ],
+)
+def test_invalid_events_name_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        view(**overrides)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"\x00\x01garbage", "payload"),
+        (b"[1, 2]", "event"),
+        (b'{"event_id": "e", "user_id": "u", "event_time_ms": 1}', "event_type"),
+        (
+            b'{"event_id": "e", "user_id": "u", "event_type": "like", "event_time_ms": 1}',
+            "event_type",
+        ),
+        (
+            b'{"event_id": "e", "user_id": "u", "event_type": "view", "event_time_ms": 1, '
+            b'"product_id": "p", "colour": "red"}',
+            "colour",
+        ),
+    ],
+)
+def test_undecodable_payloads_name_the_problem(payload: bytes, field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(payload)
+    assert info.value.field == field

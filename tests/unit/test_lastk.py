@@ -1,0 +1,37 @@
+from schemas.events import Event, EventType
+from streams.logic.lastk import Interaction, hot_key, interaction_of, plan_writes
+
+K = {t: 3 for t in EventType if t is not EventType.APP_OPEN}
+
+
+def test_key_layout_keeps_a_user_on_one_cluster_slot() -> None:
+    assert hot_key("ix", "u42", EventType.ADD_TO_CART) == "ix:{u42}:add_to_cart"
+    assert hot_key("ix", "u42", "view") == "ix:{u42}:view"
+
+
+def test_app_open_is_not_an_interaction() -> None:
+    assert interaction_of(Event("e", "u", EventType.APP_OPEN, 5)) is None
+    assert interaction_of(Event("e", "u", EventType.CLICK, 5, product_id="p")) == Interaction(
+        "u", EventType.CLICK, "p", 5
+    )
+
+
+def test_plan_groups_a_batch_into_one_write_per_set_keeping_the_newest_time() -> None:
+    batch = [
+        Interaction("u1", EventType.VIEW, "p1", 10),
+        Interaction("u1", EventType.VIEW, "p1", 30),
+        Interaction("u1", EventType.VIEW, "p1", 20),  # late: must not move p1 back to 20
+        Interaction("u1", EventType.CLICK, "p1", 31),
+        Interaction("u2", EventType.VIEW, "p9", 5),
+    ]
+    writes = {w.key: w for w in plan_writes(batch, "ix", K)}
+    assert set(writes) == {"ix:{u1}:view", "ix:{u1}:click", "ix:{u2}:view"}
+    assert writes["ix:{u1}:view"].members == {"p1": 30}
+    assert writes["ix:{u1}:view"].keep == 3
+
+
+def test_plan_is_the_same_whatever_the_order_of_the_batch() -> None:
+    batch = [Interaction("u1", EventType.VIEW, f"p{i % 4}", i) for i in range(20)]
+    forward = plan_writes(batch, "ix", K)
+    backward = plan_writes(list(reversed(batch)), "ix", K)
+    assert [(w.key, w.members) for w in forward] == [(w.key, w.members) for w in backward]

@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.process import ManagedProcess, port_free
+
+
+def managed(tmp_path: Path, marker: str) -> ManagedProcess:
+    return ManagedProcess("sleeper", tmp_path / "p.pid", tmp_path / "p.log", marker=marker)
+
+
+def test_start_find_and_stop_by_pid(tmp_path: Path) -> None:
+    proc = managed(tmp_path, marker="import time; time.sleep(600)")
+    pid = proc.start([sys.executable, "-c", "import time; time.sleep(600)"])
+    assert proc.pid() == pid
+    assert proc.stop(timeout_s=5)
+    assert proc.pid() is None
+    assert not proc.pid_file.exists()
+    assert not Path(f"/proc/{pid}").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_a_recycled_pid_is_not_ours(tmp_path: Path) -> None:
+    proc = managed(tmp_path, marker="a marker no process has")
+    proc.pid_file.write_text(f"{os.getpid()}\n")  # alive, but not our service
+    assert proc.pid() is None
+    assert not proc.stop()
+    assert not proc.pid_file.exists()
+
+
+def test_port_free_sees_a_listener() -> None:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+            "print(s.getsockname()[1], flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        assert not port_free(port)
+    finally:
+        server.kill()
+        server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
