@@ -88,14 +88,29 @@ class ManagedProcess:
         return " | ".join(line.strip() for line in text[-lines:])
 
 
+def is_running(pid: int) -> bool:
+    """True for a live process; a zombie (dead, waiting to be reaped) is not running."""
+    return _cmdline(pid) is not None
+
+
 def _cmdline(pid: int) -> str | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    if not raw:  # zombie
-        return None
-    return raw.replace(b"\0", b" ").decode(errors="replace")
+    """The command line of a live process, None if it is gone or a zombie.
+
+    Right after fork/exec the kernel can briefly report an empty command line for a live
+    process, so an empty answer is re-read for a moment before it counts as a zombie.
+    """
+    for _ in range(50):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if state in ("Z", "X"):
+            return None
+        if raw:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.01)
+    return ""
 
 
 def _alive(pid: int) -> bool:

@@ -14,7 +14,12 @@ from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,21 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 async def until_applied(
-    call: Callable[[], Awaitable[T]], *, initial_s: float = 0.1, max_s: float = 10.0
+    call: Callable[[], Awaitable[T]],
+    *,
+    give_up: Callable[[], bool] = lambda: False,
+    initial_s: float = 0.1,
+    max_s: float = 10.0,
 ) -> T:
-    """Run `call` until it succeeds; transient errors are retried, anything else raises."""
+    """Run `call` until it succeeds; transient errors are retried, anything else raises.
+
+    `give_up` turns true when the worker is stopping: the last error is then raised, so
+    the batch is left unapplied (and uncommitted) instead of blocking shutdown forever.
+    """
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT_ERRORS),
         wait=wait_exponential_jitter(initial=initial_s, max=max_s),
+        stop=lambda _state: give_up(),
         before_sleep=_log_retry,
         reraise=True,
     )

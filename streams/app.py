@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -49,6 +50,7 @@ def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
         web_enabled=False,
         autodiscover=False,
         store="memory://",
+        datadir=str(settings.faust_datadir),
     )
     events_topic = app.topic(
         settings.events_topic,
@@ -59,6 +61,10 @@ def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
     counters = IngestCounters()
     app.ingest_counters = counters  # type: ignore[attr-defined]
 
+    def stopping() -> bool:
+        """A worker asked to stop must not retry a down store forever."""
+        return bool(app.should_stop)
+
     @app.agent(events_topic, name=RECORD_AGENT)
     async def record_interactions(stream: faust.StreamT[bytes]) -> None:
         """Decode each batch, then apply it to the hot tier in one round trip."""
@@ -66,29 +72,46 @@ def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
             settings.batch_max, within=settings.batch_within_s
         )
         async for batch in batches:
-            interactions: list[Interaction] = []
-            for event in batch:
-                counters.events += 1
-                try:
-                    decoded = decode_event(event.message.value)
-                except InvalidEvent as exc:
-                    counters.invalid += 1
-                    counters.invalid_reasons[exc.field] = (
-                        counters.invalid_reasons.get(exc.field, 0) + 1
+            try:
+                interactions = [i for i in map(decode, batch) if i is not None]
+                if interactions:
+                    await until_applied(
+                        functools.partial(hot_store.record, interactions), give_up=stopping
                     )
-                    log.warning(
-                        "skipping invalid event at %s[%d]@%d: %s",
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                        exc,
-                    )
-                    continue
-                interaction = interaction_of(decoded)
-                if interaction is not None:
-                    interactions.append(interaction)
-            if interactions:
-                await until_applied(functools.partial(hot_store.record, interactions))
-                counters.applied += len(interactions)
+                    counters.applied += len(interactions)
+            except BaseException:
+                withhold(batch)
+                raise
+
+    def decode(event: faust.EventT[bytes]) -> Interaction | None:
+        counters.events += 1
+        message = event.message
+        try:
+            decoded = decode_event(message.value)
+        except InvalidEvent as exc:
+            counters.invalid += 1
+            counters.invalid_reasons[exc.field] = counters.invalid_reasons.get(exc.field, 0) + 1
+            log.warning(
+                "skipping invalid event at %s[%d]@%d: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                exc,
+            )
+            return None
+        return interaction_of(decoded)
 
     return app
+
+
+def withhold(batch: Sequence[faust.EventT[bytes]]) -> None:
+    """Make sure Faust never commits the offsets of a batch that was not applied.
+
+    `take_events` acks its batch when the generator is closed, even when the body was
+    cancelled (worker stopping while a store is down). Marking the messages as already
+    acked turns that late ack into a no-op, so their offsets never reach the consumer's
+    acked list, the commit stops before them, and the next owner of the partition
+    re-reads them. Writes are idempotent, so re-reading is safe; skipping is not.
+    """
+    for event in batch:
+        event.message.acked = True

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     app_id: str = Field("feedsignals", description="Faust app id = consumer group id")
     batch_max: int = Field(500, ge=1, description="events applied per Redis round trip at most")
     batch_within_s: float = Field(0.02, gt=0, description="longest wait to fill a batch")
+    faust_datadir: Path = Field(
+        default_factory=lambda: state_dir() / "faust", description="Faust's local data folder"
+    )
 
     # Redis hot tier
     redis_url: str = "redis://127.0.0.1:6379/0"

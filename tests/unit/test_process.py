@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.process import ManagedProcess, port_free
+from infra.process import ManagedProcess, is_running, port_free
 
 
 def managed(tmp_path: Path, marker: str) -> ManagedProcess:
@@ -17,7 +17,7 @@ def test_start_find_and_stop_by_pid(tmp_path: Path) -> None:
     assert proc.stop(timeout_s=5)
     assert proc.pid() is None
     assert not proc.pid_file.exists()
-    assert not Path(f"/proc/{pid}").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not is_running(pid)
 
 
 def test_a_recycled_pid_is_not_ours(tmp_path: Path) -> None:

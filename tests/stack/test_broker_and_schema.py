@@ -1,0 +1,51 @@
+"""The topic spec and the CQL migrations against the real local broker and CQL server."""
+
+from __future__ import annotations
+
+from confluent_kafka.admin import AdminClient
+
+from infra.migrate import apply_migrations, migrations
+from infra.topics import apply_topics, declared_topics
+from sinks.cql import connect, driver_name
+from streams.settings import Settings
+
+
+def test_topic_spec_is_applied_once_and_visible_to_a_kafka_client(
+    isolated_settings: Settings,
+) -> None:
+    first = apply_topics(isolated_settings)
+    second = apply_topics(isolated_settings)
+    assert {r.outcome for r in first} == {"created"}
+    assert {r.outcome for r in second} == {"exists"}
+    metadata = AdminClient({"bootstrap.servers": isolated_settings.kafka_bootstrap}).list_topics(
+        timeout=10
+    )
+    for spec in declared_topics(isolated_settings):
+        assert len(metadata.topics[spec.name].partitions) == spec.partitions
+
+
+def test_migrations_are_idempotent_on_the_cql_server(isolated_settings: Settings) -> None:
+    cluster, session = connect(isolated_settings)
+    try:
+        assert apply_migrations(session, isolated_settings) == [m.version for m in migrations()]
+        assert apply_migrations(session, isolated_settings) == []
+        session.execute(
+            "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            ("u1", "view", 20000, 1_728_000_000_000, "p1"),
+        )
+        rows = list(
+            session.execute(
+                "SELECT product_id FROM interactions_by_user "
+                "WHERE user_id=%s AND event_type=%s AND day=%s",
+                ("u1", "view", 20000),
+            )
+        )
+        assert [r.product_id for r in rows] == ["p1"]
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {isolated_settings.cql_keyspace}")
+        cluster.shutdown()
+
+
+def test_local_stack_uses_the_driver_that_can_reach_cassandra_21() -> None:
+    assert driver_name() == "cassandra-driver"

@@ -1,0 +1,119 @@
+"""Events reach Redis through a real `signals worker` on the real local broker."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+from collections.abc import Callable
+
+import redis
+from confluent_kafka import Producer
+
+from jobs.synthetic import synthetic_events
+from schemas.codec import encode_event
+from schemas.events import Event, EventType
+from sinks.events_producer import EventProducer
+from streams.logic.lastk import hot_key, interaction_of
+from streams.settings import Settings
+from tests.conftest import wait_for
+
+
+def expected_last_k(
+    events: list[Event], settings: Settings
+) -> dict[str, list[tuple[bytes, float]]]:
+    """The reference answer: per key, newest time per product, newest first, cut to k."""
+    newest: dict[str, dict[str, int]] = {}
+    for event in events:
+        item = interaction_of(event)
+        if item is None:
+            continue
+        key = hot_key(settings.redis_key_prefix, item.user_id, item.event_type)
+        products = newest.setdefault(key, {})
+        products[item.product_id] = max(products.get(item.product_id, 0), item.event_time_ms)
+    return {
+        key: [(p.encode(), float(t)) for p, t in sorted(items.items(), key=lambda pt: -pt[1])][
+            : settings.last_k[EventType(key.rsplit(":", 1)[1])]
+        ]
+        for key, items in newest.items()
+    }
+
+
+def redis_state(settings: Settings, keys: list[str]) -> dict[str, list[tuple[bytes, float]]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return {key: client.zrevrange(key, 0, -1, withscores=True) for key in keys}
+    finally:
+        client.close()
+
+
+def test_events_from_our_producer_land_in_redis_as_last_k(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    events = list(
+        itertools.islice(
+            synthetic_events(users=20, products=300, seed=11, start_ms=1_760_000_000_000), 3000
+        )
+    )
+    # Synthetic events have distinct times, so the newest-first order has no ties.
+    expected = expected_last_k(events, provisioned)
+    with worker(isolated_env) as running:
+        with EventProducer(provisioned.kafka_bootstrap, provisioned.events_topic) as producer:
+            for event in events:
+                producer.send(event)
+        assert producer.delivered == len(events)
+        wait_for(
+            lambda: redis_state(provisioned, list(expected)) == expected,
+            timeout_s=90,
+            what="the worker to apply every event to Redis",
+            on_fail=lambda: running.log_text()[-3000:],
+        )
+
+
+def test_an_event_from_kcat_reaches_redis(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    assert shutil.which("kcat"), "kcat is installed by ./dev setup (apt-get install kcat)"
+    event = Event("kcat-1", "u-kcat", EventType.WISHLIST, 1_760_000_000_123, product_id="p-kcat")
+    key = hot_key(provisioned.redis_key_prefix, "u-kcat", EventType.WISHLIST)
+    with worker(isolated_env) as running:
+        subprocess.run(
+            [
+                "kcat",
+                "-P",
+                "-b",
+                provisioned.kafka_bootstrap,
+                "-t",
+                provisioned.events_topic,
+                "-k",
+                "u-kcat",
+            ],
+            input=encode_event(event),
+            check=True,
+            timeout=30,
+        )
+        wait_for(
+            lambda: redis_state(provisioned, [key])[key] == [(b"p-kcat", 1_760_000_000_123.0)],
+            timeout_s=90,
+            what="the kcat event in Redis",
+            on_fail=lambda: running.log_text()[-3000:],
+        )
+
+
+def test_an_invalid_event_is_skipped_and_the_worker_keeps_going(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    good = Event("ok-1", "u-ok", EventType.CLICK, 1_760_000_000_000, product_id="p1")
+    key = hot_key(provisioned.redis_key_prefix, "u-ok", EventType.CLICK)
+    producer = Producer({"bootstrap.servers": provisioned.kafka_bootstrap})
+    producer.produce(provisioned.events_topic, key=b"u-ok", value=b"{not json")
+    producer.produce(provisioned.events_topic, key=b"u-ok", value=encode_event(good))
+    assert producer.flush(10) == 0
+    with worker(isolated_env) as running:
+        wait_for(
+            lambda: redis_state(provisioned, [key])[key] == [(b"p1", 1_760_000_000_000.0)],
+            timeout_s=90,
+            what="the valid event after an invalid one",
+            on_fail=lambda: running.log_text()[-3000:],
+        )
+        assert "skipping invalid event" in running.log_text()

@@ -1,0 +1,131 @@
+"""`signals-stack up` twice is a no-op, `down` leaves nothing running, and a taken port is
+one clear line with nothing half-started. Runs a second, private stack on its own ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.process import is_running
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def private_stack_env(stack: None) -> Iterator[dict[str, str]]:
+    # A short path: the broker's control socket must fit in a Unix socket address.
+    state = Path(tempfile.mkdtemp(prefix="stk", dir="/tmp"))
+    shared_vendor = Path(os.environ.get("SIGNALS_STATE_DIR", ROOT / ".state")).resolve() / "vendor"
+    (state / "vendor").symlink_to(shared_vendor)  # reuse the Cassandra the main stack fetched
+    env = {
+        **os.environ,
+        "SIGNALS_STATE_DIR": str(state),
+        "SIGNALS_STACK_REDIS_PORT": str(free_port()),
+        "SIGNALS_STACK_CQL_PORT": str(free_port()),
+        "SIGNALS_STACK_CQL_STORAGE_PORT": str(free_port()),
+        "SIGNALS_STACK_CASSANDRA_HEAP": "384m",
+    }
+    # Real variables win over the env file, so drop the main stack's addresses.
+    for key in [
+        k
+        for k in env
+        if k.startswith("SIGNALS_") and not k.startswith(("SIGNALS_STACK", "SIGNALS_STATE"))
+    ]:
+        del env[key]
+    yield env
+    subprocess.run(
+        [sys.executable, "-m", "infra.stack", "down"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def stack_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.stack", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def pids(state: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+
+
+def test_up_twice_is_a_no_op_and_down_leaves_no_process(private_stack_env: dict[str, str]) -> None:
+    state = Path(private_stack_env["SIGNALS_STATE_DIR"])
+    first = stack_cli(private_stack_env, "up")
+    assert first.returncode == 0, first.stderr
+    started = pids(state)
+    assert set(started) == {"redis", "kafka", "cassandra"}
+    env_file = (state / "stack.env").read_text()
+
+    second = stack_cli(private_stack_env, "up")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already up") == 3
+    assert "created" not in second.stdout and "applied" not in second.stdout
+    assert pids(state) == started
+    assert (state / "stack.env").read_text() == env_file
+
+    assert stack_cli(private_stack_env, "status").returncode == 0
+    down = stack_cli(private_stack_env, "down")
+    assert down.returncode == 0, down.stderr
+    for pid in started.values():
+        assert not is_running(pid), f"pid {pid} still running after down"
+    assert stack_cli(private_stack_env, "status").returncode == 1
+    assert not (state / "stack.env").exists()
+
+
+def test_a_taken_port_is_one_clear_line_and_nothing_starts(
+    private_stack_env: dict[str, str],
+) -> None:
+    state = Path(private_stack_env["SIGNALS_STATE_DIR"])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = stack_cli({**private_stack_env, "SIGNALS_STACK_REDIS_PORT": str(port)}, "up")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"signals-stack: error: redis: port 127.0.0.1:{port} is already in use by another process "
+        "(set SIGNALS_STACK_REDIS_PORT to use another)"
+    )
+    assert pids(state) == {}
+
+
+def test_missing_java_is_reported_before_anything_starts(
+    private_stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    state = Path(private_stack_env["SIGNALS_STATE_DIR"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("redis-server", "npm"):
+        found = subprocess.run(
+            ["which", tool], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    result = stack_cli({**private_stack_env, "PATH": str(bin_dir)}, "up")
+    assert result.returncode == 1
+    assert "signals-stack: error: cassandra: java not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert pids(state) == {}
