@@ -32,20 +32,19 @@ PROG = "signals"
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return int(_positive(text, int, "a whole number"))
 
 
 def _positive_float(text: str) -> float:
+    return _positive(text, float, "a number")
+
+
+def _positive(text: str, kind: type[int] | type[float], described: str) -> float:
+    """Parse a strictly positive number for argparse, with a one-line reason on failure."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {described}, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value

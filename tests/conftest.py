@@ -8,6 +8,7 @@ fails loudly, never skips, when a service cannot start.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,10 @@ def wait_for(
             return
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{on_fail()}")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -3,7 +3,6 @@ resumes by itself when the store returns."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,13 +15,7 @@ from schemas.events import Event, EventType
 from sinks.events_producer import EventProducer
 from streams.logic.lastk import hot_key
 from streams.settings import Settings
-from tests.conftest import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import free_port, wait_for
 
 
 class PrivateRedis:

@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.process import is_running
-from tests.conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ROOT, free_port
 
 
 @pytest.fixture

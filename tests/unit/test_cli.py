@@ -8,7 +8,9 @@ import pytest
 from tests.conftest import ROOT
 
 
-def run(*args: str, module: str = "jobs.cli") -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, module: str = "jobs.cli", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -16,6 +18,7 @@ def run(*args: str, module: str = "jobs.cli") -> subprocess.CompletedProcess[str
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
 
 
@@ -46,20 +49,12 @@ def test_help_explains_every_command() -> None:
         assert command in result.stdout
 
 
+def bare_env(tmp_path, **variables: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "SIGNALS_STATE_DIR": str(tmp_path), **variables}
+
+
 def test_unreachable_redis_is_one_line_not_a_traceback(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "last-k", "u1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "SIGNALS_STATE_DIR": str(tmp_path),
-            "SIGNALS_REDIS_URL": "redis://127.0.0.1:1/0",
-        },
-    )
+    result = run("last-k", "u1", env=bare_env(tmp_path, SIGNALS_REDIS_URL="redis://127.0.0.1:1/0"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("signals: error:")
@@ -67,18 +62,8 @@ def test_unreachable_redis_is_one_line_not_a_traceback(tmp_path) -> None:
 
 
 def test_stack_cli_rejects_a_bad_port_in_one_line(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.stack", "status"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "SIGNALS_STATE_DIR": str(tmp_path),
-            "SIGNALS_STACK_REDIS_PORT": "http",
-        },
+    result = run(
+        "status", module="infra.stack", env=bare_env(tmp_path, SIGNALS_STACK_REDIS_PORT="http")
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
