@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     app_id: str = Field("feedsignals", description="Faust app id = consumer group id")
     batch_max: int = Field(500, ge=1, description="events applied per Redis round trip at most")
     batch_within_s: float = Field(0.02, gt=0, description="longest wait to fill a batch")
+    stream_buffer_maxsize: int = Field(
+        65536, ge=1, description="events Faust buffers per partition before pausing the fetch"
+    )
+    max_poll_records: int = Field(10000, ge=1, description="records per consumer poll at most")
     faust_datadir: Path = Field(
         default_factory=lambda: state_dir() / "faust", description="Faust's local data folder"
     )
