@@ -1,27 +1,20 @@
-"""Wire encoding of events.
+"""Wire encoding of events: Avro with Confluent framing (see `schemas.wire`).
 
-The walking skeleton uses JSON (UTF-8, one object per message). The Avro contract with
-Confluent framing replaces it in the contracts issue; callers go through these two
-functions so the switch touches only this module.
+Every producer and consumer goes through these two functions, so the wire format is
+decided here once.
 """
 
 from __future__ import annotations
 
-import json
-
-from schemas.events import Event, InvalidEvent
+from schemas.events import Event
+from schemas.wire import decode_event_avro, encode_event_avro
 
 
 def encode_event(event: Event) -> bytes:
-    return json.dumps(event.to_dict(), separators=(",", ":")).encode()
+    """Magic byte 0, 4-byte big-endian schema id, Avro binary body."""
+    return encode_event_avro(event)
 
 
 def decode_event(payload: bytes | None) -> Event:
-    """Decode and validate one message value; raises InvalidEvent with the reason."""
-    if not payload:
-        raise InvalidEvent("payload", "empty message value")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent("payload", f"not a JSON event ({exc})") from None
-    return Event.from_dict(data)
+    """Decode and validate one message value; raises InvalidEvent naming field and reason."""
+    return decode_event_avro(payload)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
 
+import fastavro
 import redis
 from confluent_kafka import Producer
 
@@ -16,7 +19,7 @@ from schemas.events import Event, EventType
 from sinks.events_producer import EventProducer
 from streams.logic.lastk import hot_key, interaction_of
 from streams.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 
 def expected_last_k(
@@ -71,11 +74,20 @@ def test_events_from_our_producer_land_in_redis_as_last_k(
 
 
 def test_an_event_from_kcat_reaches_redis(
-    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable, tmp_path
 ) -> None:
+    """kcat is not ours: it sends the framed Avro bytes from a file, byte for byte."""
     assert shutil.which("kcat"), "kcat is installed by ./dev setup (apt-get install kcat)"
     event = Event("kcat-1", "u-kcat", EventType.WISHLIST, 1_760_000_000_123, product_id="p-kcat")
     key = hot_key(provisioned.redis_key_prefix, "u-kcat", EventType.WISHLIST)
+    # Framed by hand, from the published .avsc, without our codec.
+    schema = fastavro.parse_schema(json.loads((ROOT / "schemas/avro/event-v1.avsc").read_text()))
+    body = io.BytesIO()
+    fastavro.schemaless_writer(
+        body, schema, {**event.to_dict(), "order_id": None, "quantity": None}
+    )
+    framed = tmp_path / "event.bin"
+    framed.write_bytes(b"\x00" + (1).to_bytes(4, "big") + body.getvalue())
     with worker(isolated_env) as running:
         subprocess.run(
             [
@@ -87,8 +99,8 @@ def test_an_event_from_kcat_reaches_redis(
                 provisioned.events_topic,
                 "-k",
                 "u-kcat",
+                str(framed),  # kcat sends a whole file as one message
             ],
-            input=encode_event(event),
             check=True,
             timeout=30,
         )
