@@ -42,6 +42,13 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
             purpose="shopper events, keyed by user id",
         ),
         TopicSpec(
+            name=settings.dead_letter_topic,
+            partitions=1,
+            cleanup_policy="delete",
+            retention_ms=30 * DAY_MS,
+            purpose="events the worker rejected: original bytes, reason in headers",
+        ),
+        TopicSpec(
             name=faust_leader_topic(settings),
             partitions=1,
             cleanup_policy="delete",

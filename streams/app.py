@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -14,6 +16,7 @@ from schemas.codec import decode_event
 from schemas.events import InvalidEvent
 from sinks.hot_store import HotStore
 from sinks.retry import until_applied
+from streams.logic.admission import Limits, check_size, check_time, dead_letter_headers
 from streams.logic.lastk import Interaction, interaction_of
 from streams.settings import Settings
 
@@ -36,7 +39,13 @@ def faust_broker_urls(settings: Settings) -> list[str]:
     return [f"kafka://{server}" for server in settings.kafka_servers]
 
 
-def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_app(
+    settings: Settings, hot_store: HotStore, clock_ms: Callable[[], int] = wall_clock_ms
+) -> faust.App:
     """A Faust app whose topics all come from the topic spec (it never creates topics)."""
     app = faust.App(
         settings.app_id,
@@ -69,15 +78,39 @@ def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
         """A worker asked to stop must not retry a down store forever."""
         return bool(app.should_stop)
 
+    dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+    limits = Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_future_skew_ms=settings.max_future_skew_s * 1000,
+        min_event_time_ms=settings.min_event_time_ms,
+    )
+
     @app.agent(events_topic, name=RECORD_AGENT)
     async def record_interactions(stream: faust.StreamT[bytes]) -> None:
-        """Decode each batch, then apply it to the hot tier in one round trip."""
+        """Admit each batch, dead-letter what fails, apply the rest in one round trip.
+
+        The batch is acked (and its offsets become committable) only after both the
+        dead-letter writes are confirmed by the broker and the store write succeeded.
+        """
         batches = cast("faust.Stream[bytes]", stream).take_events(
             settings.batch_max, within=settings.batch_within_s
         )
         async for batch in batches:
             try:
-                interactions = [i for i in map(decode, batch) if i is not None]
+                now_ms = clock_ms()
+                interactions: list[Interaction] = []
+                rejected: list[tuple[faust.EventT[bytes], InvalidEvent]] = []
+                for event in batch:
+                    counters.events += 1
+                    try:
+                        interaction = admit(event.message.value, now_ms)
+                    except InvalidEvent as exc:
+                        rejected.append((event, exc))
+                        continue
+                    if interaction is not None:
+                        interactions.append(interaction)
+                if rejected:
+                    await dead_letter(rejected, now_ms)
                 if interactions:
                     await until_applied(
                         functools.partial(hot_store.record, interactions), give_up=stopping
@@ -87,23 +120,34 @@ def build_app(settings: Settings, hot_store: HotStore) -> faust.App:
                 withhold(batch)
                 raise
 
-    def decode(event: faust.EventT[bytes]) -> Interaction | None:
-        counters.events += 1
-        message = event.message
-        try:
-            decoded = decode_event(message.value)
-        except InvalidEvent as exc:
+    def admit(payload: bytes | None, now_ms: int) -> Interaction | None:
+        check_size(payload, limits)
+        event = decode_event(payload)
+        check_time(event, now_ms, limits)
+        return interaction_of(event)
+
+    async def dead_letter(
+        rejected: list[tuple[faust.EventT[bytes], InvalidEvent]], now_ms: int
+    ) -> None:
+        pending = []
+        for event, error in rejected:
+            message = event.message
             counters.invalid += 1
-            counters.invalid_reasons[exc.field] = counters.invalid_reasons.get(exc.field, 0) + 1
+            counters.invalid_reasons[error.field] = counters.invalid_reasons.get(error.field, 0) + 1
             log.warning(
-                "skipping invalid event at %s[%d]@%d: %s",
+                "dead-lettering event at %s[%d]@%d: %s",
                 message.topic,
                 message.partition,
                 message.offset,
-                exc,
+                error,
             )
-            return None
-        return interaction_of(decoded)
+            headers = dead_letter_headers(
+                error, message.topic, message.partition, message.offset, now_ms
+            )
+            pending.append(
+                await dead_letters.send(key=message.key, value=message.value, headers=headers)
+            )
+        await asyncio.gather(*pending)  # delivered (acks=all) before the batch is acked
 
     return app
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     )
     events_topic: str = "signals.events"
     events_partitions: int = Field(8, ge=1)
+    dead_letter_topic: str = Field("signals.events.dlq", description="rejected events + reason")
+    max_payload_bytes: int = Field(16384, ge=64, description="larger messages are dead-lettered")
+    max_future_skew_s: int = Field(300, ge=0, description="how far ahead of now event time may be")
+    min_event_time_ms: int = Field(
+        1_500_000_000_000, description="events before this (2017-07-14) are dead-lettered"
+    )
 
     # Faust
     app_id: str = Field("feedsignals", description="Faust app id = consumer group id")

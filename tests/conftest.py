@@ -48,6 +48,7 @@ def isolated_env(stack: None) -> dict[str, str]:
     tag = uuid.uuid4().hex[:10]
     return {
         "SIGNALS_EVENTS_TOPIC": f"test.events.{tag}",
+        "SIGNALS_DEAD_LETTER_TOPIC": f"test.dlq.{tag}",
         "SIGNALS_EVENTS_PARTITIONS": "4",
         "SIGNALS_APP_ID": f"test-{tag}",
         "SIGNALS_REDIS_KEY_PREFIX": f"t{tag}",

@@ -11,10 +11,8 @@ from collections.abc import Callable
 
 import fastavro
 import redis
-from confluent_kafka import Producer
 
 from jobs.synthetic import synthetic_events
-from schemas.codec import encode_event
 from schemas.events import Event, EventType
 from sinks.events_producer import EventProducer
 from streams.logic.lastk import hot_key, interaction_of
@@ -110,22 +108,3 @@ def test_an_event_from_kcat_reaches_redis(
             what="the kcat event in Redis",
             on_fail=lambda: running.log_text()[-3000:],
         )
-
-
-def test_an_invalid_event_is_skipped_and_the_worker_keeps_going(
-    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
-) -> None:
-    good = Event("ok-1", "u-ok", EventType.CLICK, 1_760_000_000_000, product_id="p1")
-    key = hot_key(provisioned.redis_key_prefix, "u-ok", EventType.CLICK)
-    producer = Producer({"bootstrap.servers": provisioned.kafka_bootstrap})
-    producer.produce(provisioned.events_topic, key=b"u-ok", value=b"{not json")
-    producer.produce(provisioned.events_topic, key=b"u-ok", value=encode_event(good))
-    assert producer.flush(10) == 0
-    with worker(isolated_env) as running:
-        wait_for(
-            lambda: redis_state(provisioned, [key])[key] == [(b"p1", 1_760_000_000_000.0)],
-            timeout_s=90,
-            what="the valid event after an invalid one",
-            on_fail=lambda: running.log_text()[-3000:],
-        )
-        assert "skipping invalid event" in running.log_text()

@@ -1,0 +1,53 @@
+"""Which messages the pipeline accepts, and how a rejected one is labelled.
+
+Pure: the caller passes the clock reading and the decoded event. A message that fails
+any check goes to the dead-letter topic with the reason; it never touches a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.events import Event, InvalidEvent
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int
+    max_future_skew_ms: int
+    min_event_time_ms: int
+
+
+def check_size(payload: bytes | None, limits: Limits) -> None:
+    size = len(payload or b"")
+    if size > limits.max_payload_bytes:
+        raise InvalidEvent("payload", f"oversized: {size} bytes > {limits.max_payload_bytes}")
+
+
+def check_time(event: Event, now_ms: int, limits: Limits) -> None:
+    """Device clocks drift, but an event from the far future or before the sane lower bound
+    would poison every time-ordered store it reaches."""
+    if event.event_time_ms > now_ms + limits.max_future_skew_ms:
+        ahead_s = (event.event_time_ms - now_ms) / 1000
+        raise InvalidEvent(
+            "event_time_ms",
+            f"{ahead_s:.0f}s in the future (skew limit {limits.max_future_skew_ms / 1000:.0f}s)",
+        )
+    if event.event_time_ms < limits.min_event_time_ms:
+        raise InvalidEvent("event_time_ms", f"before the lower bound {limits.min_event_time_ms}")
+
+
+def dead_letter_headers(
+    error: InvalidEvent, topic: str, partition: int, offset: int, now_ms: int
+) -> list[tuple[str, bytes]]:
+    """Kafka headers that say why and where from; the value stays the original bytes."""
+    return [
+        ("dlq.reason", str(error).encode()),
+        ("dlq.field", error.field.encode()),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.time.ms", str(now_ms).encode()),
+    ]
