@@ -84,8 +84,17 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+#: Event times must pass the worker's sanity bounds (no earlier than 2017, not in the future).
+BASE_MS = 1_760_000_000_000
+
+
 def click(user: str, product: str, at_ms: int) -> Event:
-    return Event(f"{user}-{product}", user, EventType.CLICK, at_ms, product_id=product)
+    """A click `at_ms` milliseconds after BASE_MS."""
+    return Event(f"{user}-{product}", user, EventType.CLICK, BASE_MS + at_ms, product_id=product)
+
+
+def at(ms: int) -> float:
+    return float(BASE_MS + ms)
 
 
 def test_redis_outage_is_retried_and_nothing_is_committed_past_unapplied_events(
@@ -102,7 +111,7 @@ def test_redis_outage_is_retried_and_nothing_is_committed_past_unapplied_events(
         producer.send(click("u1", "before", 1_000))
         producer.flush()
         wait_for(
-            lambda: private_redis.zrange(key) == [(b"before", 1000.0)],
+            lambda: private_redis.zrange(key) == [(b"before", at(1000))],
             90,
             "the first event",
             on_fail=lambda: first.log_text()[-3000:],
@@ -126,7 +135,7 @@ def test_redis_outage_is_retried_and_nothing_is_committed_past_unapplied_events(
     with worker(env) as second:
         # "during" can only arrive if its offset was never committed by the first worker.
         wait_for(
-            lambda: private_redis.zrange(key) == [(b"during", 2000.0), (b"after", 3000.0)],
+            lambda: private_redis.zrange(key) == [(b"during", at(2000)), (b"after", at(3000))],
             90,
             "the unapplied event to be re-read by the next worker",
             on_fail=lambda: second.log_text()[-3000:],
@@ -148,7 +157,7 @@ def test_the_worker_resumes_by_itself_when_redis_returns(
         producer.send(click("u2", "warmup", 500))
         producer.flush()
         wait_for(
-            lambda: private_redis.zrange(key) == [(b"warmup", 500.0)],
+            lambda: private_redis.zrange(key) == [(b"warmup", at(500))],
             90,
             "the warm-up event",
             on_fail=lambda: running.log_text()[-3000:],
@@ -160,7 +169,7 @@ def test_the_worker_resumes_by_itself_when_redis_returns(
         time.sleep(1.0)
         private_redis.start()
         wait_for(
-            lambda: private_redis.zrange(key) == [(b"while-down", 1500.0)],
+            lambda: private_redis.zrange(key) == [(b"while-down", at(1500))],
             60,
             "the worker to apply the event once Redis is back",
             on_fail=lambda: running.log_text()[-3000:],
