@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -21,8 +22,9 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from jobs.dead_letters import read_dead_letters
 from jobs.synthetic import synthetic_events, user_ids
-from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from streams.bootstrap import build_hot_store, build_worker_app
@@ -83,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _traffic_arguments(produce)
     produce.add_argument("--count", type=_positive_int, help="stop after this many events")
+    produce.add_argument(
+        "--file",
+        metavar="PATH",
+        help="send the events in this JSON-lines file ('-' for stdin) instead of synthetic "
+        "traffic; each line is validated, bad lines are reported and not sent",
+    )
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="list the dead-letter topic",
+        description="List rejected events with their reason and source. `--records` prints "
+        "them as JSON lines that `signals produce --file` sends again once corrected.",
+    )
+    dlq.add_argument("action", choices=["list"], help="what to do")
+    dlq.add_argument("--max", type=_positive_int, default=100, help="at most this many (100)")
+    dlq.add_argument("--records", action="store_true", help="only the events, as JSON lines")
+    dlq.add_argument(
+        "--idle",
+        type=_positive_float,
+        default=3.0,
+        help="stop after this many seconds without a new message (3)",
+    )
 
     last_k = commands.add_parser(
         "last-k",
@@ -156,6 +180,8 @@ def _wall_ms() -> int:
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    if args.file is not None:
+        return _produce_file(args.file, settings)
     if args.count is None and args.seconds is None:
         args.count = 1000
     events = synthetic_events(
@@ -173,6 +199,52 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         f"({producer.failed} failed) at {settings.kafka_bootstrap}"
     )
     return 0 if producer.failed == 0 else 1
+
+
+def _produce_file(path: str, settings: Settings) -> int:
+    """Validate every line; send the good ones; report the bad ones by line and reason."""
+    rejected: list[str] = []
+    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with handle, EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = Event.from_dict(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rejected.append(f"line {number}: not JSON ({exc.msg})")
+                continue
+            except (InvalidEvent, TypeError) as exc:
+                rejected.append(f"line {number}: {exc}")
+                continue
+            producer.send(event)
+    print(
+        f"sent {producer.delivered}, rejected {len(rejected)}, failed {producer.failed} "
+        f"-> {settings.events_topic}"
+    )
+    for reason in rejected[:20]:
+        print(f"  rejected {reason}")
+    if len(rejected) > 20:
+        print(f"  ... and {len(rejected) - 20} more")
+    return 0 if not rejected and producer.failed == 0 else 1
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    letters = read_dead_letters(
+        settings.kafka_bootstrap, settings.dead_letter_topic, args.max, args.idle
+    )
+    count = 0
+    for letter in letters:
+        count += 1
+        if args.records:
+            record = letter.record
+            if record is not None:
+                print(json.dumps(record))
+        else:
+            print(letter.summary())
+    if not args.records:
+        print(f"{count} dead letters on {settings.dead_letter_topic}")
+    return 0
 
 
 def cmd_last_k(args: argparse.Namespace, settings: Settings) -> int:
@@ -284,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "worker": cmd_worker,
             "produce": cmd_produce,
             "last-k": cmd_last_k,
+            "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]
         return handler(args, settings)

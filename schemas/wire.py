@@ -139,3 +139,19 @@ def _schema(schema_id: int) -> Schema:
             raise InvalidEvent("schema_id", f"unknown schema id {schema_id}") from None
         _SCHEMAS[schema_id] = schema
     return schema
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+    """The Avro record of a framed message, without validating it as an Event.
+
+    For tools that show or repair dead letters: a record that breaks the contract still
+    decodes here, so it can be printed, corrected and sent again.
+    """
+    schema_id, body = unframe(data)
+    try:
+        record = schemaless_reader(BytesIO(body), _schema(schema_id))
+    except _DECODE_ERRORS as exc:
+        raise InvalidEvent("payload", f"corrupt or truncated Avro body ({exc!r})") from None
+    if not isinstance(record, dict):  # pragma: no cover - every registered schema is a record
+        raise InvalidEvent("payload", "Avro body is not a record")
+    return record

@@ -4,6 +4,10 @@ reason, nothing touches the store, and the worker keeps going."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -16,7 +20,7 @@ from schemas.events import Event, EventType
 from schemas.registry import CURRENT_EVENT_SCHEMA_ID, schema_for
 from streams.logic.lastk import hot_key
 from streams.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 NOW_MS = int(time.time() * 1000)
 
@@ -104,3 +108,61 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_ones_still_a
         assert headers["dlq.source.topic"].decode() == provisioned.events_topic
         assert int(headers["dlq.source.offset"]) >= 0
         assert abs(int(headers["dlq.time.ms"]) - time.time() * 1000) < 300_000
+
+
+def signals_cli(env: dict[str, str], *args: str, stdin: str | None = None):  # type: ignore[no-untyped-def]
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_dead_letter_is_listed_corrected_and_re_driven(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    producer = Producer({"bootstrap.servers": provisioned.kafka_bootstrap})
+    producer.produce(
+        provisioned.events_topic, key=b"u-bad", value=framed(event_id="fix-me", price_paise=-100)
+    )
+    assert producer.flush(10) == 0
+    key = hot_key(provisioned.redis_key_prefix, "u-bad", EventType.CLICK)
+    with worker(isolated_env) as running:
+        listing = signals_cli(isolated_env, "dlq", "list", "--idle", "20", "--max", "1")
+        assert listing.returncode == 0, listing.stderr + running.log_text()[-2000:]
+        assert "price_paise: must not be negative" in listing.stdout
+        assert f"from {provisioned.events_topic}[0]@0" in listing.stdout
+        assert "1 dead letters" in listing.stdout
+
+        records = signals_cli(isolated_env, "dlq", "list", "--records", "--max", "1")
+        record = json.loads(records.stdout.strip())
+        assert record["event_id"] == "fix-me"
+        record["price_paise"] = 100  # the correction
+        bad_line = '{"event_id": "x", "user_id": "", "event_type": "view", "event_time_ms": 1}'
+        sent = signals_cli(
+            isolated_env,
+            "produce",
+            "--file",
+            "-",
+            stdin=json.dumps(record) + "\n" + bad_line + "\nnot json\n",
+        )
+        assert sent.returncode == 1  # some lines were rejected
+        assert sent.stdout.startswith("sent 1, rejected 2, failed 0")
+        assert "line 2: user_id: must be a non-empty string" in sent.stdout
+        assert "line 3: not JSON" in sent.stdout
+
+        client = redis.Redis.from_url(provisioned.redis_url)
+        try:
+            wait_for(
+                lambda: client.zrange(key, 0, -1) == [b"p1"],
+                60,
+                "the re-driven event",
+                on_fail=lambda: running.log_text()[-2000:],
+            )
+        finally:
+            client.close()
