@@ -50,6 +50,8 @@ def build_payloads(count: int, seed: int = 7) -> list[bytes]:
             price_paise=rnd.randrange(100, 500_000) if product else None,
             feed_position=rnd.randrange(200) if product else None,
             language=rnd.choice(("en", "hi", "ta")),
+            order_id=f"ord-{i}" if event_type is EventType.ORDER else None,
+            quantity=rnd.randrange(1, 4) if event_type is EventType.ORDER else None,
         )
         payloads.append(encode_event_avro(event))
     return payloads

@@ -77,4 +77,6 @@ def _event(  # noqa: PLR0917  (private helper, every call site is in this module
         category_id=None if product is None else f"c{int(product[1:]) % 40:03d}",
         price_paise=None if product is None else 9900 + int(product[1:]) % 50 * 1000,
         feed_position=position,
+        order_id=f"o-{rng.getrandbits(48):012x}" if event_type is EventType.ORDER else None,
+        quantity=1 if event_type in (EventType.ORDER, EventType.ADD_TO_CART) else None,
     )

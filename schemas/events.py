@@ -50,6 +50,8 @@ class Event:
     feed_position: int | None = None
     platform: str = "android"
     language: str = "en"
+    order_id: str | None = None
+    quantity: int | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -93,7 +95,11 @@ def validate(event: Event) -> None:
         raise InvalidEvent("event_time_ms", "must be positive")
     if event.event_type in PRODUCT_EVENT_TYPES and not event.product_id:
         raise InvalidEvent("product_id", f"required for {event.event_type.value} events")
-    for name in ("price_paise", "feed_position"):
+    if event.order_id is not None and (not isinstance(event.order_id, str) or not event.order_id):
+        raise InvalidEvent("order_id", "must be a non-empty string when given")
+    if event.event_type is EventType.ORDER and event.order_id is None:
+        raise InvalidEvent("order_id", "required for order events")
+    for name in ("price_paise", "feed_position", "quantity"):
         value = getattr(event, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidEvent(name, "must be an integer")

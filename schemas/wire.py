@@ -57,9 +57,8 @@ def encode_event_avro(event: Event) -> bytes:
         "category_id": event.category_id,
         "price_paise": event.price_paise,
         "feed_position": event.feed_position,
-        # In the contract but not (yet) in the Event dataclass: always written as null.
-        "order_id": None,
-        "quantity": None,
+        "order_id": event.order_id,
+        "quantity": event.quantity,
     }
     out = BytesIO()
     out.write(HEADER.pack(MAGIC, CURRENT_EVENT_SCHEMA_ID))
@@ -100,7 +99,6 @@ def decode_event_avro(data: bytes | None) -> Event:
     event_type = _EVENT_TYPES.get(record["event_type"])
     if event_type is None:
         raise InvalidEvent("event_type", f"unknown type {record['event_type']!r}")
-    # order_id and quantity are not carried by Event yet and are dropped here.
     # The constructor runs `validate`, so the result is a checked Event.
     return Event(
         record["event_id"],
@@ -113,6 +111,8 @@ def decode_event_avro(data: bytes | None) -> Event:
         record["feed_position"],
         record["platform"],
         record["language"],
+        record["order_id"],
+        record["quantity"],
     )
 
 

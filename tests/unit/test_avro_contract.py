@@ -30,6 +30,7 @@ def event_of(event_type: EventType, **overrides: Any) -> Event:
         "event_type": event_type,
         "event_time_ms": T0,
         "product_id": None if event_type is EventType.APP_OPEN else "p1",
+        "order_id": "o1" if event_type is EventType.ORDER else None,
     }
     return Event(**{**fields, **overrides})
 
@@ -85,6 +86,7 @@ def test_round_trip_keeps_every_optional_field() -> None:
         feed_position=0,
         platform="ios",
         language="hi",
+        quantity=2,
     )
     assert decode_event_avro(encode_event_avro(event)) == event
 

@@ -36,6 +36,9 @@ def test_app_open_needs_no_product() -> None:
         ({"product_id": None}, "product_id"),
         ({"price_paise": -1}, "price_paise"),
         ({"feed_position": 1.5}, "feed_position"),
+        ({"quantity": -1}, "quantity"),
+        ({"order_id": ""}, "order_id"),
+        ({"event_type": EventType.ORDER}, "order_id"),
     ],
 )
 def test_invalid_events_name_the_field(overrides: dict[str, object], field: str) -> None:
