@@ -63,9 +63,7 @@ BAD_MESSAGES: dict[str, tuple[bytes, str]] = {
 def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_ones_still_apply(
     provisioned: Settings, isolated_env: dict[str, str], worker: Callable
 ) -> None:
-    good = Event(
-        "good-1", "u-good", EventType.ORDER, NOW_MS, product_id="p-good", order_id="o-1"
-    )
+    good = Event("good-1", "u-good", EventType.ORDER, NOW_MS, product_id="p-good", order_id="o-1")
     producer = Producer({"bootstrap.servers": provisioned.kafka_bootstrap})
     for case, (value, _field) in BAD_MESSAGES.items():
         producer.produce(
