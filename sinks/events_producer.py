@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import encode_event
-from schemas.events import Event
+from schemas.events import Event, validate
 
 #: librdkafka settings we rely on; callers may add to them but not weaken the guarantees.
 GUARANTEES: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
@@ -109,6 +109,7 @@ class EventProducer:
         `on_delivery` (or the producer-wide callback) is called from `poll`, `flush` or a
         later `send` once the broker has acknowledged or the client gave up.
         """
+        validate(event)  # again: the event may have been changed since it was built
         value = encode_event(event)  # raises before anything reaches Kafka
         report = self._reporter(event, on_delivery or self._on_delivery)
         while True:
