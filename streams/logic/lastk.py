@@ -64,3 +64,34 @@ def plan_writes(
         if previous is None or item.event_time_ms > previous:
             write.members[item.product_id] = item.event_time_ms
     return list(writes.values())
+
+
+#: One remembered interaction in a last-k list: (product id, event time ms).
+Item = tuple[str, int]
+
+
+@dataclass(slots=True)
+class UserLastK:
+    """A user's last-k per type, newest first: what a flush moves and a re-hydration loads."""
+
+    user_id: str
+    items: dict[EventType, list[Item]] = field(default_factory=dict)
+
+    def newest_time_ms(self) -> int:
+        """The most recent event time in the snapshot (0 when empty)."""
+        return max((rows[0][1] for rows in self.items.values() if rows), default=0)
+
+
+def merge_items(first: Iterable[Item], second: Iterable[Item], keep: int) -> list[Item]:
+    """The newest `keep` of two last-k lists, newest first, one entry per product.
+
+    The same rule as the sorted sets: a product's newest time wins, and ties on time are
+    broken like Redis does (higher product id first; trimming drops the lowest), so the
+    result equals what ZREVRANGE would return and never depends on argument order.
+    """
+    newest: dict[str, int] = {}
+    for product_id, event_time_ms in (*first, *second):
+        if event_time_ms > newest.get(product_id, -1):
+            newest[product_id] = event_time_ms
+    ranked = sorted(newest.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    return ranked[:keep]
