@@ -95,3 +95,23 @@ def merge_items(first: Iterable[Item], second: Iterable[Item], keep: int) -> lis
             newest[product_id] = event_time_ms
     ranked = sorted(newest.items(), key=lambda item: (item[1], item[0]), reverse=True)
     return ranked[:keep]
+
+
+def reference_last_k(
+    events: Iterable[Event], last_k: Mapping[EventType, int]
+) -> dict[tuple[str, EventType], list[Item]]:
+    """The oracle: what every user's last-k per type must be after these events.
+
+    Order, duplicates, session boundaries and tiers do not matter; only the events do.
+    The stores (hot, cold, merged) are tested against this.
+    """
+    everything: dict[tuple[str, EventType], list[Item]] = {}
+    for event in events:
+        item = interaction_of(event)
+        if item is not None:
+            rows = everything.setdefault((item.user_id, item.event_type), [])
+            rows.append((item.product_id, item.event_time_ms))
+    return {
+        (user_id, event_type): merge_items(rows, (), last_k[event_type])
+        for (user_id, event_type), rows in everything.items()
+    }

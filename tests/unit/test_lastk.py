@@ -1,5 +1,17 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from schemas.events import Event, EventType
-from streams.logic.lastk import Interaction, hot_key, interaction_of, plan_writes
+from streams.logic.lastk import (
+    Interaction,
+    hot_key,
+    interaction_of,
+    merge_items,
+    plan_writes,
+    reference_last_k,
+)
+
+T0 = 1_760_000_000_000
 
 K = {t: 3 for t in EventType if t is not EventType.APP_OPEN}
 
@@ -35,3 +47,24 @@ def test_plan_is_the_same_whatever_the_order_of_the_batch() -> None:
     forward = plan_writes(batch, "ix", K)
     backward = plan_writes(list(reversed(batch)), "ix", K)
     assert [(w.key, w.members) for w in forward] == [(w.key, w.members) for w in backward]
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3", "p4"]), st.integers(1, 50)), max_size=40),
+    st.integers(1, 4),
+    st.integers(0, 40),
+)
+def test_merging_in_any_split_equals_the_reference(
+    items: list[tuple[str, int]], keep: int, split: int
+) -> None:
+    """Flush + re-hydrate is a merge of two parts; any split must give the same answer."""
+    events = [
+        Event(f"e{i}", "u1", EventType.CLICK, T0 + t, product_id=p)
+        for i, (p, t) in enumerate(items)
+    ]
+    reference = reference_last_k(events, {EventType.CLICK: keep}).get(("u1", EventType.CLICK), [])
+    rows = [(p, T0 + t) for p, t in items]
+    first = merge_items(rows[:split], (), keep)
+    assert merge_items(first, rows[split:], keep) == reference
+    assert merge_items(rows[split:], first, keep) == reference
+    assert len(reference) == min(keep, len({p for p, _ in items}))
