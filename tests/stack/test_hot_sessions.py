@@ -1,0 +1,136 @@
+"""Active sets, versions and conditional eviction against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from schemas.events import EventType
+from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
+from sinks.hot_store import RedisHotStore
+from streams.logic.lastk import Interaction, hot_key
+from streams.settings import Settings
+
+T0 = 1_760_000_000_000
+
+
+@pytest.fixture
+def client(isolated_settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(isolated_settings.redis_url)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def seed(
+    client: aioredis.Redis, settings: Settings, partition: int, rows: list[Interaction]
+) -> tuple[RedisHotStore, RedisSessions]:
+    store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k, 3600)
+    sessions = RedisSessions(client, settings.redis_key_prefix, 3600)
+    await store.record(rows)
+    latest: dict[str, int] = {}
+    for row in rows:
+        latest[row.user_id] = max(latest.get(row.user_id, 0), row.event_time_ms)
+    async with client.pipeline(transaction=False) as pipe:
+        sessions.queue_activity(pipe, partition, latest)
+        await pipe.execute()
+    return store, sessions
+
+
+def test_active_set_finds_ended_sessions_oldest_first_and_knows_who_is_hot(
+    client: aioredis.Redis, isolated_settings: Settings
+) -> None:
+    async def scenario() -> None:
+        rows = [
+            Interaction("u1", EventType.VIEW, "p1", T0),
+            Interaction("u2", EventType.VIEW, "p2", T0 + 10),
+            Interaction("u3", EventType.CLICK, "p3", T0 + 20),
+            Interaction("u1", EventType.CLICK, "p9", T0 + 5),  # late: u1's activity stays T0+5
+        ]
+        _, sessions = await seed(client, isolated_settings, 3, rows)
+        ended = await sessions.ended(3, before_ms=T0 + 20, limit=10)
+        assert ended == [EndedSession("u1", 3, T0 + 5), EndedSession("u2", 3, T0 + 10)]
+        assert await sessions.ended(3, before_ms=T0 + 20, limit=1) == ended[:1]
+        assert await sessions.ended(4, before_ms=T0 + 99, limit=10) == []
+        hot = await sessions.hot_users({3: ["u1", "u3", "ghost"], 4: ["u2"]})
+        assert hot == {"u1", "u3"}
+        assert await sessions.newest_activity(3) == T0 + 20
+        assert await sessions.newest_activity(5) is None
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_snapshot_then_evict_moves_a_user_out_completely(
+    client: aioredis.Redis, isolated_settings: Settings
+) -> None:
+    async def scenario() -> None:
+        prefix = isolated_settings.redis_key_prefix
+        rows = [
+            Interaction("u1", EventType.VIEW, "p1", T0),
+            Interaction("u1", EventType.VIEW, "p2", T0 + 1),
+            Interaction("u1", EventType.ORDER, "p2", T0 + 2),
+        ]
+        _, sessions = await seed(client, isolated_settings, 0, rows)
+        [snapshot] = await sessions.snapshots(await sessions.ended(0, T0 + 100, 10))
+        assert snapshot.last_k.items == {
+            EventType.VIEW: [("p2", T0 + 1), ("p1", T0)],
+            EventType.ORDER: [("p2", T0 + 2)],
+        }
+        assert snapshot.version == "1"
+        evicted = await sessions.evict([snapshot])
+        assert evicted == [snapshot.session]
+        assert await sessions.hot_users({0: ["u1"]}) == set()
+        leftovers = [hot_key(prefix, "u1", t) for t in EventType] + [sessions.version_key("u1")]
+        assert await client.exists(*leftovers) == 0
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_a_user_active_again_after_the_snapshot_is_not_evicted(
+    client: aioredis.Redis, isolated_settings: Settings
+) -> None:
+    """New writes between snapshot and eviction bump the version: nothing is lost."""
+
+    async def scenario() -> None:
+        _, sessions = await seed(
+            client, isolated_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
+        )
+        [snapshot] = await sessions.snapshots(await sessions.ended(1, T0 + 100, 10))
+        # The user comes back while the flush is in flight (even with a late event).
+        await seed(client, isolated_settings, 1, [Interaction("u1", EventType.VIEW, "p0", T0 - 5)])
+        assert await sessions.evict([snapshot]) == []
+        assert await sessions.hot_users({1: ["u1"]}) == {"u1"}
+        key = hot_key(isolated_settings.redis_key_prefix, "u1", EventType.VIEW)
+        assert await client.zcard(key) == 2
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_a_flush_interrupted_after_deleting_keys_completes_on_the_next_pass(
+    client: aioredis.Redis, isolated_settings: Settings
+) -> None:
+    async def scenario() -> None:
+        _, sessions = await seed(
+            client, isolated_settings, 2, [Interaction("u1", EventType.WISHLIST, "p1", T0)]
+        )
+        prefix = isolated_settings.redis_key_prefix
+        # Crash after the user's keys were deleted but before leaving the active set.
+        await client.delete(hot_key(prefix, "u1", EventType.WISHLIST), sessions.version_key("u1"))
+        [snapshot] = await sessions.snapshots(await sessions.ended(2, T0 + 100, 10))
+        assert snapshot.last_k.items == {}  # nothing left to write to the cold tier
+        assert await sessions.evict([snapshot]) == [snapshot.session]
+        assert await sessions.ended(2, T0 + 100, 10) == []
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_group_by_partition_keeps_first_seen_order_without_duplicates() -> None:
+    pairs = [(1, "a"), (0, "b"), (1, "a"), (1, "c")]
+    assert group_by_partition(pairs) == {1: ["a", "c"], 0: ["b"]}
