@@ -8,6 +8,7 @@ so nothing past unapplied work is committed, and processing resumes by itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -35,6 +36,22 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """TRANSIENT_ERRORS plus the CQL driver's transient errors when the driver is installed.
+
+    Imported on first use, so importing this module needs neither the driver nor its
+    import time (the driver always comes with the [local] / [scylla] extras in practice).
+    """
+    try:
+        from sinks.cold_store import TRANSIENT_CQL_ERRORS  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("cassandra"):
+            raise
+        return TRANSIENT_ERRORS
+    return TRANSIENT_ERRORS + TRANSIENT_CQL_ERRORS
+
+
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
@@ -56,11 +73,13 @@ async def until_applied(
 ) -> T:
     """Run `call` until it succeeds; transient errors are retried, anything else raises.
 
+    Transient: `transient_errors()`, i.e. Redis, OS and CQL driver unavailability.
+
     `give_up` turns true when the worker is stopping: the last error is then raised, so
     the batch is left unapplied (and uncommitted) instead of blocking shutdown forever.
     """
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        retry=retry_if_exception_type(transient_errors()),
         wait=wait_exponential_jitter(initial=initial_s, max=max_s),
         stop=lambda _state: give_up(),
         before_sleep=_log_retry,

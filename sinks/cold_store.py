@@ -1,0 +1,433 @@
+"""The CQL cold tier: last-k snapshots and interaction history (ScyllaDB / Cassandra 2.1).
+
+When a session ends the worker moves the user's hot last-k here (`write_snapshots`) and
+evicts the user from Redis only once this returns; a returning user is re-hydrated from
+here (`load_last_k`), and the feed service reads it for users not in Redis. The layout
+(day buckets, the snapshot blob, write timestamps) is pure: `streams.logic.cold_layout`.
+
+The driver is callback based and runs its own I/O thread; every call here bridges
+`ResponseFuture` callbacks to the asyncio loop with `call_soon_threadsafe`, so the
+event loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from cassandra import (
+    ConsistencyLevel,
+    OperationTimedOut,
+    ReadTimeout,
+    Unavailable,
+    WriteTimeout,
+)
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+from cassandra.query import (
+    BatchStatement,
+    BatchType,
+    BoundStatement,
+    PreparedStatement,
+    Statement,
+)
+
+from schemas.events import EventType
+from streams.logic.cold_layout import (
+    chunks,
+    decode_items,
+    encode_items,
+    group_by_day,
+    window_days,
+    write_timestamp_us,
+)
+from streams.logic.lastk import Item, UserLastK
+
+#: Driver errors that mean "the cluster cannot serve this right now", not "bad request".
+#: Every cold-store write is idempotent, so the caller retries the whole call on these.
+TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
+    NoHostAvailable,
+    OperationTimedOut,
+    WriteTimeout,
+    ReadTimeout,
+    Unavailable,
+    ConnectionException,
+    OverloadedErrorMessage,
+    IsBootstrappingErrorMessage,
+)
+
+#: History rows per CQL batch. A batch only ever holds one partition (user, type, day),
+#: which the server applies as one mutation; 50 rows stay under Cassandra's 5 KiB
+#: batch-size warning for typical ids.
+HISTORY_BATCH_ROWS = 50
+#: Day buckets `window` reads at once while walking back in time.
+WINDOW_PARALLEL_DAYS = 4
+#: Widest window in day buckets (one read each); at least the history TTL plus two days.
+MAX_WINDOW_DAYS = 400
+
+_CONSISTENCY = ConsistencyLevel.LOCAL_QUORUM
+# Wire encodings of CQL int (and USING TTL) and bigint/timestamp (and USING TIMESTAMP).
+_INT = struct.Struct(">i").pack
+_BIGINT = struct.Struct(">q").pack
+
+_INSERT_HISTORY = (
+    "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
+    "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+)
+_INSERT_SNAPSHOT = (
+    "INSERT INTO lastk_by_user (user_id, event_type, items, updated_ms) "
+    "VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
+)
+_SELECT_SNAPSHOTS = "SELECT event_type, items FROM lastk_by_user WHERE user_id = ?"
+_SELECT_SNAPSHOT = "SELECT items FROM lastk_by_user WHERE user_id = ? AND event_type = ?"
+# The timestamp comes back as bigint ms, not as a datetime built only to be converted back.
+_SELECT_WINDOW = (
+    "SELECT product_id, blobAsBigint(timestampAsBlob(event_time)) AS event_time_ms "
+    "FROM interactions_by_user WHERE user_id = ? AND event_type = ? AND day = ? "
+    "AND event_time >= ? AND event_time <= ? LIMIT ?"
+)
+
+#: What to do with a request's rows (None: only its success matters).
+OnRows = Callable[[list[Any]], None] | None
+
+
+class ColdStore(Protocol):
+    """What the worker (flush, re-hydration) and the feed service need from the cold tier."""
+
+    async def write_snapshots(self, snapshots: Sequence[UserLastK]) -> None:
+        """Store each user's last-k and its history; returns once every write is acked."""
+        ...
+
+    async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]:
+        """Each user's stored last-k (empty when nothing is stored)."""
+        ...
+
+    async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[Item]:
+        """Newest first: (product id, event time ms), at most k."""
+        ...
+
+    async def window(
+        self, user_id: str, event_type: EventType, start_ms: int, end_ms: int, limit: int
+    ) -> list[Item]:
+        """History in [start_ms, end_ms], newest first, at most `limit`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _Prepared:
+    """The store's statements, prepared once, each at LOCAL_QUORUM.
+
+    LOCAL_QUORUM for reads and writes: a read sees every acknowledged write in the local
+    DC (quorum + quorum overlap), and a remote DC being down never blocks the flush. With
+    one node and RF 1 (the local stack) the quorum is that node.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.insert_history = self._prepare(session, _INSERT_HISTORY)
+        self.insert_snapshot = self._prepare(session, _INSERT_SNAPSHOT)
+        # The writes are bound pre-encoded (`_bound`): fail here, not with corrupt rows,
+        # if the schema ever disagrees with those encodings.
+        _expect_bind_types(self.insert_history, _HISTORY_TYPES)
+        _expect_bind_types(self.insert_snapshot, _SNAPSHOT_TYPES)
+        self.select_snapshots = self._prepare(session, _SELECT_SNAPSHOTS)
+        self.select_snapshot = self._prepare(session, _SELECT_SNAPSHOT)
+        self.select_window = self._prepare(session, _SELECT_WINDOW)
+
+    @staticmethod
+    def _prepare(session: Session, cql: str) -> PreparedStatement:
+        statement = session.prepare(cql)
+        statement.consistency_level = _CONSISTENCY
+        # Every statement may be retried or speculatively re-sent: writes are upserts of
+        # the same values (and snapshot timestamps are explicit).
+        statement.is_idempotent = True
+        # No paging: snapshot partitions hold one row per type and window reads carry a
+        # LIMIT, so every result is one response and callbacks see all of it.
+        statement.fetch_size = None
+        return statement
+
+
+_HISTORY_TYPES = ("text", "text", "int", "timestamp", "text", "int")
+_SNAPSHOT_TYPES = ("text", "text", "blob", "bigint", "int", "bigint")
+
+
+def _expect_bind_types(statement: PreparedStatement, expected: tuple[str, ...]) -> None:
+    found = tuple(
+        "text" if column.type.typename == "varchar" else column.type.typename
+        for column in statement.column_metadata
+    )
+    if found != expected:
+        raise RuntimeError(
+            f"cold store: {statement.query_string!r} binds {found}, expected {expected}"
+        )
+
+
+class CqlColdStore:
+    """ColdStore on ScyllaDB or Cassandra through the `cassandra` driver.
+
+    At most `max_in_flight` requests are in flight across all calls on this store (an
+    asyncio.Semaphore), so one store belongs to one event loop. Statements are prepared
+    on first use, off the loop, or up front with `open()`.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        history_ttl_s: int,
+        max_in_flight: int = 128,
+        cluster: Cluster | None = None,
+    ) -> None:
+        if history_ttl_s < 1 or max_in_flight < 1:
+            raise ValueError("history_ttl_s and max_in_flight must be >= 1")
+        self._session = session
+        self._cluster = cluster
+        self._ttl_s = history_ttl_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_window_days = max(MAX_WINDOW_DAYS, -(-history_ttl_s // 86_400) + 2)
+        self._prepared: _Prepared | None = None
+        self._prepare_lock = asyncio.Lock()
+
+    async def open(self) -> CqlColdStore:
+        """Prepare the statements now (fail fast at startup instead of on first use)."""
+        await self._statements()
+        return self
+
+    async def write_snapshots(self, snapshots: Sequence[UserLastK]) -> None:
+        """Every item as a history row and one snapshot row per type, all acknowledged.
+
+        Raises the first error after the requests already sent have finished; every write
+        is idempotent, so the caller retries the whole call.
+        """
+        st = await self._statements()
+        await self._run((statement, None) for statement in self._snapshot_writes(st, snapshots))
+
+    async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]:
+        """One single-partition read per user, many users concurrently."""
+        st = await self._statements()
+        loaded = {user_id: UserLastK(user_id) for user_id in user_ids}
+
+        def fill(snapshot: UserLastK) -> Callable[[list[Any]], None]:
+            def on_rows(rows: list[Any]) -> None:
+                for event_type, blob in rows:
+                    if event_type in _EVENT_TYPES:  # a type this code does not know: skip
+                        snapshot.items[EventType(event_type)] = decode_items(blob)
+
+            return on_rows
+
+        await self._run(
+            (st.select_snapshots.bind((snapshot.user_id,)), fill(snapshot))
+            for snapshot in loaded.values()
+        )
+        return loaded
+
+    async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[Item]:
+        st = await self._statements()
+        found: list[Item] = []
+
+        def on_rows(rows: list[Any]) -> None:
+            if rows:
+                found.extend(decode_items(rows[0][0])[: max(k, 0)])
+
+        statement = st.select_snapshot.bind((user_id, EventType(event_type).value))
+        await self._run([(statement, on_rows)])
+        return found
+
+    async def window(
+        self, user_id: str, event_type: EventType, start_ms: int, end_ms: int, limit: int
+    ) -> list[Item]:
+        """Walks day buckets from `end_ms` back to `start_ms`, a few at a time, until `limit`.
+
+        Within a bucket rows come in table order: newest first, equal times by product id.
+        Raises ValueError for a window wider than the TTL span (MAX_WINDOW_DAYS at least):
+        each day is a read, and older rows have expired anyway.
+        """
+        days = window_days(start_ms, end_ms, self._max_window_days)
+        st = await self._statements()
+        type_name = EventType(event_type).value
+        found: list[Item] = []
+        for offset in range(0, len(days), WINDOW_PARALLEL_DAYS):
+            wanted = limit - len(found)
+            if wanted <= 0:
+                break
+            group = days[offset : offset + WINDOW_PARALLEL_DAYS]
+            per_day: dict[int, list[Item]] = {day: [] for day in group}
+            await self._run(
+                (
+                    st.select_window.bind((user_id, type_name, day, start_ms, end_ms, wanted)),
+                    _collect_into(per_day[day]),
+                )
+                for day in group
+            )
+            for day in group:
+                found.extend(per_day[day])
+        return found[: max(limit, 0)]
+
+    async def close(self) -> None:
+        """Shut the driver down (off the loop: it joins its threads) if this store owns it."""
+        if self._cluster is not None:
+            cluster, self._cluster = self._cluster, None
+            await asyncio.get_running_loop().run_in_executor(None, cluster.shutdown)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _statements(self) -> _Prepared:
+        if self._prepared is None:
+            async with self._prepare_lock:
+                if self._prepared is None:
+                    loop = asyncio.get_running_loop()
+                    # Preparing is synchronous in the driver: do it once, on a thread.
+                    self._prepared = await loop.run_in_executor(None, _Prepared, self._session)
+        return self._prepared
+
+    def _snapshot_writes(
+        self, st: _Prepared, snapshots: Sequence[UserLastK]
+    ) -> Iterator[Statement]:
+        """The write plan, built lazily as slots free up.
+
+        History: one unlogged batch per (user, type, day) partition (chunked). Snapshot:
+        one unlogged batch per user (a single partition, so applied atomically); each row
+        carries its own write timestamp, the newest event time it holds.
+        """
+        ttl = _INT(self._ttl_s)
+        for snapshot in snapshots:
+            user = snapshot.user_id.encode()
+            rows: list[list[bytes]] = []
+            for event_type, items in snapshot.items.items():
+                if not items:
+                    continue
+                type_name = EventType(event_type).value.encode()
+                for day, day_items in group_by_day(items).items():
+                    day_b = _INT(day)
+                    for chunk in chunks(day_items, HISTORY_BATCH_ROWS):
+                        yield _one_partition(
+                            st.insert_history,
+                            [
+                                [user, type_name, day_b, _BIGINT(at), product.encode(), ttl]
+                                for product, at in chunk
+                            ],
+                        )
+                written_us = write_timestamp_us(items)
+                rows.append(
+                    [
+                        user,
+                        type_name,
+                        encode_items(items),
+                        _BIGINT(written_us // 1000),
+                        ttl,
+                        _BIGINT(written_us),
+                    ]
+                )
+            if rows:
+                yield _one_partition(st.insert_snapshot, rows)
+
+    async def _run(self, requests: Iterable[tuple[Statement, OnRows]]) -> None:
+        """Send `requests` with at most `max_in_flight` outstanding; wait for all of them.
+
+        No task per request: each request holds a semaphore slot, and its driver callback
+        (on the driver's I/O thread) hands the outcome to the loop, which releases the
+        slot, feeds the rows to `on_rows` and completes the call when the last one lands.
+        On the first error no new request is sent; the error is raised once the requests
+        already sent have finished.
+        """
+        call = _Call(asyncio.get_running_loop(), self._slots)
+        try:
+            for statement, on_rows in requests:
+                if call.error is not None:
+                    break
+                await self._slots.acquire()
+                try:
+                    future = self._session.execute_async(statement)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                call.pending += 1
+                future.add_callbacks(
+                    call.from_driver_ok,
+                    call.from_driver_error,
+                    callback_args=(on_rows,),
+                )
+        finally:
+            call.sending = False
+            call.maybe_finish()
+        await call.done
+        if call.error is not None:
+            raise call.error
+
+
+_EVENT_TYPES = frozenset(t.value for t in EventType)
+
+
+class _Call:
+    """The in-flight state of one `_run`; touched only on the loop thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore) -> None:
+        self.loop = loop
+        self.slots = slots
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.pending = 0
+        self.sending = True
+        self.error: BaseException | None = None
+
+    # Driver I/O thread: only hand over to the loop.
+    def from_driver_ok(self, rows: list[Any] | None, on_rows: OnRows) -> None:
+        self._to_loop(self.settle, rows, on_rows, None)
+
+    def from_driver_error(self, error: BaseException) -> None:
+        self._to_loop(self.settle, None, None, error)
+
+    def _to_loop(self, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(*args)
+
+    # Loop thread.
+    def settle(self, rows: list[Any] | None, on_rows: OnRows, error: BaseException | None) -> None:
+        self.slots.release()
+        self.pending -= 1
+        if error is None and on_rows is not None:
+            try:
+                on_rows(rows or [])
+            except Exception as exc:  # a bad stored value: report it, keep the accounting
+                error = exc
+        if error is not None and self.error is None:
+            self.error = error
+        self.maybe_finish()
+
+    def maybe_finish(self) -> None:
+        if not self.sending and self.pending == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+def _one_partition(statement: PreparedStatement, rows: list[list[bytes]]) -> Statement:
+    """One bound statement, or an unlogged batch when several rows share a partition."""
+    if len(rows) == 1:
+        return _bound(statement, rows[0])
+    batch = BatchStatement(BatchType.UNLOGGED, consistency_level=_CONSISTENCY)
+    batch.is_idempotent = True
+    for values in rows:
+        batch.add(_bound(statement, values))
+    return batch
+
+
+def _bound(statement: PreparedStatement, values: list[bytes]) -> BoundStatement:
+    """A bound statement from values already in the wire format.
+
+    `PreparedStatement.bind` serializes value by value through the driver's generic type
+    layer (10-20 us a row on this machine, most of a flush's CPU); flush rows are only
+    text, int, bigint, timestamp and blob, encoded directly here (~2 us). `_Prepared`
+    checks at prepare time that the statements' bind types are the ones encoded here.
+    """
+    bound = BoundStatement(statement)
+    bound.values = values
+    return bound
+
+
+def _collect_into(found: list[Item]) -> Callable[[list[Any]], None]:
+    def on_rows(rows: list[Any]) -> None:
+        found.extend((product_id, int(event_time_ms)) for product_id, event_time_ms in rows)
+
+    return on_rows

@@ -1,0 +1,85 @@
+"""The cold-tier layout in pure functions: day buckets, the last-k blob, write timestamps.
+
+The CQL tables (`infra/cql/0001_*`, `0002_*`) are a public contract like the Redis layout,
+so everything about how a value is laid out lives here, free of I/O, and is unit tested:
+
+- history rows are bucketed by UTC day (days since the epoch) so partitions stay bounded;
+- a snapshot row holds one type's last-k as a JSON blob (see `encode_items`);
+- a snapshot row is written with the newest event time it holds as its CQL write
+  timestamp (microseconds), so a stale snapshot written late never wins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+
+from streams.logic.lastk import Item
+
+DAY_MS = 86_400_000
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def day_of(event_time_ms: int) -> int:
+    """The history bucket of an event time: whole days since 1970-01-01 UTC."""
+    return event_time_ms // DAY_MS
+
+
+def window_days(start_ms: int, end_ms: int, max_days: int | None = None) -> list[int]:
+    """The day buckets covering [start_ms, end_ms], newest first (empty if start > end).
+
+    Every bucket costs a read, so a window wider than `max_days` buckets is refused
+    (ValueError) rather than silently walked (`start_ms=0` would be ~20k reads).
+    """
+    if start_ms > end_ms:
+        return []
+    newest, oldest = day_of(end_ms), day_of(start_ms)
+    if max_days is not None and newest - oldest + 1 > max_days:
+        raise ValueError(
+            f"a window spans at most {max_days} days; [{start_ms}, {end_ms}] spans "
+            f"{newest - oldest + 1}"
+        )
+    return list(range(newest, oldest - 1, -1))
+
+
+def write_timestamp_us(items: Sequence[Item]) -> int:
+    """CQL write timestamp of a snapshot row: its newest event time, in microseconds.
+
+    Last-write-wins then means newest-snapshot-wins, whatever order the writes arrive in.
+    Items are newest first, but the max is taken anyway so a misordered list stays safe.
+    """
+    return max(event_time_ms for _product, event_time_ms in items) * 1000
+
+
+def encode_items(items: Sequence[Item]) -> bytes:
+    """A last-k list as the snapshot blob: UTF-8 JSON `[["p1",1700000000000],...]`.
+
+    Newest first, as given. JSON because every language reads it and CPython's C codec
+    beats any per-item struct packing done in Python.
+    """
+    return _compact([[product_id, event_time_ms] for product_id, event_time_ms in items]).encode()
+
+
+def decode_items(blob: bytes | None) -> list[Item]:
+    """The inverse of `encode_items`; a missing blob is an empty list."""
+    if not blob:
+        return []
+    decoded = json.loads(blob)
+    if not isinstance(decoded, list):
+        raise ValueError("a last-k blob must be a JSON array of [product_id, time_ms] pairs")
+    return [(str(product_id), int(event_time_ms)) for product_id, event_time_ms in decoded]
+
+
+def chunks(rows: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
+    """`rows` in consecutive slices of at most `size` (one CQL batch each)."""
+    for offset in range(0, len(rows), size):
+        yield rows[offset : offset + size]
+
+
+def group_by_day(items: Sequence[Item]) -> dict[int, list[Item]]:
+    """Items per history bucket, keeping their order (one partition per bucket)."""
+    days: dict[int, list[Item]] = {}
+    for item in items:
+        days.setdefault(day_of(item[1]), []).append(item)
+    return days

@@ -1,0 +1,284 @@
+"""The CQL cold-tier adapter against the real CQL server: round trip, idempotence, stale
+snapshots, windows across day buckets, TTLs, the in-flight bound and a down server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from infra.migrate import apply_migrations
+from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from sinks.cold_store import TRANSIENT_CQL_ERRORS, CqlColdStore
+from sinks.cql import connect
+from sinks.retry import transient_errors
+from streams.bootstrap import build_cold_store
+from streams.logic.cold_layout import DAY_MS
+from streams.logic.lastk import Item, UserLastK, merge_items
+from streams.settings import Settings
+from tests.conftest import free_port
+
+T = TypeVar("T")
+NOW_MS = 1_728_000_000_000  # 2024-10-04 00:00 UTC, day 20000
+TYPES = sorted(PRODUCT_EVENT_TYPES)
+
+
+@pytest.fixture
+def cql(isolated_settings: Settings) -> Iterator[tuple[Settings, Any]]:
+    """The test's own keyspace, migrated; dropped afterwards."""
+    cluster, session = connect(isolated_settings)
+    try:
+        apply_migrations(session, isolated_settings)
+        yield isolated_settings, session
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {isolated_settings.cql_keyspace}")
+        cluster.shutdown()
+
+
+def with_store(session: Any, body: Callable[[CqlColdStore], Awaitable[T]], **options: Any) -> T:
+    async def main() -> T:
+        store = CqlColdStore(session, **{"history_ttl_s": 3600, **options})
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def random_snapshot(rnd: random.Random, user_id: str, per_type: int = 10) -> UserLastK:
+    snapshot = UserLastK(user_id)
+    for event_type in rnd.sample(TYPES, rnd.randint(1, len(TYPES))):
+        items = [
+            (f"p{rnd.randrange(10_000)}", NOW_MS - rnd.randrange(3 * DAY_MS))
+            for _ in range(per_type)
+        ]
+        snapshot.items[event_type] = merge_items(items, [], keep=per_type)
+    return snapshot
+
+
+def history(session: Any, keyspace: str, user_id: str) -> list[tuple[Any, ...]]:
+    """All of a user's history rows (a full scan: the keyspace is the test's own)."""
+    rows = session.execute(
+        "SELECT user_id, event_type, day, event_time, product_id "
+        f"FROM {keyspace}.interactions_by_user"
+    )
+    return sorted(tuple(r[1:]) for r in rows if r[0] == user_id)
+
+
+def test_write_then_load_round_trips_many_users(cql: tuple[Settings, Any]) -> None:
+    settings, _session = cql
+    rnd = random.Random(1)
+    snapshots = [random_snapshot(rnd, f"u{i}") for i in range(300)]
+
+    async def body() -> dict[str, UserLastK]:
+        store = build_cold_store(settings)  # the composition root's builder, own connection
+        try:
+            await store.write_snapshots(snapshots)
+            return await store.load_last_k([s.user_id for s in snapshots])
+        finally:
+            await store.close()
+
+    loaded = asyncio.run(body())
+    assert {u: s.items for u, s in loaded.items()} == {s.user_id: s.items for s in snapshots}
+
+
+def test_unknown_users_load_empty(cql: tuple[Settings, Any]) -> None:
+    _settings, session = cql
+    loaded = with_store(session, lambda store: store.load_last_k(["nobody", "ghost"]))
+    assert loaded == {"nobody": UserLastK("nobody"), "ghost": UserLastK("ghost")}
+    assert with_store(session, lambda store: store.last_k("nobody", EventType.VIEW, 5)) == []
+    assert with_store(session, lambda store: store.load_last_k([])) == {}
+
+
+def test_last_k_reads_one_type_newest_first(cql: tuple[Settings, Any]) -> None:
+    _settings, session = cql
+    snapshot = UserLastK(
+        "u1", {EventType.VIEW: [("p3", 30), ("p2", 20), ("p1", 10)], EventType.ORDER: [("p9", 5)]}
+    )
+
+    async def body(store: CqlColdStore) -> tuple[list[Item], list[Item], list[Item]]:
+        await store.write_snapshots([snapshot])
+        return (
+            await store.last_k("u1", EventType.VIEW, 2),
+            await store.last_k("u1", EventType.ORDER, 10),
+            await store.last_k("u1", EventType.CLICK, 10),
+        )
+
+    assert with_store(session, body) == ([("p3", 30), ("p2", 20)], [("p9", 5)], [])
+
+
+def test_writing_the_same_snapshot_twice_changes_nothing(cql: tuple[Settings, Any]) -> None:
+    settings, session = cql
+    snapshot = random_snapshot(random.Random(2), "u1")
+    keyspace = settings.cql_keyspace
+    snapshot_cells = (
+        f"SELECT event_type, items, updated_ms, writetime(items) FROM {keyspace}.lastk_by_user "
+        "WHERE user_id = 'u1'"
+    )
+
+    async def write_once(store: CqlColdStore) -> dict[str, UserLastK]:
+        await store.write_snapshots([snapshot])
+        return await store.load_last_k(["u1"])
+
+    first = with_store(session, write_once)
+    cells_once = list(session.execute(snapshot_cells))
+    history_once = history(session, keyspace, "u1")
+    second = with_store(session, write_once)
+    assert second == first
+    assert list(session.execute(snapshot_cells)) == cells_once
+    assert history(session, keyspace, "u1") == history_once
+    assert len(history_once) == sum(len(items) for items in snapshot.items.values())
+
+
+def test_a_stale_snapshot_written_late_does_not_win(cql: tuple[Settings, Any]) -> None:
+    _settings, session = cql
+    newer = UserLastK(
+        "u1",
+        {
+            EventType.VIEW: [("p3", NOW_MS + 300), ("p2", NOW_MS + 200), ("p1", NOW_MS + 100)],
+            EventType.CLICK: [("p1", NOW_MS + 50)],
+        },
+    )
+    # Written by a worker that lost its partition: older view state, but a newer click.
+    stale = UserLastK(
+        "u1",
+        {
+            EventType.VIEW: [("p2", NOW_MS + 200), ("p1", NOW_MS + 100)],
+            EventType.CLICK: [("p5", NOW_MS + 60), ("p1", NOW_MS + 50)],
+        },
+    )
+
+    async def body(store: CqlColdStore) -> UserLastK:
+        await store.write_snapshots([newer])
+        await store.write_snapshots([stale])
+        return (await store.load_last_k(["u1"]))["u1"]
+
+    loaded = with_store(session, body)
+    assert loaded.items[EventType.VIEW] == newer.items[EventType.VIEW]
+    assert loaded.items[EventType.CLICK] == stale.items[EventType.CLICK]  # per type: newest wins
+
+
+def test_window_is_newest_first_within_bounds_across_days_and_honours_limit(
+    cql: tuple[Settings, Any],
+) -> None:
+    _settings, session = cql
+    day = NOW_MS  # start of day 20000
+    times = [day - 2 * DAY_MS + 5, day - DAY_MS - 1, day - DAY_MS + 7, day + 1, day + 9, day + 500]
+    snapshot = UserLastK(
+        "u1", {EventType.VIEW: merge_items([(f"p{i}", t) for i, t in enumerate(times)], [], 50)}
+    )
+    snapshot.items[EventType.CLICK] = [("c1", day + 3)]
+
+    week_ago = day - 7 * DAY_MS
+
+    async def body(store: CqlColdStore) -> dict[str, list[Item]]:
+        await store.write_snapshots([snapshot])
+        got = {
+            "all": await store.window("u1", EventType.VIEW, week_ago, day + DAY_MS, 100),
+            "inner": await store.window("u1", EventType.VIEW, day - DAY_MS - 1, day + 9, 100),
+            "limited": await store.window("u1", EventType.VIEW, week_ago, day + DAY_MS, 4),
+            "one_day": await store.window("u1", EventType.VIEW, day - 5, day + 10, 100),
+            "empty": await store.window("u1", EventType.VIEW, day + 600, day + 900, 100),
+            "zero": await store.window("u1", EventType.VIEW, week_ago, day + DAY_MS, 0),
+            "click": await store.window("u1", EventType.CLICK, week_ago, day + DAY_MS, 10),
+        }
+        with pytest.raises(ValueError, match="at most 400 days"):
+            await store.window("u1", EventType.VIEW, 0, day, 10)  # ~20k day buckets
+        return got
+
+    got = with_store(session, body)
+    newest_first = sorted(((f"p{i}", t) for i, t in enumerate(times)), key=lambda x: -x[1])
+    assert got["all"] == newest_first
+    assert got["inner"] == [item for item in newest_first if day - DAY_MS - 1 <= item[1] <= day + 9]
+    assert got["inner"][-1] == ("p1", day - DAY_MS - 1)  # both bounds inclusive
+    assert got["limited"] == newest_first[:4]  # spans two day buckets
+    assert got["one_day"] == [("p4", day + 9), ("p3", day + 1)]
+    assert got["empty"] == [] and got["zero"] == []
+    assert got["click"] == [("c1", day + 3)]
+
+
+def test_writes_carry_the_history_ttl_setting(cql: tuple[Settings, Any]) -> None:
+    settings, session = cql
+    snapshot = UserLastK("u1", {EventType.VIEW: [("p1", NOW_MS)]})
+    with_store(session, lambda store: store.write_snapshots([snapshot]), history_ttl_s=1000)
+    ttl = session.execute(
+        f"SELECT TTL(items) FROM {settings.cql_keyspace}.lastk_by_user WHERE user_id = 'u1'"
+    ).one()[0]
+    assert 990 <= ttl <= 1000  # the setting, not the table default (180 days)
+
+
+def test_history_rows_expire_with_the_setting(cql: tuple[Settings, Any]) -> None:
+    # History rows are all key columns, so TTL() cannot be read: watch them expire instead.
+    _settings, session = cql
+    snapshot = UserLastK("u1", {EventType.VIEW: [("p2", NOW_MS + 1), ("p1", NOW_MS)]})
+
+    async def body(store: CqlColdStore) -> tuple[list[Item], list[Item], UserLastK]:
+        await store.write_snapshots([snapshot])
+        before = await store.window("u1", EventType.VIEW, NOW_MS, NOW_MS + DAY_MS, 10)
+        await asyncio.sleep(3)
+        after = await store.window("u1", EventType.VIEW, NOW_MS, NOW_MS + DAY_MS, 10)
+        return before, after, (await store.load_last_k(["u1"]))["u1"]
+
+    before, after, loaded = with_store(session, body, history_ttl_s=2)
+    assert before == [("p2", NOW_MS + 1), ("p1", NOW_MS)]
+    assert after == []
+    assert loaded == UserLastK("u1")
+
+
+class CountingSession:
+    """Wraps a driver session to record the most requests ever in flight at once."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.most = 0
+        self.sent = 0
+
+    def prepare(self, cql: str) -> Any:
+        return self._session.prepare(cql)
+
+    def execute_async(self, statement: Any) -> Any:
+        with self._lock:
+            self.in_flight += 1
+            self.sent += 1
+            self.most = max(self.most, self.in_flight)
+        future = self._session.execute_async(statement)
+        future.add_callbacks(self._done, self._done)
+        return future
+
+    def _done(self, _result: object) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any]) -> None:
+    _settings, session = cql
+    rnd = random.Random(3)
+    snapshots = [random_snapshot(rnd, f"u{i}", per_type=5) for i in range(2000)]
+    counting = CountingSession(session)
+
+    async def body(store: CqlColdStore) -> dict[str, UserLastK]:
+        await store.write_snapshots(snapshots)
+        return await store.load_last_k([s.user_id for s in snapshots])
+
+    loaded = with_store(counting, body, max_in_flight=8)  # type: ignore[arg-type]
+    assert {u: s.items for u, s in loaded.items()} == {s.user_id: s.items for s in snapshots}
+    assert counting.sent >= 2 * len(snapshots)
+    assert 1 < counting.most <= 8
+
+
+def test_a_down_server_raises_a_transient_error(isolated_settings: Settings) -> None:
+    settings = isolated_settings.model_copy(update={"cql_port": free_port()})
+    started = time.monotonic()
+    with pytest.raises(TRANSIENT_CQL_ERRORS):
+        build_cold_store(settings)
+    assert time.monotonic() - started < 30
+    # ... and the agents' retry loop treats those as "store unavailable", not as bad input.
+    assert set(TRANSIENT_CQL_ERRORS) <= set(transient_errors())

@@ -1,0 +1,104 @@
+"""The cold-tier layout: day buckets, window buckets, the snapshot blob, write timestamps."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.logic.cold_layout import (
+    DAY_MS,
+    chunks,
+    day_of,
+    decode_items,
+    encode_items,
+    group_by_day,
+    window_days,
+    write_timestamp_us,
+)
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def test_day_is_whole_utc_days_since_epoch() -> None:
+    assert day_of(0) == 0
+    assert day_of(DAY_MS - 1) == 0
+    assert day_of(DAY_MS) == 1
+    assert day_of(ms("2024-10-04T00:00:00")) == 20000
+    assert day_of(ms("2024-10-04T23:59:59.999")) == 20000
+    assert day_of(ms("2024-10-05T00:00:00")) == 20001
+
+
+def test_window_days_are_newest_first_and_inclusive() -> None:
+    start, end = ms("2024-10-02T12:00:00"), ms("2024-10-04T01:00:00")
+    assert window_days(start, end) == [20000, 19999, 19998]
+    assert window_days(end, end) == [20000]
+    assert window_days(end, start) == []
+
+
+def test_a_window_wider_than_the_limit_is_refused() -> None:
+    end = ms("2024-10-04T01:00:00")
+    assert len(window_days(end - 2 * DAY_MS, end, max_days=3)) == 3
+    with pytest.raises(ValueError, match="at most 3 days"):
+        window_days(end - 3 * DAY_MS, end, max_days=3)
+    with pytest.raises(ValueError):
+        window_days(0, end, max_days=400)
+
+
+def test_blob_is_compact_json_pairs_newest_first() -> None:
+    items = [("p42", 1_728_000_000_123), ("p7", 1_727_999_990_000)]
+    blob = encode_items(items)
+    assert blob == b'[["p42",1728000000123],["p7",1727999990000]]'
+    assert json.loads(blob) == [["p42", 1_728_000_000_123], ["p7", 1_727_999_990_000]]
+    assert decode_items(blob) == items
+
+
+def test_blob_keeps_non_ascii_ids_as_utf8() -> None:
+    items = [("प्रोडक्ट-1", 5)]
+    assert decode_items(encode_items(items)) == items
+    assert "प्रोडक्ट".encode() in encode_items(items)
+
+
+def test_missing_or_empty_blob_is_an_empty_list() -> None:
+    assert decode_items(None) == []
+    assert decode_items(b"") == []
+    assert decode_items(encode_items([])) == []
+
+
+def test_a_blob_that_is_not_an_array_is_rejected() -> None:
+    with pytest.raises(ValueError, match="JSON array"):
+        decode_items(b'{"p1": 5}')
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1, max_size=20), st.integers(0, 2**53)),
+        max_size=60,
+    )
+)
+def test_blob_round_trips(items: list[tuple[str, int]]) -> None:
+    assert decode_items(encode_items(items)) == items
+
+
+def test_write_timestamp_is_the_newest_event_time_in_microseconds() -> None:
+    assert write_timestamp_us([("p2", 30), ("p1", 10)]) == 30_000
+    assert write_timestamp_us([("p1", 10), ("p2", 30)]) == 30_000  # order does not matter
+
+
+def test_group_by_day_keeps_order_within_a_day() -> None:
+    items = [("a", DAY_MS + 5), ("b", DAY_MS + 1), ("c", 7), ("d", 3)]
+    assert group_by_day(items) == {
+        1: [("a", DAY_MS + 5), ("b", DAY_MS + 1)],
+        0: [("c", 7), ("d", 3)],
+    }
+
+
+def test_chunks_cover_everything_in_order() -> None:
+    rows = [(f"p{i}", i) for i in range(7)]
+    assert [list(c) for c in chunks(rows, 3)] == [rows[0:3], rows[3:6], rows[6:7]]
+    assert list(chunks([], 3)) == []
