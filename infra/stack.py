@@ -1,14 +1,17 @@
 """`signals-stack`: the local stack of real services, without Docker.
 
-    up       start Redis, the mock Kafka broker and Cassandra 2.1 (idempotent), write the
-             env file, create the declared topics and apply the CQL migrations
+    up       start Redis, a 3-master Redis Cluster, the mock Kafka broker and Cassandra 2.1
+             (idempotent), write the env file, create the declared topics and apply the
+             CQL migrations
     down     stop exactly the processes `up` started (by PID)
     status   what is up and where
     topics   apply the topic spec to the configured broker (mock or real Kafka)
     migrate  apply the CQL migrations to the configured CQL server (Cassandra or ScyllaDB)
 
 Everything lives under one folder (SIGNALS_STATE_DIR, default ./.state). Ports can be
-moved with SIGNALS_STACK_REDIS_PORT, SIGNALS_STACK_CQL_PORT, SIGNALS_STACK_CQL_STORAGE_PORT.
+moved with SIGNALS_STACK_REDIS_PORT, SIGNALS_STACK_REDIS_CLUSTER_PORTS (comma-separated,
+one per master; each also uses port + 10000 for the cluster bus), SIGNALS_STACK_CQL_PORT,
+SIGNALS_STACK_CQL_STORAGE_PORT.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import time
 from collections.abc import Callable
 
 from infra.services import (
+    CLUSTER_BUS_OFFSET,
     CassandraService,
     KafkaMockService,
+    RedisClusterService,
     RedisService,
     Service,
     StackConfig,
@@ -37,17 +42,17 @@ def load_config() -> StackConfig:
         raw = os.environ.get(name)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise StackError(f"{name} must be a whole number, got {raw!r}") from None
-        if not 0 < value < 65536:
-            raise StackError(f"{name} must be a TCP port (1-65535), got {value}")
-        return value
+        return _port(name, raw)
 
+    cluster_ports = os.environ.get("SIGNALS_STACK_REDIS_CLUSTER_PORTS")
     return StackConfig(
         state_dir=state_dir(),
         redis_port=env_int("SIGNALS_STACK_REDIS_PORT", 16379),
+        redis_cluster_ports=(
+            StackConfig.redis_cluster_ports
+            if cluster_ports is None
+            else parse_cluster_ports("SIGNALS_STACK_REDIS_CLUSTER_PORTS", cluster_ports)
+        ),
         cql_port=env_int("SIGNALS_STACK_CQL_PORT", 19042),
         cql_storage_port=env_int("SIGNALS_STACK_CQL_STORAGE_PORT", 17000),
         cassandra_heap=os.environ.get("SIGNALS_STACK_CASSANDRA_HEAP", "768m"),
@@ -55,9 +60,40 @@ def load_config() -> StackConfig:
     )
 
 
+def _port(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise StackError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 0 < value < 65536:
+        raise StackError(f"{name} must be a TCP port (1-65535), got {value}")
+    return value
+
+
+def parse_cluster_ports(name: str, raw: str) -> tuple[int, ...]:
+    """`17001,17002,17003`: distinct ports, each leaving room for its bus port (+10000)."""
+    ports = tuple(_port(name, part.strip()) for part in raw.split(",") if part.strip())
+    if not ports:
+        raise StackError(f"{name} must list at least one port, got {raw!r}")
+    if len(set(ports)) != len(ports):
+        raise StackError(f"{name} must not repeat a port, got {raw!r}")
+    highest = 65535 - CLUSTER_BUS_OFFSET
+    if max(ports) > highest:
+        raise StackError(
+            f"{name} ports must be at most {highest} (the cluster bus uses port + "
+            f"{CLUSTER_BUS_OFFSET}), got {max(ports)}"
+        )
+    return ports
+
+
 def services(config: StackConfig) -> list[Service]:
     # Cassandra first: it is the slowest to become ready, so it starts while the others do.
-    return [CassandraService(config), RedisService(config), KafkaMockService(config)]
+    return [
+        CassandraService(config),
+        RedisService(config),
+        RedisClusterService(config),
+        KafkaMockService(config),
+    ]
 
 
 def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
@@ -160,11 +196,11 @@ def status(config: StackConfig, say: Callable[[str], None] = print) -> bool:
         pid = service.pid()
         if pid is None:
             all_up = False
-            say(f"{service.name:<10} down")
+            say(f"{service.name:<13} down")
         else:
-            say(f"{service.name:<10} up    {service.address():<22} pid {pid}")
+            say(f"{service.name:<13} up    {service.address():<22} pid {pid}")
     env_file = config.env_file if config.env_file.exists() else "(none: the stack is not up)"
-    say(f"{'env file':<10} {env_file}")
+    say(f"{'env file':<13} {env_file}")
     return all_up
 
 

@@ -5,27 +5,56 @@ Entry points (CLIs, the worker, tests) call these functions; nothing connects at
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faust
 import redis.asyncio as aioredis
 
-from sinks.hot_store import RedisHotStore
+from sinks.hot_store import HotRedis, RedisHotStore
 from streams.app import build_app
 from streams.settings import Settings
 
+if TYPE_CHECKING:
+    from sinks.cold_store import CqlColdStore
 
-def build_redis(settings: Settings) -> aioredis.Redis:
-    """An asyncio Redis client; it connects lazily on first command."""
+
+def build_redis(settings: Settings) -> HotRedis:
+    """An asyncio client for one Redis, or for a Redis Cluster (discovered from any node);
+    it connects lazily on first command."""
+    if settings.redis_cluster:
+        return aioredis.RedisCluster.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
     return aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
     )
 
 
-def build_hot_store(settings: Settings, client: aioredis.Redis | None = None) -> RedisHotStore:
+def build_hot_store(settings: Settings, client: HotRedis | None = None) -> RedisHotStore:
     return RedisHotStore(
         client or build_redis(settings),
         prefix=settings.redis_key_prefix,
         last_k=settings.last_k,
         ttl_s=settings.hot_ttl_s,
+    )
+
+
+def build_cold_store(settings: Settings) -> CqlColdStore:
+    """The CQL cold tier on `settings.cql_keyspace` (migrated beforehand: `signals-stack migrate`).
+
+    Connects now (the driver's connect is synchronous: call it before the loop is busy);
+    statements are prepared on first use or with `await store.open()`. The driver is
+    imported here, not at module import, so entry points without a cold tier stay light.
+    """
+    from sinks.cold_store import CqlColdStore  # noqa: PLC0415
+    from sinks.cql import connect  # noqa: PLC0415
+
+    cluster, session = connect(settings, settings.cql_keyspace)
+    return CqlColdStore(
+        session,
+        history_ttl_s=settings.cold_history_ttl_s,
+        max_in_flight=settings.cql_max_in_flight,
+        cluster=cluster,
     )
 
 

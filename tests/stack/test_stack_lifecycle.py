@@ -4,6 +4,7 @@ one clear line with nothing half-started. Runs a second, private stack on its ow
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -14,7 +15,31 @@ from pathlib import Path
 import pytest
 
 from infra.process import is_running
+from infra.services import CLUSTER_BUS_OFFSET
 from tests.conftest import ROOT, free_port
+
+CLUSTER_PORTS_ENV = "SIGNALS_STACK_REDIS_CLUSTER_PORTS"
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_ports(count: int = 3) -> list[int]:
+    """Free ports whose cluster bus port (+10000) is free too; both below the ephemeral
+    range, where a random free port (free_port) could leave no room for the bus port."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 22000)
+        if port not in ports and bindable(port) and bindable(port + CLUSTER_BUS_OFFSET):
+            ports.append(port)
+    return ports
 
 
 @pytest.fixture
@@ -27,6 +52,7 @@ def private_stack_env(stack: None) -> Iterator[dict[str, str]]:
         **os.environ,
         "SIGNALS_STATE_DIR": str(state),
         "SIGNALS_STACK_REDIS_PORT": str(free_port()),
+        CLUSTER_PORTS_ENV: ",".join(str(port) for port in free_cluster_ports()),
         "SIGNALS_STACK_CQL_PORT": str(free_port()),
         "SIGNALS_STACK_CQL_STORAGE_PORT": str(free_port()),
         "SIGNALS_STACK_CASSANDRA_HEAP": "384m",
@@ -70,12 +96,19 @@ def test_up_twice_is_a_no_op_and_down_leaves_no_process(private_stack_env: dict[
     first = stack_cli(private_stack_env, "up")
     assert first.returncode == 0, first.stderr
     started = pids(state)
-    assert set(started) == {"redis", "kafka", "cassandra"}
+    cluster_ports = private_stack_env[CLUSTER_PORTS_ENV].split(",")
+    assert set(started) == {"redis", "kafka", "cassandra"} | {
+        f"redis-cluster-{port}" for port in cluster_ports
+    }
+    assert (
+        f"SIGNALS_REDIS_CLUSTER_URL=redis://127.0.0.1:{cluster_ports[0]}/0"
+        in (state / "stack.env").read_text()
+    )
     env_file = (state / "stack.env").read_text()
 
     second = stack_cli(private_stack_env, "up")
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already up") == 3
+    assert second.stdout.count("already up") == 4
     assert "created" not in second.stdout and "applied" not in second.stdout
     assert pids(state) == started
     assert (state / "stack.env").read_text() == env_file
@@ -102,6 +135,23 @@ def test_a_taken_port_is_one_clear_line_and_nothing_starts(
     assert result.stderr.strip() == (
         f"signals-stack: error: redis: port 127.0.0.1:{port} is already in use by another process "
         "(set SIGNALS_STACK_REDIS_PORT to use another)"
+    )
+    assert pids(state) == {}
+
+
+def test_a_taken_cluster_port_is_one_clear_line_and_nothing_starts(
+    private_stack_env: dict[str, str],
+) -> None:
+    state = Path(private_stack_env["SIGNALS_STATE_DIR"])
+    ports = private_stack_env[CLUSTER_PORTS_ENV].split(",")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(ports[1])))
+        squatter.listen()
+        result = stack_cli(private_stack_env, "up")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"signals-stack: error: redis-cluster: port 127.0.0.1:{ports[1]} is already in use by "
+        f"another process (set {CLUSTER_PORTS_ENV} to use another)"
     )
     assert pids(state) == {}
 

@@ -1,0 +1,323 @@
+"""Ingest throughput: events topic -> one `signals worker` -> Redis, against the local stack.
+
+Produces N synthetic events onto a fresh topic (production partition count), then measures
+in the same run:
+
+  (a) the ceiling: a raw aiokafka consumer reading the whole topic (and the same consumer
+      also decoding + validating every event, the least a Python worker must do);
+  (b) one worker subprocess (its own consumer group and Redis key prefix) from start until
+      every interaction is visible in Redis (`<prefix>:stats:applied`). The sustained rate
+      runs from the first applied batch to the last, so startup and group join are excluded.
+
+`--compare REF` also runs the worker from git REF (e.g. HEAD) on the same topic, for a
+before/after in one run. Prints a table and writes bench/results/ingest.json.
+
+    .venv/bin/python bench/ingest_bench.py [--events N] [--compare HEAD] [--env K=V ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    ROOT,
+    Isolated,
+    Table,
+    WorkerProcess,
+    ensure_stack,
+    exported_tree,
+    produce,
+    write_results,
+)
+
+from streams.settings import Settings
+
+POLL_S = 0.02
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ConsumerRun:
+    messages: int
+    seconds: float  # first message to last
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else float("nan")
+
+
+async def _raw_consume(settings: Settings, expected: int, decode: bool) -> ConsumerRun:
+    """Read every partition from the beginning, no consumer group: the broker/client ceiling."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from schemas.codec import decode_event  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(settings.events_topic, p) for p in range(settings.events_partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        first = last = 0.0
+        deadline = time.monotonic() + 120
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batches.values():
+                if not first:
+                    first = time.perf_counter()
+                if decode:
+                    for record in records:
+                        decode_event(record.value)
+                seen += len(records)
+            last = time.perf_counter()
+        return ConsumerRun(seen, last - first)
+    finally:
+        await consumer.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class WorkerRun:
+    label: str
+    events: int
+    interactions: int
+    startup_s: float  # worker start -> first applied batch visible
+    sustained_s: float  # first applied batch -> all applied
+    middle_s: float  # 10% -> 90% of interactions applied
+    cpu_s: float  # worker CPU while applying (first applied -> all applied)
+
+    @property
+    def events_per_s(self) -> float:
+        """Sustained rate in events (interactions scaled by the events/interactions ratio)."""
+        return self.interactions_per_s * self.events / self.interactions
+
+    @property
+    def interactions_per_s(self) -> float:
+        return self.interactions / self.sustained_s if self.sustained_s > 0 else float("nan")
+
+    @property
+    def middle_events_per_s(self) -> float:
+        return 0.8 * self.events / self.middle_s if self.middle_s > 0 else float("nan")
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_s / self.events * 1e6
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "events_per_s": round(self.events_per_s),
+            "interactions_per_s": round(self.interactions_per_s),
+            "middle_events_per_s": round(self.middle_events_per_s),
+            "cpu_us_per_event": round(self.cpu_us_per_event, 1),
+        }
+
+
+def run_worker(
+    iso: Isolated,
+    produced_events: int,
+    interactions: int,
+    *,
+    label: str,
+    source: Path,
+    extra_env: dict[str, str],
+    timeout_s: float,
+) -> WorkerRun:
+    """One worker with its own consumer group and key prefix over the shared topic."""
+    import redis  # noqa: PLC0415
+
+    from infra.topics import apply_topics  # noqa: PLC0415
+
+    suffix = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+    env = {
+        **iso.env,
+        "SIGNALS_APP_ID": f"{iso.env['SIGNALS_APP_ID']}-{suffix}",
+        "SIGNALS_REDIS_KEY_PREFIX": f"{iso.env['SIGNALS_REDIS_KEY_PREFIX']}-{suffix}",
+        **extra_env,
+    }
+    settings = Settings.load(
+        **{k.removeprefix("SIGNALS_").lower(): v for k, v in env.items() if k != "SIGNALS_LAST_K"}
+    )
+    apply_topics(settings)  # the group's Faust leader topic; the events topic exists already
+    stats_key = f"{settings.redis_key_prefix}:stats:applied"
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        with WorkerProcess(env, label=suffix, source=source) as worker:
+            started = time.perf_counter()
+            deadline = started + timeout_s
+            first_t = t10 = t90 = 0.0
+            first_count = 0
+            cpu_first = 0.0
+            while True:
+                now = time.perf_counter()
+                count = int(client.get(stats_key) or 0)
+                if count and not first_t:
+                    first_t, first_count = now, count
+                    cpu_first = _cpu_seconds(worker.pid)
+                if not t10 and count >= 0.1 * interactions:
+                    t10 = now
+                if not t90 and count >= 0.9 * interactions:
+                    t90 = now
+                if count >= interactions:
+                    cpu_last = _cpu_seconds(worker.pid)
+                    break
+                if not worker.alive():
+                    raise RuntimeError(f"worker {label} exited; log:\n{worker.tail()}")
+                if now > deadline:
+                    raise RuntimeError(
+                        f"worker {label}: {count}/{interactions} applied after {timeout_s:.0f}s;"
+                        f" log:\n{worker.tail()}"
+                    )
+                time.sleep(POLL_S)
+        # The first poll that sees a count sees a whole batch already applied: scale the
+        # events to the part applied after it.
+        remaining = interactions - first_count
+        return WorkerRun(
+            label=label,
+            events=round(produced_events * remaining / interactions),
+            interactions=remaining,
+            startup_s=first_t - started,
+            sustained_s=now - first_t,
+            middle_s=t90 - t10,
+            cpu_s=cpu_last - cpu_first,
+        )
+    finally:
+        client.close()
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key if key.startswith("SIGNALS_") else f"SIGNALS_{key.upper()}"] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Ingest throughput of one worker vs a raw aiokafka consumer, same run.",
+        epilog="Writes bench/results/ingest.json. Needs the local stack (started if not up).",
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="events (default 200000)")
+    parser.add_argument("--users", type=int, default=50_000, help="distinct users (default 50000)")
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="also run the worker from this git ref (e.g. HEAD) for a before/after",
+    )
+    parser.add_argument(
+        "--env",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="extra setting for the worker from this tree (SIGNALS_ prefix optional)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each worker this many times (default 1)"
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="per worker run, seconds")
+    parser.add_argument("--skip-raw", action="store_true", help="skip the raw consumer ceiling")
+    args = parser.parse_args(argv)
+    if args.events <= 0 or args.repeat <= 0:
+        parser.error("--events and --repeat must be positive")
+    try:
+        extra_env = parse_env(args.env)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+
+    print("local stack ...", flush=True)
+    ensure_stack()
+    iso = Isolated.create("ingest")
+    settings = iso.settings
+    print(
+        f"topic {settings.events_topic} ({settings.events_partitions} partitions); "
+        f"producing {args.events:,} events ...",
+        flush=True,
+    )
+    produced = produce(settings, args.events, users=args.users)
+    table = Table(
+        f"ingest: {produced.events:,} events ({produced.interactions:,} with a product), "
+        f"{settings.events_partitions} partitions, one worker"
+    )
+    table.add("produce (EventProducer)", produced.events / produced.seconds, "events/s")
+    result: dict[str, Any] = {
+        "events": produced.events,
+        "interactions": produced.interactions,
+        "partitions": settings.events_partitions,
+        "topic": settings.events_topic,
+    }
+
+    if not args.skip_raw:
+        print("raw aiokafka consumer ...", flush=True)
+        raw = asyncio.run(_raw_consume(settings, produced.events, decode=False))
+        raw_decode = asyncio.run(_raw_consume(settings, produced.events, decode=True))
+        table.add("raw aiokafka consumer (ceiling)", raw.rate, "msg/s", f"{raw.messages:,} read")
+        table.add("raw aiokafka + decode/validate", raw_decode.rate, "msg/s", "same, one core")
+        result["raw_consumer_msgs_per_s"] = round(raw.rate)
+        result["raw_consumer_decode_msgs_per_s"] = round(raw_decode.rate)
+
+    runs: list[WorkerRun] = []
+    variants: list[tuple[str, Path | None, dict[str, str]]] = [
+        *((f"worker@{ref}", None, {}) for ref in args.compare),
+        ("worker (this tree)", ROOT, extra_env),
+    ]
+    for attempt in range(args.repeat):
+        for label, source, env in variants:
+            ref = label.split("@", 1)[1] if source is None else None
+            tree = exported_tree(ref) if ref else contextlib.nullcontext(source)
+            with tree as folder:
+                print(f"{label} (run {attempt + 1}) ...", flush=True)
+                assert folder is not None
+                run = run_worker(
+                    iso,
+                    produced.events,
+                    produced.interactions,
+                    label=label if args.repeat == 1 else f"{label}#{attempt + 1}",
+                    source=folder,
+                    extra_env=env,
+                    timeout_s=args.timeout,
+                )
+            runs.append(run)
+            table.add(
+                run.label,
+                run.events_per_s,
+                "events/s",
+                f"10-90%: {run.middle_events_per_s:,.0f}/s; "
+                f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s",
+            )
+    result["workers"] = [run.summary() for run in runs]
+    result["worker_env"] = extra_env
+    table.print()
+    path = write_results("ingest", result)
+    print(f"wrote {path.relative_to(ROOT)}")
+    iso.cleanup_redis()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
