@@ -7,6 +7,8 @@ Redis layout (documented in the README, readable from any language):
     <prefix>:{<user>}:v      string, the user's write version: +1 on every batch that
                              touched the user (same hash tag as the user's last-k keys)
 
+Users are marked active (and their versions bumped) by the batch write itself
+(`RedisHotStore.record` with `activity`), in the same round trip as their last-k.
 A user is *hot* exactly when they are in their partition's active set. The active set is
 the per-partition index ordered by last activity: finding ended sessions is one
 `ZRANGEBYSCORE` from the oldest end, never a scan of all users.
@@ -20,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
-from streams.logic.lastk import UserLastK, hot_key
+from streams.logic.lastk import UserLastK, active_key, hot_key, version_key
 
 RedisClient = Redis | RedisCluster
 
@@ -77,26 +79,15 @@ class HotSnapshot:
 class RedisSessions:
     """The active sets and the user versions, next to the last-k keys of `RedisHotStore`."""
 
-    def __init__(self, client: RedisClient, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
-        self._ttl_s = ttl_s
 
     def active_key(self, partition: int) -> str:
-        return f"{self._prefix}:active:{{p{partition}}}"
+        return active_key(self._prefix, partition)
 
     def version_key(self, user_id: str) -> str:
-        return f"{self._prefix}:{{{user_id}}}:v"
-
-    def queue_activity(self, pipe: Any, partition: int, latest: Mapping[str, int]) -> None:
-        """Add to a write pipeline: mark users active (newest time wins) and bump versions."""
-        if not latest:
-            return
-        pipe.zadd(self.active_key(partition), dict(latest), gt=True)
-        for user_id in latest:
-            version = self.version_key(user_id)
-            pipe.incr(version)
-            pipe.expire(version, self._ttl_s)
+        return version_key(self._prefix, user_id)
 
     async def hot_users(self, users_by_partition: Mapping[int, Sequence[str]]) -> set[str]:
         """Which of these users are in the hot tier now (one round trip)."""

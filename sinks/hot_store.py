@@ -15,17 +15,33 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from schemas.events import EventType
-from streams.logic.lastk import Interaction, KeyWrite, hot_key, plan_writes
+from streams.logic.lastk import (
+    Interaction,
+    KeyWrite,
+    active_key,
+    hot_key,
+    plan_writes,
+    version_key,
+)
 
 #: The clients the hot tier runs on: one Redis, or a Redis Cluster.
 HotRedis = aioredis.Redis | aioredis.RedisCluster
+#: Partition -> user -> newest event time of that user in a batch.
+Activity = Mapping[int, Mapping[str, int]]
+ScriptCall = tuple[list[str], list[str | int]]
 
 
 class HotStore(Protocol):
     """What the agents and readers need from the hot tier."""
 
-    async def record(self, interactions: Sequence[Interaction]) -> int:
-        """Apply a batch idempotently; returns how many interactions were applied."""
+    async def record(
+        self,
+        interactions: Sequence[Interaction],
+        activity: Activity | None = None,
+        *,
+        counted: int | None = None,
+    ) -> int:
+        """Apply a batch idempotently; returns how many interactions were counted."""
         ...
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
@@ -55,41 +71,70 @@ class RedisHotStore:
         """Counter of interactions applied, read by the demo and the benchmark."""
         return f"{self._prefix}:stats:applied"
 
-    async def record(self, interactions: Sequence[Interaction]) -> int:
+    async def record(
+        self,
+        interactions: Sequence[Interaction],
+        activity: Activity | None = None,
+        *,
+        counted: int | None = None,
+    ) -> int:
+        """Apply a batch in one round trip (one per node on a cluster).
+
+        `activity` (partition -> user -> newest event time) marks those users active in
+        their partition's active set and bumps their versions in the same call, so a user
+        is never in the hot tier without being findable by the session flush. `counted`
+        is what the applied counter grows by (default: every interaction; re-hydrated
+        history is written but not counted).
+        """
         writes = plan_writes(interactions, self._prefix, self._last_k)
-        if not writes:
+        versions: list[str] = []
+        for partition, latest in (activity or {}).items():
+            if latest:
+                writes.append(
+                    KeyWrite(key=active_key(self._prefix, partition), keep=0, members=dict(latest))
+                )
+                versions.extend(version_key(self._prefix, user_id) for user_id in latest)
+        applied = len(interactions) if counted is None else counted
+        if not writes and not versions:
             return 0
         if self._one_slot:
             # One script call for the whole batch: with a pipeline, redis-py's per-command
             # cost (3 commands per key, packed and parsed in Python) was most of the write.
-            await self._apply(writes, self.stats_key, len(interactions))
+            keys, args = self._script_call(writes, versions, self.stats_key, applied)
+            await self._script(keys=keys, args=args)
         else:
-            # On a cluster a script may only touch one slot: one call per slot (a user's
-            # hash tag), counting nothing there (the counter lives in another slot).
-            by_slot: dict[int, list[KeyWrite]] = {}
-            for write in writes:
-                by_slot.setdefault(key_slot(write.key.encode()), []).append(write)
-            calls = [self._script_input(group, group[0].key, 0) for group in by_slot.values()]
-            missing = await self._evalsha_on_cluster(calls, len(interactions))
-            if missing:
-                # A node without the script (new, restarted, flushed): load it on every
-                # primary and resend only those calls (idempotent; the counter is not).
-                await self._redis.script_load(_APPLY_LUA)
-                if await self._evalsha_on_cluster(missing, 0):
-                    raise NoScriptError("the hot-tier script vanished right after loading")
-        return len(interactions)
+            await self._record_on_cluster(writes, versions, applied)
+        return applied
 
-    async def _apply(self, writes: Sequence[KeyWrite], counter: str, applied: int) -> None:
-        keys, args = self._script_input(writes, counter, applied)
-        await self._script(keys=keys, args=args)
-
-    def _script_input(
-        self, writes: Sequence[KeyWrite], counter: str, applied: int
-    ) -> tuple[list[str], list[str | int]]:
-        keys: list[str] = [counter]
-        args: list[str | int] = [self._ttl_s, applied]
+    async def _record_on_cluster(
+        self, writes: Sequence[KeyWrite], versions: Sequence[str], applied: int
+    ) -> None:
+        """A script may only touch one slot: one call per slot (a user's hash tag or a
+        partition's), all in one pipeline; the counter (another slot) goes beside them."""
+        by_slot: dict[int, tuple[list[KeyWrite], list[str]]] = {}
         for write in writes:
-            keys.append(write.key)
+            by_slot.setdefault(key_slot(write.key.encode()), ([], []))[0].append(write)
+        for version in versions:
+            by_slot.setdefault(key_slot(version.encode()), ([], []))[1].append(version)
+        calls = []
+        for group, group_versions in by_slot.values():
+            # The first key only routes the call; with a count of 0 it is left alone.
+            router = group[0].key if group else group_versions[0]
+            calls.append(self._script_call(group, group_versions, router, 0))
+        missing = await self._evalsha_on_cluster(calls, applied)
+        if missing:
+            # A node without the script (new, restarted, flushed): load it on every
+            # primary and resend only those calls (the counter was already added).
+            await self._redis.script_load(_APPLY_LUA)
+            if await self._evalsha_on_cluster(missing, 0):
+                raise NoScriptError("the hot-tier script vanished right after loading")
+
+    def _script_call(
+        self, writes: Sequence[KeyWrite], versions: Sequence[str], counter: str, applied: int
+    ) -> ScriptCall:
+        keys = [counter, *(write.key for write in writes), *versions]
+        args: list[str | int] = [self._ttl_s, applied, len(writes)]
+        for write in writes:
             args.append(write.keep)
             args.append(len(write.members))
             for member, score in write.members.items():
@@ -98,8 +143,8 @@ class RedisHotStore:
         return keys, args
 
     async def _evalsha_on_cluster(
-        self, calls: Sequence[tuple[list[str], list[str | int]]], applied: int
-    ) -> list[tuple[list[str], list[str | int]]]:
+        self, calls: Sequence[ScriptCall], applied: int
+    ) -> list[ScriptCall]:
         """All calls (and the counter) in one non-transactional cluster pipeline: one round
         trip per node touched, not per user. Returns the calls that met NOSCRIPT."""
         cluster = cast("aioredis.RedisCluster", self._redis)
@@ -135,16 +180,20 @@ class RedisHotStore:
         return int(value or 0)
 
 
-#: One batch of key writes in one round trip. KEYS[1] is the applied counter (left alone
-#: when the count is 0), then one key per write; ARGV is ttl, applied count, then per key:
-#: keep, n, and n (score, member) pairs. Per key, as the pipeline did: ZADD GT (a
-#: redelivered or late event never moves a product back in time; new members are always
-#: added), keep only the newest `keep` by score (event time), refresh the TTL. At most
-#: 1000 pairs per ZADD (Lua's unpack limit). Idempotent, like the writes themselves.
+#: One batch in one round trip. KEYS[1] is the applied counter (left alone when the count
+#: is 0; on a cluster it is just the call's first key, for routing), then one key per
+#: sorted-set write, then version keys. ARGV is ttl, applied count, number of writes W,
+#: then per write: keep, n, and n (score, member) pairs.
+#: Per last-k key (keep > 0): ZADD GT (a redelivered or late event never moves a product
+#: back in time; new members are always added), keep only the newest `keep` by score
+#: (event time), refresh the TTL. Per active set (keep = 0): ZADD GT only (a session's end
+#: never moves back). Per version key: INCR and refresh the TTL. At most 1000 pairs per
+#: ZADD (Lua's unpack limit). Idempotent except the version bump, which only has to change.
 _APPLY_LUA = """
 local ttl = ARGV[1]
-local pos = 3
-for i = 2, #KEYS do
+local writes = tonumber(ARGV[3])
+local pos = 4
+for i = 2, writes + 1 do
   local key = KEYS[i]
   local keep = tonumber(ARGV[pos])
   local last = pos + 1 + 2 * tonumber(ARGV[pos + 1])
@@ -154,13 +203,19 @@ for i = 2, #KEYS do
     redis.call('ZADD', key, 'GT', unpack(ARGV, pos, upto))
     pos = upto + 1
   end
-  redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
-  redis.call('EXPIRE', key, ttl)
+  if keep > 0 then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+for i = writes + 2, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ttl)
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('INCRBY', KEYS[1], ARGV[2])
 end
-return #KEYS - 1
+return writes
 """
 
 

@@ -16,10 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dotenv import dotenv_values
 
-from streams.settings import Settings
+from streams.settings import Settings, stack_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,3 +134,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cluster_url() -> str:
+    """The stack's Redis Cluster; a real variable wins over the env file, as in Settings."""
+    env_file = stack_env_file()
+    from_file = (
+        dotenv_values(env_file).get("SIGNALS_REDIS_CLUSTER_URL") if env_file.exists() else None
+    )
+    url = os.environ.get("SIGNALS_REDIS_CLUSTER_URL") or from_file
+    if not url:
+        pytest.fail(f"no SIGNALS_REDIS_CLUSTER_URL in the environment or {env_file}")
+    return url
+
+
+def on_backend(settings: Settings, backend: str, k: int | None = 5) -> Settings:
+    """The test's settings pointed at the single Redis or at the cluster (k per type = `k`)."""
+    update: dict[str, Any] = {} if k is None else {"last_k": {t: k for t in settings.last_k}}
+    if backend == "cluster":
+        update |= {"redis_url": cluster_url(), "redis_cluster": True}
+    return settings.model_copy(update=update)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def backend_settings(request: pytest.FixtureRequest, isolated_settings: Settings) -> Settings:
+    return on_backend(isolated_settings, request.param)

@@ -4,6 +4,11 @@ The layout is a public contract (the feed service and other languages read it di
 
     <prefix>:{<user_id>}:<event_type>   sorted set, member = product id, score = event time (ms)
 
+    <prefix>:{<user_id>}:v             string, the user's write version (+1 per batch)
+    <prefix>:active:{p<N>}             sorted set per events-topic partition N of the users
+                                       in the hot tier: member = user id, score = newest
+                                       event time (ms) of their session
+
 The `{user_id}` hash tag keeps all of a user's keys on one Redis Cluster slot, so one
 user's writes can share a pipeline or a Lua script even on a cluster.
 """
@@ -28,6 +33,14 @@ class Interaction:
 
 def hot_key(prefix: str, user_id: str, event_type: EventType | str) -> str:
     return f"{prefix}:{{{user_id}}}:{EventType(event_type).value}"
+
+
+def version_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:{{{user_id}}}:v"
+
+
+def active_key(prefix: str, partition: int) -> str:
+    return f"{prefix}:active:{{p{partition}}}"
 
 
 def interaction_of(event: Event) -> Interaction | None:

@@ -1,15 +1,15 @@
-"""Active sets, versions and conditional eviction against a real Redis."""
+"""Active sets, versions and conditional eviction against a real Redis and a real cluster."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 
 from schemas.events import EventType
 from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
-from sinks.hot_store import RedisHotStore
+from sinks.hot_store import HotRedis, RedisHotStore
+from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction, hot_key
 from streams.settings import Settings
 
@@ -17,8 +17,9 @@ T0 = 1_760_000_000_000
 
 
 @pytest.fixture
-def client(isolated_settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(isolated_settings.redis_url)
+def client(backend_settings: Settings) -> HotRedis:
+    """A client on the single Redis or on the cluster (every test runs on both)."""
+    return build_redis(backend_settings)
 
 
 def run(coro):
@@ -26,22 +27,19 @@ def run(coro):
 
 
 async def seed(
-    client: aioredis.Redis, settings: Settings, partition: int, rows: list[Interaction]
+    client: HotRedis, settings: Settings, partition: int, rows: list[Interaction]
 ) -> tuple[RedisHotStore, RedisSessions]:
     store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k, 3600)
-    sessions = RedisSessions(client, settings.redis_key_prefix, 3600)
-    await store.record(rows)
+    sessions = RedisSessions(client, settings.redis_key_prefix)
     latest: dict[str, int] = {}
     for row in rows:
         latest[row.user_id] = max(latest.get(row.user_id, 0), row.event_time_ms)
-    async with client.pipeline(transaction=False) as pipe:
-        sessions.queue_activity(pipe, partition, latest)
-        await pipe.execute()
+    await store.record(rows, {partition: latest})
     return store, sessions
 
 
 def test_active_set_finds_ended_sessions_oldest_first_and_knows_who_is_hot(
-    client: aioredis.Redis, isolated_settings: Settings
+    client: HotRedis, backend_settings: Settings
 ) -> None:
     async def scenario() -> None:
         rows = [
@@ -50,7 +48,7 @@ def test_active_set_finds_ended_sessions_oldest_first_and_knows_who_is_hot(
             Interaction("u3", EventType.CLICK, "p3", T0 + 20),
             Interaction("u1", EventType.CLICK, "p9", T0 + 5),  # late: u1's activity stays T0+5
         ]
-        _, sessions = await seed(client, isolated_settings, 3, rows)
+        _, sessions = await seed(client, backend_settings, 3, rows)
         ended = await sessions.ended(3, before_ms=T0 + 20, limit=10)
         assert ended == [EndedSession("u1", 3, T0 + 5), EndedSession("u2", 3, T0 + 10)]
         assert await sessions.ended(3, before_ms=T0 + 20, limit=1) == ended[:1]
@@ -65,16 +63,16 @@ def test_active_set_finds_ended_sessions_oldest_first_and_knows_who_is_hot(
 
 
 def test_snapshot_then_evict_moves_a_user_out_completely(
-    client: aioredis.Redis, isolated_settings: Settings
+    client: HotRedis, backend_settings: Settings
 ) -> None:
     async def scenario() -> None:
-        prefix = isolated_settings.redis_key_prefix
+        prefix = backend_settings.redis_key_prefix
         rows = [
             Interaction("u1", EventType.VIEW, "p1", T0),
             Interaction("u1", EventType.VIEW, "p2", T0 + 1),
             Interaction("u1", EventType.ORDER, "p2", T0 + 2),
         ]
-        _, sessions = await seed(client, isolated_settings, 0, rows)
+        _, sessions = await seed(client, backend_settings, 0, rows)
         [snapshot] = await sessions.snapshots(await sessions.ended(0, T0 + 100, 10))
         assert snapshot.last_k.items == {
             EventType.VIEW: [("p2", T0 + 1), ("p1", T0)],
@@ -92,20 +90,20 @@ def test_snapshot_then_evict_moves_a_user_out_completely(
 
 
 def test_a_user_active_again_after_the_snapshot_is_not_evicted(
-    client: aioredis.Redis, isolated_settings: Settings
+    client: HotRedis, backend_settings: Settings
 ) -> None:
     """New writes between snapshot and eviction bump the version: nothing is lost."""
 
     async def scenario() -> None:
         _, sessions = await seed(
-            client, isolated_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
+            client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
         )
         [snapshot] = await sessions.snapshots(await sessions.ended(1, T0 + 100, 10))
         # The user comes back while the flush is in flight (even with a late event).
-        await seed(client, isolated_settings, 1, [Interaction("u1", EventType.VIEW, "p0", T0 - 5)])
+        await seed(client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p0", T0 - 5)])
         assert await sessions.evict([snapshot]) == []
         assert await sessions.hot_users({1: ["u1"]}) == {"u1"}
-        key = hot_key(isolated_settings.redis_key_prefix, "u1", EventType.VIEW)
+        key = hot_key(backend_settings.redis_key_prefix, "u1", EventType.VIEW)
         assert await client.zcard(key) == 2
         await client.aclose()
 
@@ -113,13 +111,13 @@ def test_a_user_active_again_after_the_snapshot_is_not_evicted(
 
 
 def test_a_flush_interrupted_after_deleting_keys_completes_on_the_next_pass(
-    client: aioredis.Redis, isolated_settings: Settings
+    client: HotRedis, backend_settings: Settings
 ) -> None:
     async def scenario() -> None:
         _, sessions = await seed(
-            client, isolated_settings, 2, [Interaction("u1", EventType.WISHLIST, "p1", T0)]
+            client, backend_settings, 2, [Interaction("u1", EventType.WISHLIST, "p1", T0)]
         )
-        prefix = isolated_settings.redis_key_prefix
+        prefix = backend_settings.redis_key_prefix
         # Crash after the user's keys were deleted but before leaving the active set.
         await client.delete(hot_key(prefix, "u1", EventType.WISHLIST), sessions.version_key("u1"))
         [snapshot] = await sessions.snapshots(await sessions.ended(2, T0 + 100, 10))

@@ -4,7 +4,6 @@ idempotence, ordering, trimming; on the cluster also slots and round trips per n
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import uuid
 from collections import Counter
@@ -13,43 +12,18 @@ from typing import Any
 
 import pytest
 import redis
-from dotenv import dotenv_values
 from redis.asyncio.cluster import ClusterNode
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from sinks.hot_store import RedisHotStore
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction, hot_key
-from streams.settings import Settings, stack_env_file
+from streams.settings import Settings
+from tests.conftest import on_backend
 
 K = 5
 
 SyncRedis = redis.Redis | redis.RedisCluster
-
-
-def cluster_url() -> str:
-    """The stack's Redis Cluster; a real variable wins over the env file, as in Settings."""
-    env_file = stack_env_file()
-    from_file = (
-        dotenv_values(env_file).get("SIGNALS_REDIS_CLUSTER_URL") if env_file.exists() else None
-    )
-    url = os.environ.get("SIGNALS_REDIS_CLUSTER_URL") or from_file
-    if not url:
-        pytest.fail(f"no SIGNALS_REDIS_CLUSTER_URL in the environment or {env_file}")
-    return url
-
-
-def on_backend(settings: Settings, backend: str) -> Settings:
-    """The test's settings with k = K, pointed at the single Redis or at the cluster."""
-    update: dict[str, Any] = {"last_k": {t: K for t in settings.last_k}}
-    if backend == "cluster":
-        update |= {"redis_url": cluster_url(), "redis_cluster": True}
-    return settings.model_copy(update=update)
-
-
-@pytest.fixture(params=["single", "cluster"])
-def backend_settings(request: pytest.FixtureRequest, isolated_settings: Settings) -> Settings:
-    return on_backend(isolated_settings, request.param)
 
 
 @pytest.fixture
