@@ -13,6 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import (
@@ -30,6 +36,11 @@ T = TypeVar("T")
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
+    # A cluster that is unreachable, failing over or resharding.
+    ClusterDownError,
+    MasterDownError,
+    TryAgainError,
+    RedisClusterException,
     ConnectionError,
     TimeoutError,
     OSError,

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -26,16 +26,19 @@ from faust.app.base import BootStrategy
 from mode import Service
 
 from schemas.codec import decode_event
-from schemas.events import InvalidEvent
+from schemas.events import Event, InvalidEvent
 from sinks.hot_store import HotStore
 from sinks.retry import until_applied
 from streams.logic.admission import Limits, check_size, check_time, dead_letter_headers
 from streams.logic.lastk import Interaction, interaction_of
+from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RECORD_AGENT = "record-interactions"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,7 +75,10 @@ class SignalsApp(faust.App):
 
 
 def build_app(
-    settings: Settings, hot_store: HotStore, clock_ms: Callable[[], int] = wall_clock_ms
+    settings: Settings,
+    hot_store: HotStore,
+    sessions: SessionKeeper,
+    clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> faust.App:
     """A Faust app whose topics all come from the topic spec (it never creates topics)."""
     app = SignalsApp(
@@ -88,58 +94,136 @@ def build_app(
         store="memory://",
         datadir=str(settings.faust_datadir),
     )
-    counters = IngestCounters()
-    app.ingest_counters = counters  # type: ignore[attr-defined]
-    dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
-    limits = Limits(
-        max_payload_bytes=settings.max_payload_bytes,
-        max_future_skew_ms=settings.max_future_skew_s * 1000,
-        min_event_time_ms=settings.min_event_time_ms,
+    pipeline = IngestPipeline(
+        settings,
+        hot_store,
+        sessions,
+        dead_letters=app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes),
+        stopping=lambda: bool(app.should_stop),
+        clock_ms=clock_ms,
     )
+    ingest = RecordInteractions(settings, pipeline)
+    app.ingest = ingest  # type: ignore[attr-defined]
+    app.ingest_counters = pipeline.counters  # type: ignore[attr-defined]
+    app.sessions = sessions  # type: ignore[attr-defined]
 
-    def stopping() -> bool:
-        """A worker asked to stop must not retry a down store forever."""
-        return bool(app.should_stop)
+    async def start_ingest() -> None:
+        """Started once the app (and its producer, needed for dead letters) is up."""
+        await app.add_runtime_dependency(ingest)
 
-    def prepare(records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
-        """Admit a batch: decode and validate each event (CPU only, no I/O)."""
-        now_ms = clock_ms()
+    app.task(start_ingest)
+    return app
+
+
+class IngestPipeline:
+    """What happens to a batch: admit, dead-letter, re-hydrate, apply; and the flush.
+
+    Batches and flushes take turns (one lock), so a user is never re-hydrated and
+    flushed at the same time. Every store call goes through `until_applied`: a service
+    that is down is retried with backoff and the caller does not move on (or commit).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        hot_store: HotStore,
+        sessions: SessionKeeper,
+        *,
+        dead_letters: faust.TopicT,
+        stopping: Callable[[], bool],
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.hot_store = hot_store
+        self.sessions = sessions
+        self.counters = IngestCounters()
+        self._dead_letters = dead_letters
+        self._stopping = stopping
+        self._clock_ms = clock_ms
+        self._turn = asyncio.Lock()
+        self._limits = Limits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_skew_ms=settings.max_future_skew_s * 1000,
+            min_event_time_ms=settings.min_event_time_ms,
+        )
+
+    def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
+        """Admit a batch: decode and validate each event (CPU only, no I/O).
+
+        Every admitted event, app-open included, counts as activity of its user in its
+        partition: it keeps (or makes) the user hot.
+        """
+        now_ms = self._clock_ms()
         prepared = Prepared(now_ms)
         append = prepared.interactions.append
+        activity = prepared.activity
         for record in records:
             try:
-                interaction = admit(record.value, now_ms)
+                event = self._admit(record.value, now_ms)
             except InvalidEvent as exc:
                 prepared.rejected.append((record, exc))
                 continue
+            latest = activity.get(record.partition)
+            if latest is None:
+                latest = activity[record.partition] = {}
+            if event.event_time_ms > latest.get(event.user_id, 0):
+                latest[event.user_id] = event.event_time_ms
+            interaction = interaction_of(event)
             if interaction is not None:
                 append(interaction)
-        counters.events += len(records)
+        self.counters.events += len(records)
         return prepared
 
-    async def apply(prepared: Prepared) -> None:
-        """Dead-letter what failed, apply the rest in one round trip.
+    def _admit(self, payload: bytes | None, now_ms: int) -> Event:
+        check_size(payload, self._limits)
+        event = decode_event(payload)
+        check_time(event, now_ms, self._limits)
+        return event
+
+    async def apply(self, prepared: Prepared) -> None:
+        """Dead-letter what failed, re-hydrate returning users, apply in one round trip.
 
         Returns only when the dead letters are confirmed by the broker and the store write
         succeeded; the caller commits the batch's offsets after that, never before.
         """
         if prepared.rejected:
-            await dead_letter(prepared.rejected, prepared.now_ms)
-        if prepared.interactions:
-            await until_applied(
-                functools.partial(hot_store.record, prepared.interactions), give_up=stopping
+            await self._dead_letter(prepared.rejected, prepared.now_ms)
+        if not prepared.activity:
+            return
+        users = [(p, user) for p, latest in prepared.activity.items() for user in latest]
+        async with self._turn:
+            history = await self._until_applied(self.sessions.hydrate, users)
+            await self._until_applied(
+                self.hot_store.record,
+                history + prepared.interactions if history else prepared.interactions,
+                prepared.activity,
+                counted=len(prepared.interactions),
             )
-            counters.applied += len(prepared.interactions)
+            wall_ms = self._clock_ms()
+            for partition, latest in prepared.activity.items():
+                self.sessions.observe(partition, max(latest.values()), wall_ms)
+        self.counters.applied += len(prepared.interactions)
 
-    def admit(payload: bytes | None, now_ms: int) -> Interaction | None:
-        check_size(payload, limits)
-        event = decode_event(payload)
-        check_time(event, now_ms, limits)
-        return interaction_of(event)
+    async def flush(self, partitions: set[int]) -> int:
+        """Move ended sessions of these (owned) partitions to the cold tier."""
+        if not partitions:
+            return 0
+        async with self._turn:
+            self.sessions.forget_except(partitions)
+            await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
+            moved: int = await self._until_applied(
+                self.sessions.flush_ended, self._clock_ms(), partitions
+            )
+            return moved
 
-    async def dead_letter(
-        rejected: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]], now_ms: int
+    async def _until_applied(
+        self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        return await until_applied(functools.partial(call, *args, **kwargs), give_up=self._stopping)
+
+    async def _dead_letter(
+        self, rejected: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]], now_ms: int
     ) -> None:
+        counters = self.counters
         pending = []
         for record, error in rejected:
             counters.invalid += 1
@@ -155,20 +239,9 @@ def build_app(
                 error, record.topic, record.partition, record.offset, now_ms
             )
             pending.append(
-                await dead_letters.send(key=record.key, value=record.value, headers=headers)
+                await self._dead_letters.send(key=record.key, value=record.value, headers=headers)
             )
         await asyncio.gather(*pending)  # delivered (acks=all) before the batch is committed
-
-    ingest = RecordInteractions(settings, prepare, apply)
-    app.ingest = ingest  # type: ignore[attr-defined]
-
-    async def start_ingest() -> None:
-        """Started once the app (and its producer, needed for dead letters) is up."""
-        await app.add_runtime_dependency(ingest)
-
-    app.task(start_ingest)
-
-    return app
 
 
 @dataclass
@@ -177,6 +250,8 @@ class Prepared:
 
     now_ms: int
     interactions: list[Interaction] = field(default_factory=list)
+    #: partition -> user -> newest event time in this batch (every admitted event).
+    activity: dict[int, dict[str, int]] = field(default_factory=dict)
     rejected: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]] = field(default_factory=list)
 
 
@@ -188,7 +263,9 @@ class RecordInteractions(Service):
 
     Two stages overlap: while one batch is being applied (dead letters, Redis) and
     committed, the next one is fetched and decoded. Batches are applied and committed one
-    at a time, in fetch order, so a committed offset always follows applied work.
+    at a time, in fetch order, so a committed offset always follows applied work. A third
+    loop flushes ended sessions of the owned partitions every `flush_interval_s`, taking
+    turns with the batches; its failures stop the worker like the others'.
 
     Stopping cancels the batches in flight (a store that is down is no longer retried)
     and commits nothing for them: the next owner of those partitions re-reads them.
@@ -199,14 +276,12 @@ class RecordInteractions(Service):
     def __init__(
         self,
         settings: Settings,
-        prepare: Callable[[Sequence[ConsumerRecord[bytes, bytes]]], Prepared],
-        apply: Callable[[Prepared], Awaitable[None]],
+        pipeline: IngestPipeline,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
-        self._prepare = prepare
-        self._apply = apply
+        self.pipeline = pipeline
         self._consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -215,6 +290,13 @@ class RecordInteractions(Service):
     @property
     def shortlabel(self) -> str:
         return RECORD_AGENT
+
+    def assigned_partitions(self) -> set[int]:
+        """Partitions of the events topic this worker owns right now."""
+        if self._consumer is None:
+            return set()
+        topic = self.settings.events_topic
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == topic}
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -253,6 +335,7 @@ class RecordInteractions(Service):
         stages = [
             asyncio.ensure_future(self._fetch_and_prepare(consumer, ready)),
             asyncio.ensure_future(self._apply_and_commit(consumer, ready)),
+            asyncio.ensure_future(self._flush_sessions()),
         ]
         try:
             done, _ = await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
@@ -282,15 +365,20 @@ class RecordInteractions(Service):
                 continue
             records = [record for batch in fetched.values() for record in batch]
             offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
-            await ready.put((self._prepare(records), offsets))
+            await ready.put((self.pipeline.prepare(records), offsets))
 
     async def _apply_and_commit(
         self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[tuple[Prepared, Offsets]]
     ) -> None:
         while not self.should_stop:
             prepared, offsets = await ready.get()
-            await self._apply(prepared)
+            await self.pipeline.apply(prepared)
             await self._commit(consumer, offsets)
+
+    async def _flush_sessions(self) -> None:
+        while not self.should_stop:
+            await asyncio.sleep(self.settings.flush_interval_s)
+            await self.pipeline.flush(self.assigned_partitions())
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: Offsets) -> None:
         self.batches += 1

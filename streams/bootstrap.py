@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import faust
 import redis.asyncio as aioredis
 
+from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import HotRedis, RedisHotStore
 from streams.app import build_app
+from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,5 +60,18 @@ def build_cold_store(settings: Settings) -> CqlColdStore:
     )
 
 
+def build_session_keeper(settings: Settings, client: HotRedis | None = None) -> SessionKeeper:
+    return SessionKeeper(
+        hot=RedisSessions(client or build_redis(settings), settings.redis_key_prefix),
+        cold=build_cold_store(settings),
+        gap_ms=int(settings.inactivity_gap_s * 1000),
+        idle_grace_ms=int(settings.session_idle_grace_s * 1000),
+        flush_batch=settings.flush_batch,
+    )
+
+
 def build_worker_app(settings: Settings) -> faust.App:
-    return build_app(settings, build_hot_store(settings))
+    client = build_redis(settings)
+    return build_app(
+        settings, build_hot_store(settings, client), build_session_keeper(settings, client)
+    )

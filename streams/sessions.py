@@ -66,6 +66,12 @@ class SessionKeeper:
             clock = self.clocks[partition] = PartitionClock(self.idle_grace_ms)
         clock.observe(newest_event_ms, wall_ms)
 
+    def forget_except(self, partitions: Iterable[int]) -> None:
+        """Drop the clocks of partitions this worker no longer owns (re-adopted if back)."""
+        keep = set(partitions)
+        for partition in [p for p in self.clocks if p not in keep]:
+            del self.clocks[partition]
+
     async def adopt(self, partitions: Iterable[int], wall_ms: int) -> None:
         """Start clocks for newly assigned partitions from what the active sets remember.
 
@@ -111,7 +117,11 @@ class SessionKeeper:
         """
         moved = 0
         self.counters.flush_passes += 1
-        chosen = self.clocks if partitions is None else {p: self.clocks[p] for p in partitions}
+        chosen = (
+            self.clocks
+            if partitions is None
+            else {p: self.clocks[p] for p in partitions if p in self.clocks}
+        )
         for partition, clock in sorted(chosen.items()):
             before = closing_score(clock.watermark(wall_ms), self.gap_ms)
             while True:

@@ -82,7 +82,15 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field("ix", pattern=r"^[A-Za-z0-9_.-]+$")
     last_k: dict[EventType, int] = Field(default_factory=lambda: dict(DEFAULT_LAST_K))
     hot_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="safety net, not the eviction path")
-    inactivity_gap_s: int = Field(1800, ge=1, description="quiet time that ends a session")
+    inactivity_gap_s: float = Field(1800, gt=0, description="quiet time that ends a session")
+    # A partition with no new events for this long has its event-time clock advanced by the
+    # wall clock, so its sessions still end (no dummy events needed). Longer than the usual
+    # gap between two batches of a busy partition, short next to the inactivity gap.
+    session_idle_grace_s: float = Field(
+        5.0, ge=0, description="quiet partition: clock follows wall"
+    )
+    flush_interval_s: float = Field(1.0, gt=0, description="how often ended sessions are flushed")
+    flush_batch: int = Field(500, ge=1, description="users moved to the cold tier per round trip")
 
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"

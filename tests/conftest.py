@@ -66,12 +66,21 @@ def isolated_settings(isolated_env: dict[str, str], monkeypatch: pytest.MonkeyPa
 
 
 @pytest.fixture
-def provisioned(isolated_settings: Settings) -> Settings:
-    """Isolated settings whose topics exist on the broker."""
+def provisioned(isolated_settings: Settings) -> Iterator[Settings]:
+    """Isolated settings whose topics exist on the broker and whose keyspace is migrated
+    (the keyspace is dropped afterwards)."""
+    from infra.migrate import apply_migrations  # noqa: PLC0415
     from infra.topics import apply_topics  # noqa: PLC0415
+    from sinks.cql import connect  # noqa: PLC0415
 
     apply_topics(isolated_settings)
-    return isolated_settings
+    cluster, session = connect(isolated_settings)
+    try:
+        apply_migrations(session, isolated_settings)
+        yield isolated_settings
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {isolated_settings.cql_keyspace}")
+        cluster.shutdown()
 
 
 @pytest.fixture
