@@ -21,7 +21,12 @@ from typing import Any, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaError,
+)
 from faust.app.base import BootStrategy
 from mode import Service
 
@@ -313,9 +318,34 @@ class RecordInteractions(Service):
         )
 
     async def on_start(self) -> None:
-        self._consumer = self._new_consumer()
-        await self._consumer.start()
+        self._consumer = await self._joined_consumer()
         self._loop_task = asyncio.ensure_future(self._run())
+
+    async def _joined_consumer(self) -> AIOKafkaConsumer:
+        """A started consumer that has joined the group, retrying a failed join.
+
+        Joining can fail on a broker that is restarting or mid-rebalance (and the local
+        mock broker sometimes answers a join with InvalidRequest); a new consumer after a
+        pause joins cleanly, so that is retried with backoff instead of crashing.
+        """
+        delay_s = 0.5
+        while True:
+            consumer = self._new_consumer()
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                await consumer.stop()
+                if self.should_stop:
+                    raise
+                log.warning(
+                    "joining group %s failed (%r); retrying in %.1fs",
+                    self.settings.app_id,
+                    exc,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
 
     async def on_stop(self) -> None:
         if self._loop_task is not None:

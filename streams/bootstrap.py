@@ -18,6 +18,7 @@ from streams.settings import Settings
 
 if TYPE_CHECKING:
     from sinks.cold_store import CqlColdStore
+    from sinks.interaction_reader import InteractionReader
 
 
 def build_redis(settings: Settings) -> HotRedis:
@@ -74,4 +75,15 @@ def build_worker_app(settings: Settings) -> faust.App:
     client = build_redis(settings)
     return build_app(
         settings, build_hot_store(settings, client), build_session_keeper(settings, client)
+    )
+
+
+def build_interaction_reader(
+    settings: Settings, cold: CqlColdStore | None = None
+) -> InteractionReader:
+    """The feed service's read client over both tiers."""
+    from sinks.interaction_reader import InteractionReader  # noqa: PLC0415
+
+    return InteractionReader(
+        build_redis(settings), settings.redis_key_prefix, cold or build_cold_store(settings)
     )

@@ -1,0 +1,353 @@
+"""The interaction store end to end against the oracle: real broker, worker(s), Redis, CQL.
+
+Hypothesis draws streams with duplicates, late events, session gaps and returning users;
+the merged hot + cold state, read through the feed service's read client, must equal the
+pure reference model (`streams.logic.lastk.reference_last_k`). Also across a worker
+restart and with two workers in one group where one is killed mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+from sinks.events_producer import EventProducer
+from sinks.interaction_reader import InteractionReader
+from streams.bootstrap import build_interaction_reader
+from streams.logic.lastk import Item, reference_last_k
+from streams.settings import Settings
+from tests.conftest import on_backend, wait_for
+
+LAST_K = {"view": 4, "click": 3, "add_to_cart": 2, "remove_from_cart": 2, "wishlist": 2, "order": 2}
+TYPES = sorted(PRODUCT_EVENT_TYPES)
+GAP_S = 2.0
+# Short session gap, quiet-partition grace and flush interval, so sessions end in seconds.
+SESSION_ENV = {
+    "SIGNALS_INACTIVITY_GAP_S": str(GAP_S),
+    "SIGNALS_SESSION_IDLE_GRACE_S": "0.5",
+    "SIGNALS_FLUSH_INTERVAL_S": "0.2",
+    "SIGNALS_LAST_K": json.dumps(LAST_K),
+}
+SETTLE_S = 60.0
+# Events are built with times relative to the moment they are sent: RELATIVE + offset
+# (offset <= 0 for late events); `send_phase` makes them absolute.
+RELATIVE = 1_000_000_000
+
+
+class Store:
+    """The read side of the test: one event loop, long-lived clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.reader: InteractionReader = build_interaction_reader(settings)
+
+    def state(self, users: set[str]) -> dict[tuple[str, EventType], list[Item]]:
+        async def read() -> dict[tuple[str, EventType], list[Item]]:
+            found: dict[tuple[str, EventType], list[Item]] = {}
+            for user in sorted(users):
+                answer = await self.reader.last_k_many(user, TYPES, k=100)
+                for event_type, items in answer.items.items():
+                    if items:
+                        found[(user, event_type)] = items
+            return found
+
+        return self.loop.run_until_complete(read())
+
+    def tiers(self, users: set[str]) -> dict[str, str]:
+        return {u: self.loop.run_until_complete(self.reader.tier_of(u)) for u in sorted(users)}
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.reader.close())
+        self.loop.close()
+
+
+@pytest.fixture
+def session_settings(provisioned: Settings, isolated_env: dict[str, str]) -> Settings:
+    for key, value in SESSION_ENV.items():
+        isolated_env[key] = value
+    return provisioned.model_copy(
+        update={"last_k": {EventType(t): k for t, k in LAST_K.items()}, "inactivity_gap_s": GAP_S}
+    )
+
+
+@pytest.fixture
+def store(session_settings: Settings) -> Iterator[Store]:
+    reader = Store(session_settings)
+    yield reader
+    reader.close()
+
+
+@dataclass
+class Stream:
+    """Events to send in phases; between phases every user's session ends."""
+
+    phases: list[list[Event]]
+
+    @property
+    def events(self) -> list[Event]:
+        return [event for phase in self.phases for event in phase]
+
+    @property
+    def users(self) -> set[str]:
+        return {event.user_id for event in self.events}
+
+
+_ids = itertools.count()
+
+
+@st.composite
+def streams(draw: st.DrawFn, users: int = 4, products: int = 8) -> Stream:
+    """Phases of events for a few users: repeats, duplicates and late arrivals included.
+
+    Times are offsets from the moment the phase is sent, so they pass the worker's
+    sanity bounds; negative offsets are late events.
+    """
+    tag = f"h{next(_ids)}"
+    phases = []
+    for _ in range(draw(st.integers(2, 3))):
+        rows = draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, users - 1),
+                    st.sampled_from(TYPES),
+                    st.integers(0, products - 1),
+                    st.integers(-5_000, 0),
+                ),
+                min_size=1,
+                max_size=25,
+            )
+        )
+        phases.append(rows)
+    duplicate_every = draw(st.integers(2, 6))
+    seed = draw(st.integers(0, 2**16))
+    rng = random.Random(seed)
+    built: list[list[Event]] = []
+    for number, rows in enumerate(phases):
+        events = [
+            Event(
+                f"{tag}-{number}-{index}",
+                f"{tag}-u{user}",
+                event_type,
+                RELATIVE + offset,  # made absolute when sent
+                product_id=f"p{product}",
+                order_id=f"o{index}" if event_type is EventType.ORDER else None,
+            )
+            for index, (user, event_type, product, offset) in enumerate(rows)
+        ]
+        events += events[::duplicate_every]  # same event ids again: redeliveries
+        rng.shuffle(events)
+        built.append(events)
+    return Stream(built)
+
+
+def send_phase(settings: Settings, events: list[Event]) -> list[Event]:
+    """Send one phase with times relative to now; returns the events as sent."""
+    now_ms = int(time.time() * 1000)
+    sent = [_at(event, now_ms + event.event_time_ms - RELATIVE) for event in events]
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for event in sent:
+            producer.send(event)
+    return sent
+
+
+def _at(event: Event, event_time_ms: int) -> Event:
+    return Event(
+        event.event_id,
+        event.user_id,
+        event.event_type,
+        event_time_ms,
+        product_id=event.product_id,
+        order_id=event.order_id,
+    )
+
+
+def settle(store: Store, sent: list[Event], on_fail: Callable[[], str]) -> None:
+    """Wait until the merged state equals the oracle for everything sent so far."""
+    expected = reference_last_k(sent, store.settings.last_k)
+    users = {e.user_id for e in sent}
+    wait_for(
+        lambda: store.state(users) == expected,
+        SETTLE_S,
+        "the merged hot + cold state to equal the oracle",
+        on_fail=lambda: _difference(store, expected, users) + on_fail(),
+    )
+
+
+def _difference(
+    store: Store, expected: dict[tuple[str, EventType], list[Item]], users: set[str]
+) -> str:
+    got = store.state(users)
+    tiers = store.tiers(users)
+    lines = [
+        f"  {user} {event_type.value} ({tiers[user]}): got {got.get((user, event_type))} "
+        f"expected {expected.get((user, event_type))}"
+        for user, event_type in sorted(set(got) | set(expected))
+        if got.get((user, event_type)) != expected.get((user, event_type))
+    ]
+    return "differences:\n" + "\n".join(lines[:20]) + "\n"
+
+
+def all_cold(store: Store, users: set[str], on_fail: Callable[[], str]) -> None:
+    wait_for(
+        lambda: set(store.tiers(users).values()) == {"cold"},
+        SETTLE_S,
+        "every session to end and be flushed to the cold tier",
+        on_fail=lambda: f"tiers {store.tiers(users)}\n{on_fail()}",
+    )
+
+
+@hypothesis_settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(stream=streams())
+def test_merged_state_equals_the_oracle_through_flushes_and_returns(
+    stream: Stream,
+    session_settings: Settings,
+    isolated_env: dict[str, str],
+    store: Store,
+    running_worker: Callable[[], str],
+) -> None:
+    sent: list[Event] = []
+    for phase in stream.phases:
+        sent += send_phase(session_settings, phase)
+        settle(store, sent, running_worker)
+        # Quiet time: the partition clocks advance, sessions end, users move to the
+        # cold tier; the next phase brings them back (re-hydration).
+        all_cold(store, {e.user_id for e in sent}, running_worker)
+        settle(store, sent, running_worker)
+
+
+@pytest.fixture
+def running_worker(
+    worker: Callable, session_settings: Settings, isolated_env: dict[str, str]
+) -> Iterator[Callable[[], str]]:
+    """One worker for all examples of a test (examples use distinct users)."""
+    with worker(isolated_env) as running:
+        yield lambda: running.log_text()[-3000:]
+
+
+def test_a_worker_restart_mid_stream_loses_and_duplicates_nothing(
+    session_settings: Settings, isolated_env: dict[str, str], store: Store, worker: Callable
+) -> None:
+    rng = random.Random(5)
+    users = [f"r-u{i}" for i in range(6)]
+
+    def phase(number: int, size: int) -> list[Event]:
+        return [
+            Event(
+                f"r{number}-{i}",
+                rng.choice(users),
+                (event_type := rng.choice(TYPES)),
+                RELATIVE - rng.randrange(3_000),
+                product_id=f"p{rng.randrange(12)}",
+                order_id="o" if event_type is EventType.ORDER else None,
+            )
+            for i in range(size)
+        ]
+
+    sent: list[Event] = []
+    with worker(isolated_env) as first:
+        sent += send_phase(session_settings, phase(0, 120))
+        settle(store, sent, first.log_text)
+        all_cold(store, set(users), first.log_text)
+        sent += send_phase(session_settings, phase(1, 120))
+        first.process.kill()  # no goodbye: whatever was not committed is re-read
+        first.process.wait()
+    sent += send_phase(session_settings, phase(2, 120))
+    with worker(isolated_env) as second:
+        settle(store, sent, second.log_text)
+        all_cold(store, set(users), second.log_text)
+        settle(store, sent, second.log_text)
+
+
+def test_two_workers_one_killed_mid_stream_the_other_completes_the_state(
+    session_settings: Settings, isolated_env: dict[str, str], store: Store, worker: Callable
+) -> None:
+    rng = random.Random(9)
+    users = [f"t-u{i}" for i in range(16)]  # spread over the topic's partitions
+    sent: list[Event] = []
+
+    def burst(number: int, size: int) -> list[Event]:
+        return [
+            Event(
+                f"t{number}-{i}",
+                rng.choice(users),
+                (event_type := rng.choice(TYPES)),
+                RELATIVE - rng.randrange(3_000),
+                product_id=f"p{rng.randrange(12)}",
+                order_id="o" if event_type is EventType.ORDER else None,
+            )
+            for i in range(size)
+        ]
+
+    with worker(isolated_env) as survivor:
+        sent += send_phase(session_settings, burst(0, 200))
+        settle(store, sent, survivor.log_text)
+        # The second worker joins a running group (the mock broker mishandles two members
+        # joining in the same instant, a real broker does not), taking half the partitions.
+        with worker(isolated_env) as victim:
+            wait_for(
+                lambda: "newly assigned partitions" in victim.log_text(),
+                60,
+                "the second worker to be assigned partitions",
+                on_fail=victim.log_text,
+            )
+            for number in range(1, 4):
+                sent += send_phase(session_settings, burst(number, 100))
+                if number == 2:
+                    victim.process.kill()  # mid-stream, without leaving the group
+                    victim.process.wait()
+        settle(store, sent, lambda: survivor.log_text() + victim.log_text())
+        all_cold(store, set(users), survivor.log_text)
+        settle(store, sent, survivor.log_text)
+
+
+def test_the_read_client_answers_from_both_tiers_on_a_cluster_too(
+    session_settings: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    """The worker and the reader on the Redis Cluster: flush and re-hydration there."""
+    cluster = on_backend(session_settings, "cluster", k=None)
+    env = {**isolated_env, "SIGNALS_REDIS_URL": cluster.redis_url, "SIGNALS_REDIS_CLUSTER": "1"}
+    store = Store(cluster)
+    try:
+        users = [f"c-u{i}" for i in range(8)]
+        events = [
+            Event(
+                f"c-{i}",
+                users[i % 8],
+                TYPES[i % len(TYPES)],
+                RELATIVE - i,
+                product_id=f"p{i % 5}",
+                order_id="o" if TYPES[i % len(TYPES)] is EventType.ORDER else None,
+            )
+            for i in range(80)
+        ]
+        returning = [
+            Event(f"c2-{i}", user, EventType.VIEW, RELATIVE, product_id="p-new")
+            for i, user in enumerate(users)
+        ]
+        with worker(env) as running:
+            sent = send_phase(cluster, events)
+            settle(store, sent, running.log_text)
+            assert set(store.tiers(set(users)).values()) == {"hot"}
+            all_cold(store, set(users), running.log_text)
+            settle(store, sent, running.log_text)
+            sent += send_phase(cluster, returning)
+            settle(store, sent, running.log_text)
+    finally:
+        store.close()
