@@ -42,6 +42,7 @@ def connect_cluster(
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # noqa: PLC0415
     from cassandra.policies import (  # noqa: PLC0415
         DCAwareRoundRobinPolicy,
+        ExponentialReconnectionPolicy,
         TokenAwarePolicy,
     )
 
@@ -54,6 +55,9 @@ def connect_cluster(
         "port": port,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": 5,
+        # The driver's default waits up to 10 minutes between reconnection attempts; a
+        # worker blocked on the cold tier should notice a returning node within seconds.
+        "reconnection_policy": ExponentialReconnectionPolicy(base_delay=0.5, max_delay=10.0),
         **options,
     }
     if protocol_version is not None:

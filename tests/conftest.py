@@ -11,10 +11,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,71 @@ def on_backend(settings: Settings, backend: str, k: int | None = 5) -> Settings:
 @pytest.fixture(params=["single", "cluster"])
 def backend_settings(request: pytest.FixtureRequest, isolated_settings: Settings) -> Settings:
     return on_backend(isolated_settings, request.param)
+
+
+class TcpProxy:
+    """A loopback TCP proxy that a test can cut and restore, to take a service away from
+    one client (the worker) without disturbing the shared service or other tests."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._live: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones until `restore`."""
+        with self._lock:
+            self._cut = True
+            for sock in self._live:
+                _close(sock)
+            self._live.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        _close(self._listener)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._cut:
+                    _close(client)
+                    continue
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                except OSError:
+                    _close(client)
+                    continue
+                self._live += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, target), daemon=True).start()
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            target.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        _close(source)
+        _close(target)
+
+
+def _close(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
