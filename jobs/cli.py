@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from jobs.dead_letters import read_dead_letters
-from jobs.synthetic import synthetic_events, user_ids
+from jobs.traffic import TrafficParams, simulate, user_id
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
@@ -184,12 +184,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         return _produce_file(args.file, settings)
     if args.count is None and args.seconds is None:
         args.count = 1000
-    events = synthetic_events(
-        users=args.users,
-        products=args.products,
-        seed=args.seed,
+    events = simulate(
+        TrafficParams(users=args.users, products=args.products, seed=args.seed, rate=args.rate),
         start_ms=_wall_ms(),
-        clock_ms=_wall_ms,
     )
     with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
         for event in _paced(events, args.rate, args.seconds, args.count):
@@ -292,12 +289,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             stderr=subprocess.STDOUT,
         )
     try:
-        events = synthetic_events(
-            users=args.users,
-            products=args.products,
-            seed=args.seed,
+        events = simulate(
+            TrafficParams(users=args.users, products=args.products, seed=args.seed, rate=args.rate),
             start_ms=_wall_ms(),
-            clock_ms=_wall_ms,
         )
         print(f"sending ~{args.rate:g} events/s for {args.seconds:g}s to {settings.events_topic}")
         with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
@@ -315,7 +309,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                     )
                     last_report, last_applied = now, applied
         _wait_for_drain(loop, store, applied_before, worker)
-        user = user_ids(args.users)[0]
+        user = user_id(0)  # the most active user
         print()
         return cmd_last_k(argparse.Namespace(user_id=user, types=None, k=5), settings)
     finally:

@@ -7,12 +7,13 @@ import itertools
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 
 import fastavro
 import redis
 
-from jobs.synthetic import synthetic_events
+from jobs.traffic import TrafficParams, simulate
 from schemas.events import Event, EventType
 from sinks.events_producer import EventProducer
 from streams.logic.lastk import hot_key, interaction_of
@@ -23,7 +24,11 @@ from tests.conftest import ROOT, wait_for
 def expected_last_k(
     events: list[Event], settings: Settings
 ) -> dict[str, list[tuple[bytes, float]]]:
-    """The reference answer: per key, newest time per product, newest first, cut to k."""
+    """The reference answer: per key, newest time per product, newest first, cut to k.
+
+    Independent of delivery order and repeats, as the store must be: a duplicate changes
+    nothing, and a late event counts by its event time, not by when it arrived.
+    """
     newest: dict[str, dict[str, int]] = {}
     for event in events:
         item = interaction_of(event)
@@ -51,12 +56,19 @@ def redis_state(settings: Settings, keys: list[str]) -> dict[str, list[tuple[byt
 def test_events_from_our_producer_land_in_redis_as_last_k(
     provisioned: Settings, isolated_env: dict[str, str], worker: Callable
 ) -> None:
-    events = list(
-        itertools.islice(
-            synthetic_events(users=20, products=300, seed=11, start_ms=1_760_000_000_000), 3000
-        )
+    # A few users with short gaps, so each has several sessions; event times end about
+    # five minutes ago (the worker rejects events from its future).
+    params = TrafficParams(
+        seed=11, users=20, products=300, categories=12, rate=20.0, session_gap_ms=60_000
     )
-    # Synthetic events have distinct times, so the newest-first order has no ties.
+    start_ms = int(time.time() * 1000) - 480_000
+    events = list(itertools.islice(simulate(params, start_ms), 3000))
+    assert len({e.event_id for e in events}) < len(events), "some duplicates are delivered"
+    assert any(
+        later.event_time_ms < earlier.event_time_ms for earlier, later in itertools.pairwise(events)
+    ), "some events arrive out of order"
+    # One user's events have distinct times (one session at a time, think time > 0), so
+    # the newest-first order has no ties.
     expected = expected_last_k(events, provisioned)
     with worker(isolated_env) as running:
         with EventProducer(provisioned.kafka_bootstrap, provisioned.events_topic) as producer:
