@@ -25,8 +25,9 @@ def run(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["produce", "--rate", "-5"], "must be > 0"),
-        (["produce", "--count", "many"], "expected a whole number"),
+        (["generate", "--rate", "-5"], "must be > 0"),
+        (["generate", "--count", "many"], "expected a whole number"),
+        (["generate", "--unpaced"], "--unpaced needs --count"),
         (["last-k", "u1", "--type", "app_open"], "carry no product"),
         (["last-k", "u1", "--type", "like"], "unknown type 'like'"),
         (["last-k"], "required: user_id"),
@@ -45,7 +46,7 @@ def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> 
 def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("worker", "produce", "last-k", "demo"):
+    for command in ("worker", "produce", "generate", "last-k", "demo"):
         assert command in result.stdout
 
 
