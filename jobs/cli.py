@@ -29,7 +29,8 @@ from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, wr
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
-from streams.bootstrap import build_hot_store, build_worker_app
+from sinks.interaction_reader import Interactions
+from streams.bootstrap import build_hot_store, build_interaction_reader, build_worker_app
 from streams.settings import Settings
 
 PROG = "signals"
@@ -302,16 +303,18 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_last_k(args: argparse.Namespace, settings: Settings) -> int:
     types = args.types or sorted(PRODUCT_EVENT_TYPES, key=list(EventType).index)
 
-    async def read() -> dict[EventType, list[tuple[str, int]]]:
-        store = build_hot_store(settings)
+    async def read() -> Interactions:
+        reader = build_interaction_reader(settings)
         try:
-            return {t: await store.last_k(args.user_id, t, args.k) for t in types}
+            return await reader.last_k_many(args.user_id, types, args.k)
         finally:
-            await store.close()
+            await reader.close()
 
-    rows = asyncio.run(read())
-    print(f"last-k for user {args.user_id} (newest first)")
-    for event_type, items in rows.items():
+    answer = asyncio.run(read())
+    where = "Redis, session active" if answer.tier == "hot" else "cold tier, no active session"
+    print(f"last-k for user {args.user_id} (newest first; from the {where})")
+    for event_type in types:
+        items = answer.items.get(event_type, [])
         shown = ", ".join(f"{product}@{_clock(ms)}" for product, ms in items) or "-"
         print(f"  {event_type.value:<16} {len(items):>3}  {shown}")
     return 0
@@ -422,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (KafkaException, RedisError, OSError, RuntimeError) as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("cassandra"):
+            raise
+        # The CQL driver's errors (NoHostAvailable, timeouts) are service problems too.
+        print(f"{PROG}: error: cold tier: {type(exc).__name__}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
