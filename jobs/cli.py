@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "worker":
+        # The CQL driver logs every failed connection attempt with a traceback; a CLI
+        # reports the outcome in one line instead (the worker keeps the driver's logs).
+        logging.getLogger("cassandra").setLevel(logging.CRITICAL)
     try:
         settings = Settings.load()
         handler = {
