@@ -2,9 +2,17 @@
 
 Measures, in its own keyspace (created, migrated and dropped here):
 
-- flush: `write_snapshots` for users with ~10 items per type across 5 types, in calls of
-  `--flush-batch` users (as the worker flushes ended sessions), beside a baseline of the
-  same writes with one INSERT per history row (no per-partition batches);
+- flush: `write_snapshots` in calls of `--flush-batch` users (as the worker flushes ended
+  sessions), per `--strategy` (default: all, alternated over `--rounds` rounds; the median
+  round is reported):
+  - `per-partition`: the previous plan, one unlogged batch per (user, type, day) partition
+    and one snapshot batch per user (the baseline, kept here only);
+  - `grouped`: the store's plan, history rows of many users per batch, then snapshots;
+  for two user shapes: `5x10` (5 types x 10 items) and `realistic` (~20 views, 5 clicks,
+  2 carts, 1 wishlist, an order for some), in users/s and history rows/s;
+- returning users: the realistic users flushed again after a short new session, with and
+  without `stored=` (the snapshots loaded at re-hydration): rows that are already history
+  are not rewritten;
 - re-hydration: `load_last_k([user])` latency for single users, one at a time, beside the
   driver's synchronous `session.execute` of the same prepared read (the floor);
 - bulk load: `load_last_k` of every user in one call.
@@ -13,6 +21,7 @@ Prints a table and writes bench/results/cold_store.json. Targets: flush >= 2,000
 re-hydration p99 <= 20 ms. The machine is shared: compare figures within one run only.
 
     .venv/bin/python bench/cold_store_bench.py [--users N] [--flush-batch N] [--samples N]
+        [--strategy all|grouped|per-partition] [--rounds N]
 """
 
 from __future__ import annotations
@@ -23,23 +32,38 @@ import json
 import platform
 import random
 import statistics
+import struct
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from cassandra import ConsistencyLevel
+from cassandra.query import (
+    BatchStatement,
+    BatchType,
+    BoundStatement,
+    PreparedStatement,
+    Statement,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import sinks.cold_store as cold_store_module  # noqa: E402
 from infra.migrate import apply_migrations  # noqa: E402
 from schemas.events import EventType  # noqa: E402
 from sinks.cold_store import CqlColdStore  # noqa: E402
 from sinks.cql import connect, driver_name  # noqa: E402
-from streams.logic.lastk import UserLastK, merge_items  # noqa: E402
-from streams.settings import Settings  # noqa: E402
+from streams.logic.cold_layout import (  # noqa: E402
+    chunks,
+    encode_items,
+    group_by_day,
+    write_timestamp_us,
+)
+from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
+from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "cold_store.json"
 TYPES = [
@@ -50,6 +74,15 @@ TYPES = [
     EventType.ORDER,
 ]
 ITEMS_PER_TYPE = 10
+#: The realistic session: items per type (an order for ORDER_SHARE of users).
+REALISTIC = {
+    EventType.VIEW: 20,
+    EventType.CLICK: 5,
+    EventType.ADD_TO_CART: 2,
+    EventType.WISHLIST: 1,
+}
+ORDER_SHARE = 0.3
+STRATEGIES = ("per-partition", "grouped")
 
 
 def snapshots(count: int, tag: str, seed: int = 11) -> list[UserLastK]:
@@ -60,21 +93,138 @@ def snapshots(count: int, tag: str, seed: int = 11) -> list[UserLastK]:
     for i in range(count):
         snapshot = UserLastK(f"{tag}-u{i:07d}")
         for event_type in TYPES:
-            items = [
-                (f"p{rnd.randrange(1_000_000):07d}", now_ms - rnd.randrange(3_600_000))
-                for _ in range(ITEMS_PER_TYPE)
-            ]
-            snapshot.items[event_type] = merge_items(items, [], keep=ITEMS_PER_TYPE)
+            snapshot.items[event_type] = recent_items(rnd, now_ms, ITEMS_PER_TYPE)
         users.append(snapshot)
     return users
 
 
-async def flush_rate(store: CqlColdStore, users: list[UserLastK], batch: int) -> float:
+def realistic(count: int, tag: str, seed: int = 13) -> list[UserLastK]:
+    """Users shaped like a real session: ~20 views, 5 clicks, 2 carts, 1 wishlist, an order
+    for some."""
+    rnd = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    users = []
+    for i in range(count):
+        snapshot = UserLastK(f"{tag}-r{i:07d}")
+        for event_type, n in REALISTIC.items():
+            snapshot.items[event_type] = recent_items(rnd, now_ms, n)
+        if rnd.random() < ORDER_SHARE:
+            snapshot.items[EventType.ORDER] = recent_items(rnd, now_ms, 1)
+        users.append(snapshot)
+    return users
+
+
+def recent_items(rnd: random.Random, now_ms: int, n: int) -> list[Item]:
+    items = [
+        (f"p{rnd.randrange(1_000_000):07d}", now_ms - rnd.randrange(3_600_000)) for _ in range(n)
+    ]
+    return merge_items(items, [], keep=n)
+
+
+def next_session(users: list[UserLastK], seed: int = 17) -> list[UserLastK]:
+    """The same users after a short new session (5 views, 1 click), merged into their last-k
+    as the worker's re-hydration does (keep = Settings' default k per type)."""
+    rnd = random.Random(seed)
+    now_ms = int(time.time() * 1000) + 3_600_000
+    keep = DEFAULT_LAST_K
+    out = []
+    for user in users:
+        fresh = {
+            EventType.VIEW: recent_items(rnd, now_ms, 5),
+            EventType.CLICK: recent_items(rnd, now_ms, 1),
+        }
+        items = dict(user.items)
+        for event_type, new in fresh.items():
+            items[event_type] = merge_items(new, items.get(event_type, []), keep[event_type])
+        out.append(UserLastK(user.user_id, items))
+    return out
+
+
+def history_rows(users: list[UserLastK], stored: dict[str, UserLastK] | None = None) -> int:
+    """History rows a flush of `users` writes (all items, or only those not in `stored`)."""
+    total = 0
+    for user in users:
+        before = stored.get(user.user_id) if stored else None
+        for event_type, items in user.items.items():
+            known = set(before.items.get(event_type, [])) if before else set()
+            total += sum(1 for item in items if item not in known)
+    return total
+
+
+class PerPartitionColdStore(CqlColdStore):
+    """The previous write plan, for the same-run baseline: one unlogged batch per
+    (user, type, day) partition of history, then one snapshot batch per user, each row a
+    `BoundStatement` of pre-encoded values, history and snapshots interleaved."""
+
+    async def write_snapshots(
+        self, snapshots: Any, stored: Any = None
+    ) -> None:  # stored: ignored, the old plan rewrote everything
+        st = await self._statements()
+        await self._run((statement, None) for statement in self._legacy_writes(st, snapshots))
+
+    def _legacy_writes(self, st: Any, snapshots: list[UserLastK]) -> Any:
+        ttl = _INT(self._ttl_s)
+        for snapshot in snapshots:
+            user = snapshot.user_id.encode()
+            rows: list[list[bytes]] = []
+            for event_type, items in snapshot.items.items():
+                if not items:
+                    continue
+                type_name = EventType(event_type).value.encode()
+                for day, day_items in group_by_day(items).items():
+                    day_b = _INT(day)
+                    for chunk in chunks(day_items, 50):
+                        yield _one_partition(
+                            st.insert_history,
+                            [
+                                [user, type_name, day_b, _BIGINT(at), product.encode(), ttl]
+                                for product, at in chunk
+                            ],
+                        )
+                written_us = write_timestamp_us(items)
+                rows.append(
+                    [
+                        user,
+                        type_name,
+                        encode_items(items),
+                        _BIGINT(written_us // 1000),
+                        ttl,
+                        _BIGINT(written_us),
+                    ]
+                )
+            if rows:
+                yield _one_partition(st.insert_snapshot, rows)
+
+
+_INT = struct.Struct(">i").pack
+_BIGINT = struct.Struct(">q").pack
+
+
+def _one_partition(statement: PreparedStatement, rows: list[list[bytes]]) -> Statement:
+    if len(rows) == 1:
+        bound = BoundStatement(statement)
+        bound.values = rows[0]
+        return bound
+    batch = BatchStatement(BatchType.UNLOGGED, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+    batch.is_idempotent = True
+    for values in rows:
+        bound = BoundStatement(statement)
+        bound.values = values
+        batch.add(bound)
+    return batch
+
+
+async def flush_rate(
+    store: CqlColdStore,
+    users: list[UserLastK],
+    batch: int,
+    stored: dict[str, UserLastK] | None = None,
+) -> float:
     """Users per second through write_snapshots, `batch` users per call."""
     await store.open()
     started = time.perf_counter()
     for offset in range(0, len(users), batch):
-        await store.write_snapshots(users[offset : offset + batch])
+        await store.write_snapshots(users[offset : offset + batch], stored)
     return len(users) / (time.perf_counter() - started)
 
 
@@ -121,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=4000, help="users flushed (default 4000)")
     parser.add_argument("--flush-batch", type=int, default=500, help="users per write call")
     parser.add_argument("--samples", type=int, default=2000, help="single-user loads timed")
+    parser.add_argument("--strategy", choices=("all", *STRATEGIES), default="all")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (median)")
     args = parser.parse_args(argv)
-    if min(args.users, args.flush_batch, args.samples) <= 0:
-        parser.error("--users, --flush-batch and --samples must be positive")
+    if min(args.users, args.flush_batch, args.samples, args.rounds) <= 0:
+        parser.error("--users, --flush-batch, --samples and --rounds must be positive")
 
     tag = uuid.uuid4().hex[:8]
     settings = Settings.load(cql_keyspace=f"bench_cold_{tag}")
@@ -135,14 +287,24 @@ def main(argv: list[str] | None = None) -> int:
         session.execute(f"DROP KEYSPACE IF EXISTS {settings.cql_keyspace}")
         cluster.shutdown()
 
-    width = 52
-    rows = [
-        ("flush, per-partition batches (ours)", f"{result['flush_users_per_s']:,.0f} users/s"),
-        (
-            "flush, one INSERT per row (baseline)",
-            f"{result['baseline_flush_users_per_s']:,.0f} users/s",
-        ),
-        ("  ours, history rows written", f"{result['flush_rows_per_s']:,.0f} rows/s"),
+    width = 56
+    rows: list[tuple[str, str]] = []
+    for shape, per_strategy in result["flush"].items():
+        for strategy, figures in per_strategy.items():
+            rows.append(
+                (
+                    f"flush {shape}, {strategy}",
+                    f"{figures['users_per_s']:,.0f} users/s {figures['rows_per_s']:>9,.0f} rows/s",
+                )
+            )
+    for case, figures in result.get("returning", {}).items():
+        rows.append(
+            (
+                f"flush returning realistic, {case}",
+                f"{figures['users_per_s']:,.0f} users/s {figures['rows_per_s']:>9,.0f} rows/s",
+            )
+        )
+    rows += [
         ("re-hydrate 1 user, load_last_k p50", f"{result['rehydrate']['p50_ms']:.2f} ms"),
         ("re-hydrate 1 user, load_last_k p99", f"{result['rehydrate']['p99_ms']:.2f} ms"),
         ("re-hydrate 1 user, load_last_k max", f"{result['rehydrate']['max_ms']:.2f} ms"),
@@ -153,14 +315,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['bulk_load_users_per_s']:,.0f} users/s",
         ),
     ]
-    print(f"{'measurement':<{width}} {'value':>16}")
-    print(f"{'-' * width} {'-' * 16}")
+    print(f"{'measurement':<{width}} {'value':>32}")
+    print(f"{'-' * width} {'-' * 32}")
     for name, value in rows:
-        print(f"{name:<{width}} {value:>16}")
+        print(f"{name:<{width}} {value:>32}")
     print(
-        f"users={args.users} x {len(TYPES)} types x {ITEMS_PER_TYPE} items, "
-        f"{args.flush_batch} users per call, max_in_flight={settings.cql_max_in_flight}; "
-        f"targets: flush >= 2,000 users/s, re-hydration p99 <= 20 ms"
+        f"users={args.users} per shape and round, {args.flush_batch} users per call, "
+        f"median of {args.rounds} alternated rounds, max_in_flight={settings.cql_max_in_flight}; "
+        "rows/s = history rows written; targets: flush >= 2,000 users/s, "
+        "re-hydration p99 <= 20 ms"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -169,41 +332,84 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(session: Any, settings: Settings, tag: str, args: argparse.Namespace) -> dict[str, Any]:
-    users = snapshots(args.users, tag)
-    baseline_users = snapshots(args.users, f"{tag}b", seed=12)
+    strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
+    shapes = {"5x10": snapshots, "realistic": realistic}
 
     async def measure() -> dict[str, Any]:
-        store = CqlColdStore(
-            session,
-            history_ttl_s=settings.cold_history_ttl_s,
-            max_in_flight=settings.cql_max_in_flight,
-        )
-        ours = await flush_rate(store, users, args.flush_batch)
-        batch_rows = cold_store_module.HISTORY_BATCH_ROWS
-        cold_store_module.HISTORY_BATCH_ROWS = 1  # every history row its own INSERT
-        try:
-            baseline = await flush_rate(store, baseline_users, args.flush_batch)
-        finally:
-            cold_store_module.HISTORY_BATCH_ROWS = batch_rows
-        sample = random.Random(5).choices([u.user_id for u in users], k=args.samples)
+        options = {
+            "history_ttl_s": settings.cold_history_ttl_s,
+            "max_in_flight": settings.cql_max_in_flight,
+        }
+        stores = {
+            "per-partition": PerPartitionColdStore(session, **options),
+            "grouped": CqlColdStore(session, **options),
+        }
+        # Fresh users for every (shape, strategy, round): no run rewrites another's rows.
+        rates: dict[str, dict[str, list[float]]] = {
+            shape: {s: [] for s in strategies} for shape in shapes
+        }
+        rows_per_user: dict[str, float] = {}
+        for round_ in range(args.rounds):
+            for shape, make in shapes.items():
+                order = strategies if round_ % 2 == 0 else tuple(reversed(strategies))
+                for strategy in order:
+                    users = make(args.users, f"{tag}{shape[0]}{strategy[0]}{round_}", seed=round_)
+                    rows_per_user[shape] = history_rows(users) / len(users)
+                    rate = await flush_rate(stores[strategy], users, args.flush_batch)
+                    rates[shape][strategy].append(rate)
+        flush = {
+            shape: {
+                strategy: {
+                    "users_per_s": round(statistics.median(samples)),
+                    "rows_per_s": round(statistics.median(samples) * rows_per_user[shape]),
+                    "rounds_users_per_s": [round(r) for r in samples],
+                }
+                for strategy, samples in per_strategy.items()
+            }
+            for shape, per_strategy in rates.items()
+        }
+
+        # Returning users: flushed once, re-hydrated, a short session, flushed again.
+        store = stores["grouped"]
+        first = realistic(args.users, f"{tag}ret")
+        await flush_rate(store, first, args.flush_batch)
+        loaded = await store.load_last_k([u.user_id for u in first])
+        again = next_session(first)
+        returning: dict[str, dict[str, float]] = {}
+        samples: dict[str, list[float]] = {"all rows": [], "stored= (new rows only)": []}
+        for round_ in range(args.rounds):
+            for case in samples if round_ % 2 == 0 else reversed(list(samples)):
+                stored = loaded if case.startswith("stored") else None
+                samples[case].append(await flush_rate(store, again, args.flush_batch, stored))
+        for case, case_rates in samples.items():
+            stored = loaded if case.startswith("stored") else None
+            per_user = history_rows(again, stored) / len(again)
+            returning[case] = {
+                "users_per_s": round(statistics.median(case_rates)),
+                "rows_per_s": round(statistics.median(case_rates) * per_user),
+                "history_rows_per_user": round(per_user, 2),
+            }
+
+        everyone = [u.user_id for u in first]
+        sample = random.Random(5).choices(everyone, k=args.samples)
         rehydrate = await rehydration(store, sample)
-        bulk = await bulk_load_rate(store, [u.user_id for u in users])
+        bulk = await bulk_load_rate(store, everyone)
         await store.close()
         return {
-            "flush_users_per_s": round(ours),
-            "flush_rows_per_s": round(ours * len(TYPES) * ITEMS_PER_TYPE),
-            "baseline_flush_users_per_s": round(baseline),
+            "flush": flush,
+            "history_rows_per_user": {k: round(v, 2) for k, v in rows_per_user.items()},
+            "returning": returning,
             "rehydrate": percentiles(rehydrate),
             "bulk_load_users_per_s": round(bulk),
+            "sample_user_ids": everyone[: args.samples],
         }
 
     measured = asyncio.run(measure())
-    sync = percentiles(sync_reads(session, [u.user_id for u in users[: args.samples]]))
+    sync = percentiles(sync_reads(session, measured.pop("sample_user_ids")))
     return {
         "users": args.users,
-        "types": len(TYPES),
-        "items_per_type": ITEMS_PER_TYPE,
         "flush_batch_users": args.flush_batch,
+        "rounds": args.rounds,
         "max_in_flight": settings.cql_max_in_flight,
         **measured,
         "sync_read": sync,

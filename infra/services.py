@@ -71,7 +71,7 @@ class StackConfig:
     redis_cluster_ports: tuple[int, ...] = (17101, 17102, 17103)
     cql_port: int = 19042
     cql_storage_port: int = 17000
-    cassandra_heap: str = "768m"
+    cassandra_heap: str = "1g"
     kafka_brokers: int = 1
     kafka_rebalance_delay_ms: int = 200
     ready_timeout_s: float = 120.0
@@ -607,4 +607,7 @@ def cassandra_config(defaults: dict[str, object], config: StackConfig) -> dict[s
         "commitlog_directory": str(base / "commitlog"),
         "saved_caches_directory": str(base / "saved_caches"),
         "auto_snapshot": False,
+        # The flush writes modest multi-row unlogged batches (~3-16 KiB); 2.1 warns above
+        # 5 KiB on every one of them. 128 KiB is ScyllaDB's default.
+        "batch_size_warn_threshold_in_kb": 128,
     }

@@ -55,7 +55,7 @@ def load_config() -> StackConfig:
         ),
         cql_port=env_int("SIGNALS_STACK_CQL_PORT", 19042),
         cql_storage_port=env_int("SIGNALS_STACK_CQL_STORAGE_PORT", 17000),
-        cassandra_heap=os.environ.get("SIGNALS_STACK_CASSANDRA_HEAP", "768m"),
+        cassandra_heap=os.environ.get("SIGNALS_STACK_CASSANDRA_HEAP", "1g"),
         ready_timeout_s=float(os.environ.get("SIGNALS_STACK_READY_TIMEOUT_S", "120")),
     )
 

@@ -3,7 +3,12 @@
 When a session ends the worker moves the user's hot last-k here (`write_snapshots`) and
 evicts the user from Redis only once this returns; a returning user is re-hydrated from
 here (`load_last_k`), and the feed service reads it for users not in Redis. The layout
-(day buckets, the snapshot blob, write timestamps) is pure: `streams.logic.cold_layout`.
+(day buckets, the snapshot blob, write timestamps, which items are new history) is pure:
+`streams.logic.cold_layout`.
+
+A flush is throughput-bound (thousands of users a second), so its rows travel in few,
+large unlogged batches of many users' rows, built straight in the driver's wire format;
+see `HISTORY_BATCH_ROWS` and `_raw_batch` for the trade-offs.
 
 The driver is callback based and runs its own I/O thread; every call here bridges
 `ResponseFuture` callbacks to the asyncio loop with `call_soon_threadsafe`, so the
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from cassandra import (
@@ -31,17 +36,18 @@ from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessa
 from cassandra.query import (
     BatchStatement,
     BatchType,
-    BoundStatement,
     PreparedStatement,
     Statement,
 )
 
 from schemas.events import EventType
 from streams.logic.cold_layout import (
-    chunks,
+    DAY_MS,
+    batched,
     decode_items,
     encode_items,
-    group_by_day,
+    packed,
+    unstored_items,
     window_days,
     write_timestamp_us,
 )
@@ -60,10 +66,24 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
     IsBootstrappingErrorMessage,
 )
 
-#: History rows per CQL batch. A batch only ever holds one partition (user, type, day),
-#: which the server applies as one mutation; 50 rows stay under Cassandra's 5 KiB
-#: batch-size warning for typical ids.
-HISTORY_BATCH_ROWS = 50
+#: History rows per CQL batch. Batches are unlogged and span partitions (many users):
+#: the per-request cost (driver CPU, a response, a callback) dominated a flush, and one
+#: request per (user, type, day) partition capped it at ~250 users/s here. The price of a
+#: multi-partition batch is paid by the coordinator, which splits it into one mutation per
+#: partition and forwards those it does not own, so keep it modest: 100 rows of short ids
+#: are ~3.2 KiB as Cassandra counts them (under its 5 KiB warning; Scylla warns from
+#: 128 KiB, fails at 1 MiB). 200 rows measured a little faster (within the noise of this
+#: shared machine) but trips Cassandra's warning; 50 was clearly slower.
+#: On a multi-node cluster such a batch is not token-aware (Scylla: not shard-aware):
+#: grouping rows by replica (`cluster.metadata.token_map` + murmur3 of each partition
+#: key, then routing each batch by one of its keys) would restore that; not done, as the
+#: local single node cannot measure it.
+HISTORY_BATCH_ROWS = 100
+#: Approximate value bytes of snapshot rows per CQL batch (~12 realistic users). A user's
+#: snapshot rows (one per type) are never split, so each user's snapshot stays one atomic
+#: single-partition mutation. Above Cassandra 2.1's 5 KiB warning (the stand-in logs a WARN
+#: per snapshot batch), well under Scylla's 128 KiB.
+SNAPSHOT_BATCH_BYTES = 16 * 1024
 #: Day buckets `window` reads at once while walking back in time.
 WINDOW_PARALLEL_DAYS = 4
 #: Widest window in day buckets (one read each); at least the history TTL plus two days.
@@ -98,8 +118,14 @@ OnRows = Callable[[list[Any]], None] | None
 class ColdStore(Protocol):
     """What the worker (flush, re-hydration) and the feed service need from the cold tier."""
 
-    async def write_snapshots(self, snapshots: Sequence[UserLastK]) -> None:
-        """Store each user's last-k and its history; returns once every write is acked."""
+    async def write_snapshots(
+        self, snapshots: Sequence[UserLastK], stored: Mapping[str, UserLastK] | None = None
+    ) -> None:
+        """Store each user's last-k and its history; returns once every write is acked.
+
+        `stored`: per user id, the snapshot loaded at re-hydration (its items are history
+        rows already and are not rewritten).
+        """
         ...
 
     async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]:
@@ -130,10 +156,14 @@ class _Prepared:
     def __init__(self, session: Session) -> None:
         self.insert_history = self._prepare(session, _INSERT_HISTORY)
         self.insert_snapshot = self._prepare(session, _INSERT_SNAPSHOT)
-        # The writes are bound pre-encoded (`_bound`): fail here, not with corrupt rows,
-        # if the schema ever disagrees with those encodings.
+        # The writes are sent pre-encoded (`_raw_batch`): fail here, not with corrupt rows,
+        # if the schema or the driver ever disagree with those encodings.
         _expect_bind_types(self.insert_history, _HISTORY_TYPES)
         _expect_bind_types(self.insert_snapshot, _SNAPSHOT_TYPES)
+        if not isinstance(
+            getattr(BatchStatement(), "_statements_and_parameters", None), list
+        ):  # pragma: no cover - a driver release that changed its internals
+            raise RuntimeError("cold store: this CQL driver's BatchStatement is not supported")
         self.select_snapshots = self._prepare(session, _SELECT_SNAPSHOTS)
         self.select_snapshot = self._prepare(session, _SELECT_SNAPSHOT)
         self.select_window = self._prepare(session, _SELECT_WINDOW)
@@ -197,14 +227,25 @@ class CqlColdStore:
         await self._statements()
         return self
 
-    async def write_snapshots(self, snapshots: Sequence[UserLastK]) -> None:
-        """Every item as a history row and one snapshot row per type, all acknowledged.
+    async def write_snapshots(
+        self, snapshots: Sequence[UserLastK], stored: Mapping[str, UserLastK] | None = None
+    ) -> None:
+        """Every new item as a history row, then one snapshot row per type; all acknowledged.
 
-        Raises the first error after the requests already sent have finished; every write
-        is idempotent, so the caller retries the whole call.
+        `stored` maps a user id to the snapshot `load_last_k` returned when the worker
+        re-hydrated that user (omit users that were not re-hydrated, or pass nothing):
+        items equal to the stored ones are history rows already and are not written again,
+        which also leaves their TTL counting from their first flush.
+
+        Two phases: every history row is acknowledged before any snapshot row is sent, so
+        a stored snapshot always implies its history is stored (what makes skipping the
+        `stored` items safe, even if this call fails half way). Raises the first error
+        after the requests already sent have finished; every write is idempotent, so the
+        caller retries the whole call.
         """
         st = await self._statements()
-        await self._run((statement, None) for statement in self._snapshot_writes(st, snapshots))
+        await self._run((batch, None) for batch in self._history_writes(st, snapshots, stored))
+        await self._run((batch, None) for batch in self._snapshot_writes(st, snapshots))
 
     async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]:
         """One single-partition read per user, many users concurrently."""
@@ -284,46 +325,97 @@ class CqlColdStore:
                     self._prepared = await loop.run_in_executor(None, _Prepared, self._session)
         return self._prepared
 
-    def _snapshot_writes(
-        self, st: _Prepared, snapshots: Sequence[UserLastK]
+    def _history_writes(
+        self,
+        st: _Prepared,
+        snapshots: Sequence[UserLastK],
+        stored: Mapping[str, UserLastK] | None,
     ) -> Iterator[Statement]:
-        """The write plan, built lazily as slots free up.
+        """History rows of every user, `HISTORY_BATCH_ROWS` per unlogged batch, built lazily.
 
-        History: one unlogged batch per (user, type, day) partition (chunked). Snapshot:
-        one unlogged batch per user (a single partition, so applied atomically); each row
-        carries its own write timestamp, the newest event time it holds.
+        Rows of one (user, type) are consecutive, so a batch holds few partitions and the
+        server merges each partition's rows into one mutation.
         """
+        return (
+            _raw_batch(rows)
+            for rows in batched(self._history_rows(st, snapshots, stored), HISTORY_BATCH_ROWS)
+        )
+
+    def _history_rows(
+        self,
+        st: _Prepared,
+        snapshots: Sequence[UserLastK],
+        stored: Mapping[str, UserLastK] | None,
+    ) -> Iterator[_BatchEntry]:
+        query_id = st.insert_history.query_id
         ttl = _INT(self._ttl_s)
         for snapshot in snapshots:
             user = snapshot.user_id.encode()
-            rows: list[list[bytes]] = []
+            before = stored.get(snapshot.user_id) if stored else None
+            for event_type, last_k in snapshot.items.items():
+                items: Sequence[Item] = last_k
+                if before is not None:
+                    items = unstored_items(last_k, before.items.get(event_type))
+                if not items:
+                    continue
+                type_name = _TYPE_BYTES[event_type]
+                day = -1
+                day_b = b""
+                for product, at in items:
+                    if at // DAY_MS != day:  # newest first: the day changes rarely
+                        day = at // DAY_MS
+                        day_b = _INT(day)
+                    yield (
+                        True,
+                        query_id,
+                        (user, type_name, day_b, _BIGINT(at), product.encode(), ttl),
+                    )
+
+    def _snapshot_writes(
+        self, st: _Prepared, snapshots: Sequence[UserLastK]
+    ) -> Iterator[Statement]:
+        """Snapshot rows, several users per unlogged batch, a user's rows never split.
+
+        Each row carries its own write timestamp, the newest event time it holds (the
+        batch's own timestamp only applies to rows without one).
+        """
+        return (
+            _raw_batch(rows)
+            for rows in packed(self._snapshot_rows(st, snapshots), SNAPSHOT_BATCH_BYTES)
+        )
+
+    def _snapshot_rows(
+        self, st: _Prepared, snapshots: Sequence[UserLastK]
+    ) -> Iterator[tuple[int, list[_BatchEntry]]]:
+        """Per user: (approximate bytes, that user's snapshot rows)."""
+        query_id = st.insert_snapshot.query_id
+        ttl = _INT(self._ttl_s)
+        for snapshot in snapshots:
+            user = snapshot.user_id.encode()
+            rows: list[_BatchEntry] = []
+            size = 0
             for event_type, items in snapshot.items.items():
                 if not items:
                     continue
-                type_name = EventType(event_type).value.encode()
-                for day, day_items in group_by_day(items).items():
-                    day_b = _INT(day)
-                    for chunk in chunks(day_items, HISTORY_BATCH_ROWS):
-                        yield _one_partition(
-                            st.insert_history,
-                            [
-                                [user, type_name, day_b, _BIGINT(at), product.encode(), ttl]
-                                for product, at in chunk
-                            ],
-                        )
+                blob = encode_items(items)
                 written_us = write_timestamp_us(items)
                 rows.append(
-                    [
-                        user,
-                        type_name,
-                        encode_items(items),
-                        _BIGINT(written_us // 1000),
-                        ttl,
-                        _BIGINT(written_us),
-                    ]
+                    (
+                        True,
+                        query_id,
+                        (
+                            user,
+                            _TYPE_BYTES[event_type],
+                            blob,
+                            _BIGINT(written_us // 1000),
+                            ttl,
+                            _BIGINT(written_us),
+                        ),
+                    )
                 )
+                size += len(user) + len(blob) + 40
             if rows:
-                yield _one_partition(st.insert_snapshot, rows)
+                yield size, rows
 
     async def _run(self, requests: Iterable[tuple[Statement, OnRows]]) -> None:
         """Send `requests` with at most `max_in_flight` outstanding; wait for all of them.
@@ -360,6 +452,7 @@ class CqlColdStore:
 
 
 _EVENT_TYPES = frozenset(t.value for t in EventType)
+_TYPE_BYTES = {t: t.value.encode() for t in EventType}
 
 
 class _Call:
@@ -402,28 +495,25 @@ class _Call:
             self.done.set_result(None)
 
 
-def _one_partition(statement: PreparedStatement, rows: list[list[bytes]]) -> Statement:
-    """One bound statement, or an unlogged batch when several rows share a partition."""
-    if len(rows) == 1:
-        return _bound(statement, rows[0])
-    batch = BatchStatement(BatchType.UNLOGGED, consistency_level=_CONSISTENCY)
-    batch.is_idempotent = True
-    for values in rows:
-        batch.add(_bound(statement, values))
-    return batch
+#: One statement of a batch as the driver sends it: (prepared?, query id, wire values).
+_BatchEntry = tuple[bool, bytes, tuple[bytes, ...]]
 
 
-def _bound(statement: PreparedStatement, values: list[bytes]) -> BoundStatement:
-    """A bound statement from values already in the wire format.
+def _raw_batch(entries: list[_BatchEntry]) -> BatchStatement:
+    """An unlogged batch of rows whose values are already in the wire format.
 
     `PreparedStatement.bind` serializes value by value through the driver's generic type
-    layer (10-20 us a row on this machine, most of a flush's CPU); flush rows are only
-    text, int, bigint, timestamp and blob, encoded directly here (~2 us). `_Prepared`
-    checks at prepare time that the statements' bind types are the ones encoded here.
+    layer (10-20 us a row on this machine), and even a `BoundStatement` per row plus
+    `BatchStatement.add` costs several us a row; flush rows are only text, int, bigint
+    and blob, encoded directly here, and the entries go straight into the batch's list
+    of (prepared, query id, values) that the driver serializes (`BatchMessage`).
+    `_Prepared` checks at prepare time that the bind types are the ones encoded here and
+    that the driver still keeps that list.
     """
-    bound = BoundStatement(statement)
-    bound.values = values
-    return bound
+    batch = BatchStatement(BatchType.UNLOGGED, consistency_level=_CONSISTENCY)
+    batch.is_idempotent = True
+    batch._statements_and_parameters = entries
+    return batch
 
 
 def _collect_into(found: list[Item]) -> Callable[[list[Any]], None]:

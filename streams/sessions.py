@@ -17,6 +17,7 @@ re-hydrated and flushed at the same time.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 class ColdTier(Protocol):
     """What the session keeper needs from the cold tier (`sinks.cold_store`)."""
 
-    async def write_snapshots(self, snapshots: Sequence[UserLastK]) -> None: ...
+    async def write_snapshots(
+        self, snapshots: Sequence[UserLastK], stored: Mapping[str, UserLastK] | None = None
+    ) -> None: ...
 
     async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]: ...
 
@@ -58,6 +61,11 @@ class SessionKeeper:
     flush_batch: int = 500
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     counters: SessionCounters = field(default_factory=SessionCounters)
+    #: What the cold tier held for each re-hydrated user (exactly as loaded), so their
+    #: flush skips rewriting history rows that are already stored. Bounded; a missing
+    #: entry only means everything is written again (idempotent).
+    stored: OrderedDict[str, UserLastK] = field(default_factory=OrderedDict)
+    max_stored: int = 100_000
 
     def observe(self, partition: int, newest_event_ms: int, wall_ms: int) -> None:
         """A batch delivered events of `partition` up to this event time."""
@@ -99,6 +107,12 @@ class SessionKeeper:
         if not returning:
             return []
         loaded = await self.cold.load_last_k(returning)
+        for user_id, snapshot in loaded.items():
+            if snapshot.items:
+                self.stored[user_id] = snapshot
+                self.stored.move_to_end(user_id)
+        while len(self.stored) > self.max_stored:
+            self.stored.popitem(last=False)
         rows = [
             Interaction(user_id, event_type, product_id, event_time_ms)
             for user_id, snapshot in loaded.items()
@@ -129,8 +143,15 @@ class SessionKeeper:
                 if not ended:
                     break
                 snapshots = await self.hot.snapshots(ended)
-                await self.cold.write_snapshots([s.last_k for s in snapshots if s.last_k.items])
+                known = {
+                    s.user_id: self.stored[s.user_id] for s in ended if s.user_id in self.stored
+                }
+                await self.cold.write_snapshots(
+                    [s.last_k for s in snapshots if s.last_k.items], known
+                )
                 evicted = await self.hot.evict(snapshots)
+                for session in evicted:
+                    self.stored.pop(session.user_id, None)
                 moved += len(evicted)
                 self.counters.flushed_users += len(evicted)
                 self.counters.flush_skipped += len(snapshots) - len(evicted)

@@ -6,17 +6,22 @@ so everything about how a value is laid out lives here, free of I/O, and is unit
 - history rows are bucketed by UTC day (days since the epoch) so partitions stay bounded;
 - a snapshot row holds one type's last-k as a JSON blob (see `encode_items`);
 - a snapshot row is written with the newest event time it holds as its CQL write
-  timestamp (microseconds), so a stale snapshot written late never wins.
+  timestamp (microseconds), so a stale snapshot written late never wins;
+- a flush writes as history only the items the stored snapshot did not already hold
+  (`unstored_items`), and packs rows into batches (`batched`, `packed`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from streams.logic.lastk import Item
 
 DAY_MS = 86_400_000
+
+T = TypeVar("T")
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -58,7 +63,8 @@ def encode_items(items: Sequence[Item]) -> bytes:
     Newest first, as given. JSON because every language reads it and CPython's C codec
     beats any per-item struct packing done in Python.
     """
-    return _compact([[product_id, event_time_ms] for product_id, event_time_ms in items]).encode()
+    # The C encoder writes (product_id, time) tuples as arrays as they are: no per-item list.
+    return _compact(items if isinstance(items, list | tuple) else list(items)).encode()
 
 
 def decode_items(blob: bytes | None) -> list[Item]:
@@ -83,3 +89,48 @@ def group_by_day(items: Sequence[Item]) -> dict[int, list[Item]]:
     for item in items:
         days.setdefault(day_of(item[1]), []).append(item)
     return days
+
+
+def unstored_items(items: Sequence[Item], stored: Sequence[Item] | None) -> Sequence[Item]:
+    """The items of a last-k that are not history rows yet, given the stored snapshot.
+
+    `stored` is the same type's last-k as loaded from the cold tier when the user was
+    re-hydrated. Every item of a stored snapshot is already a history row (a flush writes
+    the history before the snapshot), so an equal item (same product *and* time) is
+    skipped. Anything else is written: late events older than the stored ones, and a
+    product seen again (a new time). A time threshold would lose those late events.
+    """
+    if not stored:
+        return items
+    known = {(product_id, event_time_ms) for product_id, event_time_ms in stored}
+    return [item for item in items if item not in known]
+
+
+def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`rows` in consecutive lists of `size` (the last may be shorter); rows may split."""
+    batch: list[T] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def packed(groups: Iterable[tuple[int, list[T]]], max_cost: int) -> Iterator[list[T]]:
+    """Consecutive groups of rows, packed whole into lists costing at most `max_cost`.
+
+    Each group comes with its cost (e.g. bytes) and is never split, so a group that alone
+    costs more than `max_cost` goes out on its own.
+    """
+    batch: list[T] = []
+    cost = 0
+    for group_cost, rows in groups:
+        if batch and cost + group_cost > max_cost:
+            yield batch
+            batch, cost = [], 0
+        batch.extend(rows)
+        cost += group_cost
+    if batch:
+        yield batch

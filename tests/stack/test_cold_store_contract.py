@@ -11,10 +11,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from cassandra.query import BatchStatement
 
 from infra.migrate import apply_migrations
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
-from sinks.cold_store import TRANSIENT_CQL_ERRORS, CqlColdStore
+from sinks.cold_store import (
+    HISTORY_BATCH_ROWS,
+    SNAPSHOT_BATCH_BYTES,
+    TRANSIENT_CQL_ERRORS,
+    CqlColdStore,
+)
 from sinks.cql import connect
 from sinks.retry import transient_errors
 from streams.bootstrap import build_cold_store
@@ -232,7 +238,9 @@ def test_history_rows_expire_with_the_setting(cql: tuple[Settings, Any]) -> None
 
 
 class CountingSession:
-    """Wraps a driver session to record the most requests ever in flight at once."""
+    """Wraps a driver session to record the most requests ever in flight at once, and what
+    every request carried: per request, the (query id, values) of its rows and how many
+    requests were in flight when it was sent."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
@@ -240,12 +248,18 @@ class CountingSession:
         self.in_flight = 0
         self.most = 0
         self.sent = 0
+        self.requests: list[tuple[list[tuple[bytes, tuple[bytes, ...]]], int]] = []
 
     def prepare(self, cql: str) -> Any:
         return self._session.prepare(cql)
 
     def execute_async(self, statement: Any) -> Any:
+        if isinstance(statement, BatchStatement):
+            rows = [(qid, tuple(v)) for _, qid, v in statement._statements_and_parameters]
+        else:
+            rows = [(statement.prepared_statement.query_id, tuple(statement.values))]
         with self._lock:
+            self.requests.append((rows, self.in_flight))
             self.in_flight += 1
             self.sent += 1
             self.most = max(self.most, self.in_flight)
@@ -256,6 +270,9 @@ class CountingSession:
     def _done(self, _result: object) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def query_id(self, cql_start: str) -> bytes:
+        return bytes(self._session.prepare(cql_start).query_id)
 
 
 def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any]) -> None:
@@ -268,10 +285,114 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
         await store.write_snapshots(snapshots)
         return await store.load_last_k([s.user_id for s in snapshots])
 
-    loaded = with_store(counting, body, max_in_flight=8)  # type: ignore[arg-type]
+    loaded = with_store(counting, body, max_in_flight=8)
     assert {u: s.items for u, s in loaded.items()} == {s.user_id: s.items for s in snapshots}
-    assert counting.sent >= 2 * len(snapshots)
     assert 1 < counting.most <= 8
+    # Rows of many users share a request: history rows in full batches, then snapshots.
+    history_rows = sum(len(items) for s in snapshots for items in s.items.values())
+    writes = [rows for rows, _ in counting.requests[: -len(snapshots)]]  # then 1 read a user
+    history_id = history_query_id(counting)
+    sizes = [len(rows) for rows in writes if rows[0][0] == history_id]
+    assert sum(sizes) == history_rows
+    assert sizes == [HISTORY_BATCH_ROWS] * (len(sizes) - 1) + [sizes[-1]]
+    assert len(writes) < len(snapshots) // 4  # it was ~4 requests a user
+
+
+def history_query_id(counting: CountingSession) -> bytes:
+    return counting.query_id(
+        "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
+        "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+    )
+
+
+def test_history_is_acknowledged_before_any_snapshot_and_a_user_is_one_batch(
+    cql: tuple[Settings, Any],
+) -> None:
+    _settings, session = cql
+    rnd = random.Random(4)
+    snapshots = [random_snapshot(rnd, f"u{i}", per_type=30) for i in range(300)]
+    counting = CountingSession(session)
+    with_store(counting, lambda store: store.write_snapshots(snapshots))
+
+    history_id = history_query_id(counting)
+    kinds = [rows[0][0] == history_id for rows, _ in counting.requests]
+    first_snapshot = kinds.index(False)
+    assert all(kinds[:first_snapshot]) and not any(kinds[first_snapshot:])
+    assert counting.requests[first_snapshot][1] == 0  # every history request had its answer
+    # A user's snapshot rows (one per type) all travel in the same batch: one mutation.
+    batch_of: dict[bytes, set[int]] = {}
+    for index, (rows, _) in enumerate(counting.requests[first_snapshot:]):
+        for _qid, values in rows:
+            batch_of.setdefault(values[0], set()).add(index)
+        assert sum(len(values[2]) for _qid, values in rows) <= SNAPSHOT_BATCH_BYTES
+    assert len(batch_of) == len(snapshots)
+    assert all(len(batches) == 1 for batches in batch_of.values())
+    assert len(counting.requests) - first_snapshot > 1  # and several users share a batch
+
+
+def test_stored_items_are_not_rewritten_and_no_history_is_lost(
+    cql: tuple[Settings, Any],
+) -> None:
+    _settings, session = cql
+    first = UserLastK(
+        "u1",
+        {
+            EventType.VIEW: [("p3", NOW_MS + 300), ("p2", NOW_MS + 200), ("p1", NOW_MS + 100)],
+            EventType.ORDER: [("o1", NOW_MS + 50)],
+        },
+    )
+    counting = CountingSession(session)
+
+    async def body(store: CqlColdStore) -> tuple[list[Item], list[Item], UserLastK]:
+        await store.write_snapshots([first])
+        stored = await store.load_last_k(["u1"])  # what the worker re-hydrates the user with
+        counting.requests.clear()
+        # The next session: a new view, p2 viewed again, and a late view older than p3.
+        views = merge_items(
+            [("p9", NOW_MS + 900), ("p2", NOW_MS + 600), ("p7", NOW_MS + 150)],
+            first.items[EventType.VIEW],
+            10,
+        )
+        second = UserLastK("u1", {EventType.VIEW: views, EventType.ORDER: [("o1", NOW_MS + 50)]})
+        await store.write_snapshots([second], stored=stored)
+        return (
+            await store.window("u1", EventType.VIEW, NOW_MS, NOW_MS + DAY_MS, 100),
+            await store.window("u1", EventType.ORDER, NOW_MS, NOW_MS + DAY_MS, 100),
+            (await store.load_last_k(["u1"]))["u1"],
+        )
+
+    views, orders, loaded = with_store(counting, body)
+    history_id = history_query_id(counting)
+    rewritten = sorted(
+        (values[4].decode(), values[3])
+        for rows, _ in counting.requests
+        for qid, values in rows
+        if qid == history_id
+    )
+    assert [product for product, _ in rewritten] == ["p2", "p7", "p9"]  # only the new items
+    assert views == [
+        ("p9", NOW_MS + 900),
+        ("p2", NOW_MS + 600),
+        ("p3", NOW_MS + 300),
+        ("p2", NOW_MS + 200),
+        ("p7", NOW_MS + 150),
+        ("p1", NOW_MS + 100),
+    ]
+    assert orders == [("o1", NOW_MS + 50)]
+    assert loaded.items[EventType.VIEW][0] == ("p9", NOW_MS + 900)
+    assert loaded.items[EventType.ORDER] == [("o1", NOW_MS + 50)]  # snapshots always written
+
+
+def test_the_newest_snapshot_wins_even_within_one_call(cql: tuple[Settings, Any]) -> None:
+    _settings, session = cql
+    newer = UserLastK("u1", {EventType.VIEW: [("p2", NOW_MS + 200), ("p1", NOW_MS + 100)]})
+    stale = UserLastK("u1", {EventType.VIEW: [("p1", NOW_MS + 100)]})
+
+    async def body(store: CqlColdStore) -> UserLastK:
+        await store.write_snapshots([newer, stale])  # same call, likely the same batch
+        return (await store.load_last_k(["u1"]))["u1"]
+
+    assert with_store(session, body).items == newer.items
 
 
 def test_a_down_server_raises_a_transient_error(isolated_settings: Settings) -> None:

@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 
 from streams.logic.cold_layout import (
     DAY_MS,
+    batched,
     chunks,
     day_of,
     decode_items,
     encode_items,
     group_by_day,
+    packed,
+    unstored_items,
     window_days,
     write_timestamp_us,
 )
@@ -102,3 +105,50 @@ def test_chunks_cover_everything_in_order() -> None:
     rows = [(f"p{i}", i) for i in range(7)]
     assert [list(c) for c in chunks(rows, 3)] == [rows[0:3], rows[3:6], rows[6:7]]
     assert list(chunks([], 3)) == []
+
+
+def test_unstored_items_skip_exactly_what_the_stored_snapshot_held() -> None:
+    stored = [("p3", 300), ("p2", 200), ("p1", 100)]
+    now = [
+        ("p9", 900),  # new
+        ("p2", 250),  # seen again: a new time is a new history row
+        ("p3", 300),  # from the stored snapshot: already history
+        ("p7", 150),  # a late event, older than the stored newest: still new
+        ("p1", 100),  # stored
+    ]
+    assert unstored_items(now, stored) == [("p9", 900), ("p2", 250), ("p7", 150)]
+
+
+def test_without_a_stored_snapshot_every_item_is_new() -> None:
+    items = [("p2", 20), ("p1", 10)]
+    assert unstored_items(items, None) == items
+    assert unstored_items(items, []) == items
+    assert unstored_items([], [("p1", 10)]) == []
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), max_size=12),
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5)), max_size=12),
+)
+def test_unstored_items_never_lose_an_item_the_snapshot_did_not_hold(
+    items: list[tuple[str, int]], stored: list[tuple[str, int]]
+) -> None:
+    new = unstored_items(items, stored)
+    assert set(new) | (set(items) & set(stored)) == set(items)
+    assert not set(new) & set(stored)
+    assert list(new) == [item for item in items if item in set(new)]  # order kept
+
+
+def test_batched_fills_each_batch_and_keeps_order() -> None:
+    rows = list(range(7))
+    assert list(batched(rows, 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched(rows, 7)) == [rows]
+    assert list(batched(iter(rows), 1)) == [[r] for r in rows]
+    assert list(batched([], 3)) == []
+
+
+def test_packed_never_splits_a_group_and_respects_the_cost() -> None:
+    groups = [(4, ["a1", "a2"]), (4, ["b1"]), (3, ["c1", "c2", "c3"]), (12, ["big"]), (1, ["d"])]
+    assert list(packed(groups, 8)) == [["a1", "a2", "b1"], ["c1", "c2", "c3"], ["big"], ["d"]]
+    assert list(packed(groups, 100)) == [["a1", "a2", "b1", "c1", "c2", "c3", "big", "d"]]
+    assert list(packed([], 8)) == []
