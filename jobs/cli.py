@@ -311,8 +311,8 @@ def cmd_last_k(args: argparse.Namespace, settings: Settings) -> int:
             await reader.close()
 
     answer = asyncio.run(read())
-    where = "Redis, session active" if answer.tier == "hot" else "cold tier, no active session"
-    print(f"last-k for user {args.user_id} (newest first; from the {where})")
+    where = "Redis: session active" if answer.tier == "hot" else "cold tier: no active session"
+    print(f"last-k for user {args.user_id} (newest first; from {where})")
     for event_type in types:
         items = answer.items.get(event_type, [])
         shown = ", ".join(f"{product}@{_clock(ms)}" for product, ms in items) or "-"
