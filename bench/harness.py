@@ -3,13 +3,18 @@
 One script per measurement (`bench/*_bench.py`) builds on these:
 
 - `ensure_stack()`            the local stack is up (reused when running, started otherwise)
-- `Isolated.create()`         a fresh topic, DLQ topic, consumer group and Redis key prefix,
-                              with the production partition count, provisioned on the broker
+- `Isolated.create()`         a fresh topic, DLQ topic, consumer group, Redis key prefix and
+                              CQL keyspace (migrated: the worker's cold tier needs it), with
+                              the production partition count; `cleanup()` removes them all
 - `produce()`                 synthetic events onto the isolated topic
+- `live_traffic()`, `retime()` synthetic events generated up front, then shifted to start
+                              now, for benches that send each event when its time comes
+- `percentiles()`             p50/p95/p99/max of latency samples
 - `WorkerProcess`             `signals worker` as a subprocess with the isolated environment,
                               optionally from another source tree (a git ref, for before/after)
 - `exported_tree()`           a git ref exported to a temporary folder
 - `Table`, `write_results()`  the printed table and bench/results/<name>.json
+- `read_results()`            a result written by another bench (for the combined summary)
 
 Benchmarks compare against a baseline measured in the same run: the machine is shared, so
 numbers from different runs are not comparable.
@@ -17,11 +22,14 @@ numbers from different runs are not comparable.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -75,15 +83,22 @@ def _stack_answers() -> bool:
 
 @dataclass(frozen=True)
 class Isolated:
-    """A benchmark's own topics, consumer group and Redis keys on the shared stack."""
+    """A benchmark's own topics, consumer group, Redis keys and keyspace on the shared stack.
+
+    `cleanup()` deletes the Redis keys and drops the keyspace; it also runs at interpreter
+    exit for anything a bench did not clean up (a failed run leaves nothing behind).
+    """
 
     tag: str
     env: dict[str, str]
     settings: Settings
 
     @classmethod
-    def create(cls, name: str, **overrides: str) -> Isolated:
-        """Provision a fresh, uniquely named topic set with the production partition count."""
+    def create(
+        cls, name: str, *, topics: bool = True, keyspace: bool = True, **overrides: str
+    ) -> Isolated:
+        """Provision a fresh, uniquely named topic set with the production partition count,
+        and a migrated keyspace (a worker cannot start without one)."""
         from infra.topics import apply_topics  # noqa: PLC0415
 
         tag = f"{name}-{uuid.uuid4().hex[:8]}"
@@ -100,11 +115,73 @@ class Isolated:
         settings = Settings.load(
             **{key.removeprefix("SIGNALS_").lower(): value for key, value in env.items()}
         )
-        apply_topics(settings)
-        return cls(tag, env, settings)
+        iso = cls(tag, env, settings)
+        atexit.register(iso.cleanup_in_subprocess)
+        if topics:
+            apply_topics(settings)
+        if keyspace:
+            iso.migrate()
+        return iso
+
+    def migrate(self) -> None:
+        """Create the keyspace and apply the CQL migrations (as `signals-stack migrate`)."""
+        from infra.migrate import apply_migrations  # noqa: PLC0415
+        from sinks.cql import connect  # noqa: PLC0415
+
+        cluster, session = connect(self.settings)
+        try:
+            apply_migrations(session, self.settings)
+        finally:
+            cluster.shutdown()
+
+    def cleanup(self) -> None:
+        """Delete the Redis keys and drop the keyspace (topics: in-memory mock). Removes the
+        exit hook that would otherwise do it."""
+        self.cleanup_redis()
+        self.drop_keyspace()
+        atexit.unregister(self.cleanup_in_subprocess)
+
+    def cleanup_in_subprocess(self) -> None:
+        """The exit hook: `cleanup()` in a fresh interpreter, because at exit the CQL
+        driver can no longer start its threads (no new futures after shutdown begins)."""
+        print(f"cleaning up {self.tag} (Redis keys, keyspace) ...", flush=True)
+        subprocess.run(
+            [sys.executable, __file__, "cleanup"],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            check=False,
+            timeout=120,
+        )
+
+    @classmethod
+    def from_env(cls) -> Isolated:
+        """The Isolated whose SIGNALS_* variables are in this process's environment."""
+        settings = Settings.load()
+        return cls(settings.redis_key_prefix, {}, settings)
+
+    def drop_keyspace(self, attempts: int = 3) -> None:
+        """DROP KEYSPACE, retried: a CQL server busy with other schema changes can refuse
+        connections for a few seconds."""
+        from sinks.cql import connect  # noqa: PLC0415
+
+        for attempt in range(1, attempts + 1):
+            try:
+                cluster, session = connect(self.settings)
+                try:
+                    session.execute(
+                        f"DROP KEYSPACE IF EXISTS {self.settings.cql_keyspace}", timeout=60
+                    )
+                finally:
+                    cluster.shutdown()
+                return
+            except Exception as exc:  # the driver raises several unrelated types
+                if attempt == attempts:
+                    raise
+                print(f"dropping {self.settings.cql_keyspace} failed ({exc!r}); retrying")
+                time.sleep(2 * attempt)
 
     def cleanup_redis(self) -> None:
-        """Delete the Redis keys of every prefix starting with the tag (topics: in-memory mock)."""
+        """Delete the Redis keys of every prefix starting with the tag's prefix."""
         import redis  # noqa: PLC0415
 
         client = redis.Redis.from_url(self.settings.redis_url)
@@ -131,10 +208,52 @@ class Produced:
 def synthetic_source() -> Callable[..., Iterator[Any]]:
     """`synthetic_events` from jobs.traffic when that package exists, else jobs.synthetic."""
     try:
-        from jobs.traffic import synthetic_events  # type: ignore[import-not-found]  # noqa: PLC0415
+        from jobs.traffic import synthetic_events  # noqa: PLC0415
     except ImportError:
-        from jobs.synthetic import synthetic_events  # noqa: PLC0415
-    return synthetic_events  # type: ignore[no-any-return]
+        from jobs.synthetic import synthetic_events  # type: ignore[no-redef]  # noqa: PLC0415
+    return synthetic_events
+
+
+def live_traffic(rate: float, count: int, *, users: int = 50_000, seed: int = 7) -> list[Any]:
+    """`count` synthetic Events, about `rate` per second of event time, generated up front.
+
+    For benches that send each event when its time comes, with event time = send time:
+    `retime()` shifts them to start now. Generating them before the clock runs keeps the
+    generator's CPU out of the measurement (the machine has two cores). The session
+    simulation (`jobs.traffic.simulate`) when present, else independent events.
+    """
+    start_ms = int(time.time() * 1000)
+    try:
+        from jobs.traffic import TrafficParams, simulate  # noqa: PLC0415
+    except ImportError:
+        stream = _simple_traffic(rate, users, seed, start_ms)
+    else:
+        stream = simulate(TrafficParams(rate=rate, users=users, seed=seed), start_ms)
+    return list(itertools.islice(stream, count))
+
+
+def retime(events: list[Any], start_ms: int) -> None:
+    """Shift event times (in place) so that the first event happens at `start_ms`."""
+    shift = start_ms - events[0].event_time_ms
+    # A duplicate delivery is the same object emitted again: shift each object once.
+    for event in {id(event): event for event in events}.values():
+        event.event_time_ms += shift
+
+
+def _simple_traffic(rate: float, users: int, seed: int, start_ms: int) -> Iterator[Any]:
+    from schemas.events import Event, EventType  # noqa: PLC0415
+
+    rnd = random.Random(seed)
+    kinds = [EventType.VIEW] * 16 + [EventType.CLICK] * 3 + [EventType.ADD_TO_CART]
+    for n in itertools.count():
+        kind = rnd.choice(kinds)
+        yield Event(
+            event_id=uuid.UUID(int=rnd.getrandbits(128), version=4).hex,
+            user_id=f"u{rnd.randrange(users):07d}",
+            event_type=kind,
+            event_time_ms=start_ms + int(n * 1000 / rate),
+            product_id=f"p{rnd.randrange(20_000):06d}",
+        )
 
 
 def produce(
@@ -240,36 +359,64 @@ class WorkerProcess:
             self.process.wait()
 
 
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max (nearest rank) of latency samples in ms; NaN when there are none."""
+    ordered = sorted(samples_ms)
+    if not ordered:
+        return {"n": 0, **dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "max_ms"), math.nan)}
+
+    def rank(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 3)
+
+    return {
+        "n": len(ordered),
+        "p50_ms": rank(0.50),
+        "p95_ms": rank(0.95),
+        "p99_ms": rank(0.99),
+        "max_ms": round(ordered[-1], 3),
+    }
+
+
+def format_value(value: float | int | str) -> str:
+    """Numbers as the tables print them: thousands separators, 2 decimals below 100."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return value
+
+
 @dataclass
 class Table:
-    """Rows of (measurement, value, unit, note), printed aligned."""
+    """Rows of cells printed aligned; by default (measurement, value, unit, note).
+
+    `align` has one letter per column: `l` pads right, `r` pads left.
+    """
 
     title: str
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    head: tuple[str, ...] = ("measurement", "value", "unit", "note")
+    align: str = "lrll"
 
     def add(self, name: str, value: float | int | str, unit: str = "", note: str = "") -> None:
-        if isinstance(value, float):
-            text = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-        elif isinstance(value, int):
-            text = f"{value:,}"
-        else:
-            text = value
-        self.rows.append((name, text, unit, note))
+        self.rows.append((name, format_value(value), unit, note))
+
+    def add_row(self, *cells: float | int | str) -> None:
+        self.rows.append(tuple(format_value(cell) for cell in cells))
 
     def print(self) -> None:
-        widths = [max([len(h), *(len(r[i]) for r in self.rows)]) for i, h in enumerate(_HEAD)]
+        widths = [max([len(h), *(len(r[i]) for r in self.rows)]) for i, h in enumerate(self.head)]
         print(f"\n{self.title}")
-        print("  ".join(h.ljust(w) for h, w in zip(_HEAD, widths, strict=True)).rstrip())
+        print("  ".join(h.ljust(w) for h, w in zip(self.head, widths, strict=True)).rstrip())
         print("  ".join("-" * w for w in widths))
         for row in self.rows:
-            name, value, unit, note = row
-            print(
-                f"{name.ljust(widths[0])}  {value.rjust(widths[1])}  "
-                f"{unit.ljust(widths[2])}  {note}".rstrip()
+            cells = (
+                cell.rjust(width) if how == "r" else cell.ljust(width)
+                for cell, width, how in zip(row, widths, self.align, strict=True)
             )
-
-
-_HEAD = ("measurement", "value", "unit", "note")
+            print("  ".join(cells).rstrip())
 
 
 def environment() -> dict[str, Any]:
@@ -297,3 +444,16 @@ def write_results(name: str, result: dict[str, Any]) -> Path:
         json.dumps({**result, "environment": environment()}, indent=2) + "\n", encoding="utf-8"
     )
     return path
+
+
+def read_results(name: str) -> dict[str, Any]:
+    """bench/results/<name>.json as written by `write_results` (or the older benches)."""
+    result: dict[str, Any] = json.loads((RESULTS_DIR / f"{name}.json").read_text("utf-8"))
+    return result
+
+
+if __name__ == "__main__":
+    # `python bench/harness.py cleanup`: run by `Isolated`'s exit hook, with its variables.
+    if sys.argv[1:] != ["cleanup"]:
+        raise SystemExit("usage: harness.py cleanup  (internal: the exit hook of Isolated)")
+    Isolated.from_env().cleanup()

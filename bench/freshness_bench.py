@@ -1,0 +1,401 @@
+"""Freshness: how long after it is produced an event is visible in Redis, under load.
+
+One `signals worker` (subprocess, isolated topic/group/prefix/keyspace) ingests synthetic
+background traffic sent at a fixed rate with event time = send time. Every ~20 ms a probe
+(a view of product `probe` by a new user `probe-<n>`) is sent and its send time recorded;
+a poller process checks the outstanding probe keys in one Redis pipeline every ~2 ms and
+records when each appears (a probe older than 40 ms is checked every 5% of its age, so a
+worker that falls behind is not also flooded with checks). Freshness is produce -> visible.
+
+Baseline, same run, same probes: a raw aiokafka consumer (no group, the worker's fetch
+settings) on the same topic records when each probe arrives: produce -> consumed, the
+transport floor under the worker. Poller and consumer run in their own processes, so
+the producer's loop does not delay their clocks (CLOCK_MONOTONIC is system-wide).
+
+Probes sent in the first `--warmup` seconds are not counted (every user is new then, so
+every batch also reads the cold tier). Writes bench/results/freshness.json.
+
+    .venv/bin/python bench/freshness_bench.py [--rate 5000] [--seconds 30] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import sys
+import time
+import uuid
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    ROOT,
+    Isolated,
+    Table,
+    WorkerProcess,
+    ensure_stack,
+    live_traffic,
+    percentiles,
+    retime,
+    write_results,
+)
+
+from schemas.events import Event, EventType
+from streams.logic.lastk import hot_key, interaction_of
+
+PROBE_EVERY_S = 0.020
+POLL_EVERY_S = 0.002
+POLL_BACKOFF = 20
+TARGET_P99_MS = 150.0
+
+
+def probe_key(prefix: str, n: int) -> str:
+    return hot_key(prefix, f"probe-{n}", EventType.VIEW)
+
+
+def probe_event(user_id: str) -> Event:
+    return Event(
+        event_id=uuid.uuid4().hex,
+        user_id=user_id,
+        event_type=EventType.VIEW,
+        event_time_ms=int(time.time() * 1000),
+        product_id="probe",
+    )
+
+
+def poll_redis(
+    *,
+    redis_url: str,
+    prefix: str,
+    sent: Synchronized[int],
+    seen: Synchronized[int],
+    stop: MpEvent,
+    out: mp.Queue[dict[int, float]],
+) -> None:
+    """Process: every POLL_EVERY_S, EXISTS on the due unseen probes in one pipeline.
+
+    A probe is due every POLL_EVERY_S while young, then every 1/POLL_BACKOFF of its age
+    (precision: 2 ms or 5%, whichever is larger). Polling every overdue probe every 2 ms
+    would flood Redis exactly when a worker falls behind, slowing it down further.
+    """
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_url)
+    visible: dict[int, float] = {}
+    pending: dict[int, tuple[float, float]] = {}  # probe -> (first known, next poll)
+    queued = 0
+    next_tick = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        upto = sent.value
+        pending.update((n, (now, now)) for n in range(queued, upto))
+        queued = upto
+        due = [n for n, (_first, at) in pending.items() if at <= now]
+        if due:
+            pipe = client.pipeline(transaction=False)
+            for n in due:
+                pipe.exists(probe_key(prefix, n))
+            found = pipe.execute()
+            now = time.monotonic()
+            for n, hit in zip(due, found, strict=True):
+                if hit:
+                    visible[n] = now
+                    del pending[n]
+                else:
+                    first = pending[n][0]
+                    pending[n] = (first, now + max(POLL_EVERY_S, (now - first) / POLL_BACKOFF))
+            seen.value = len(visible)
+        next_tick += POLL_EVERY_S
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            next_tick = time.monotonic()
+    client.close()
+    out.put(visible)
+
+
+def consume_raw(
+    *,
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    fetch_max_wait_ms: int,
+    ready: MpEvent,
+    seen: Synchronized[int],
+    stop: MpEvent,
+    out: mp.Queue[dict[int, float]],
+) -> None:
+    """Process: a raw aiokafka consumer from the end of every partition; probe arrivals."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    async def run() -> dict[int, float]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+        await consumer.start()
+        arrivals: dict[int, float] = {}
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            ready.set()
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=100)
+                now = time.monotonic()
+                for records in batches.values():
+                    for record in records:
+                        key = record.key or b""
+                        if key.startswith(b"probe-"):
+                            arrivals[int(key[6:])] = now
+                seen.value = len(arrivals)
+        finally:
+            await consumer.stop()
+        return arrivals
+
+    out.put(asyncio.run(run()))
+
+
+def applied_count(iso: Isolated) -> int:
+    """Interactions the worker has applied so far (the hot store's counter)."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(iso.settings.redis_url)
+    try:
+        return int(client.get(f"{iso.settings.redis_key_prefix}:stats:applied") or 0)
+    finally:
+        client.close()
+
+
+def wait_visible(iso: Isolated, worker: WorkerProcess, timeout_s: float = 90) -> float:
+    """Send warm-up probes until one is in Redis: the worker has joined and is applying."""
+    import redis  # noqa: PLC0415
+
+    from sinks.events_producer import EventProducer  # noqa: PLC0415
+
+    settings = iso.settings
+    client = redis.Redis.from_url(settings.redis_url)
+    started = time.monotonic()
+    try:
+        with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+            for n in range(10**9):
+                producer.send(probe_event(f"warm-{n}"))
+                producer.flush(5)
+                for _ in range(20):
+                    if client.exists(hot_key(settings.redis_key_prefix, f"warm-{n}", "view")):
+                        return time.monotonic() - started
+                    time.sleep(0.01)
+                if not worker.alive():
+                    raise RuntimeError(f"worker exited; log:\n{worker.tail()}")
+                if time.monotonic() - started > timeout_s:
+                    raise RuntimeError(f"no probe visible in {timeout_s:.0f}s:\n{worker.tail()}")
+    finally:
+        client.close()
+    raise AssertionError("unreachable")
+
+
+def send_traffic(
+    iso: Isolated,
+    events: list[Event],
+    seconds: float,
+    sent: Synchronized[int],
+    seen: Synchronized[int],
+) -> tuple[list[float], int, float]:
+    """Background at `rate` (event time = send time) plus a probe every PROBE_EVERY_S.
+
+    Returns the probes' send times (monotonic), the background events sent and how long.
+    Prints progress every 5 s (probes sent vs visible shows a worker falling behind).
+    """
+    from sinks.events_producer import EventProducer  # noqa: PLC0415
+
+    settings = iso.settings
+    retime(events, int(time.time() * 1000))
+    probe_times: list[float] = []
+    background = 0
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        started = time.monotonic()
+        next_probe = started
+        next_report = started + 5
+        end = started + seconds
+        while background < len(events):
+            now = time.monotonic()
+            if now >= end:
+                break
+            if now >= next_report:
+                print(
+                    f"  t={now - started:4.0f}s  background {background:>7,} "
+                    f"({background / (now - started):,.0f}/s)  probes sent {len(probe_times):>5,}"
+                    f"  visible {seen.value:>5,}",
+                    flush=True,
+                )
+                next_report += 5
+            if now >= next_probe:
+                probe = probe_event(f"probe-{len(probe_times)}")
+                probe_times.append(time.monotonic())
+                producer.send(probe)
+                sent.value = len(probe_times)
+                next_probe += PROBE_EVERY_S
+                continue
+            ahead_ms = events[background].event_time_ms - time.time() * 1000
+            if ahead_ms <= 0:
+                producer.send(events[background])
+                background += 1
+                continue
+            time.sleep(min(ahead_ms / 1000, next_probe - now, 0.002))
+        elapsed = time.monotonic() - started
+    return probe_times, background, elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Produce -> visible-in-Redis latency under background load, "
+        "beside produce -> consumed by a raw aiokafka consumer (same probes, same run).",
+        epilog="Writes bench/results/freshness.json. Needs the local stack (started if not up).",
+    )
+    parser.add_argument("--rate", type=float, default=5000, help="background events/s (5000)")
+    parser.add_argument("--seconds", type=float, default=30, help="measured seconds (30)")
+    parser.add_argument(
+        "--warmup", type=float, default=5, help="seconds of traffic before probes count (5)"
+    )
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--rate and --seconds must be positive, --warmup not negative")
+
+    print("local stack ...", flush=True)
+    ensure_stack()
+    iso = Isolated.create("fresh")
+    try:
+        result = measure(iso, args)
+    finally:
+        iso.cleanup()
+    report(result)
+    path = write_results("freshness", result)
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
+    settings = iso.settings
+    ctx = mp.get_context("spawn")
+    sent, poll_seen, raw_seen = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
+    stop, ready = ctx.Event(), ctx.Event()
+    poll_out: mp.Queue[dict[int, float]] = ctx.Queue()
+    raw_out: mp.Queue[dict[int, float]] = ctx.Queue()
+    poller = ctx.Process(
+        target=poll_redis,
+        kwargs={
+            "redis_url": settings.redis_url,
+            "prefix": settings.redis_key_prefix,
+            "sent": sent,
+            "seen": poll_seen,
+            "stop": stop,
+            "out": poll_out,
+        },
+    )
+    raw = ctx.Process(
+        target=consume_raw,
+        kwargs={
+            "bootstrap": settings.kafka_bootstrap,
+            "topic": settings.events_topic,
+            "partitions": settings.events_partitions,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "ready": ready,
+            "seen": raw_seen,
+            "stop": stop,
+            "out": raw_out,
+        },
+    )
+    total = args.warmup + args.seconds
+    print(f"generating {args.rate * total:,.0f} background events ...", flush=True)
+    events = live_traffic(args.rate, int(args.rate * total * 1.05) + 1000)
+    poller.start()
+    raw.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the raw consumer did not start within 60 s")
+        with WorkerProcess(iso.env, label="freshness") as worker:
+            print("worker starting (warm-up probes until one is visible) ...", flush=True)
+            startup_s = wait_visible(iso, worker)
+            print(f"sending {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
+            applied_before = applied_count(iso)
+            sent_at, background, elapsed = send_traffic(iso, events, total, sent, poll_seen)
+            applied_rate = (applied_count(iso) - applied_before) / elapsed
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and min(poll_seen.value, raw_seen.value) < len(
+                sent_at
+            ):
+                time.sleep(0.05)
+            stop.set()
+            visible, consumed = poll_out.get(timeout=30), raw_out.get(timeout=30)
+            if not worker.alive():
+                raise RuntimeError(f"worker exited during the run; log:\n{worker.tail()}")
+    finally:
+        stop.set()
+        for process in (poller, raw):
+            process.join(10)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+    counted = [n for n, t in enumerate(sent_at) if t - sent_at[0] >= args.warmup]
+    fresh = percentiles([(visible[n] - sent_at[n]) * 1000 for n in counted if n in visible])
+    floor = percentiles([(consumed[n] - sent_at[n]) * 1000 for n in counted if n in consumed])
+    achieved = background / elapsed
+    offered = sum(1 for e in events[:background] if interaction_of(e) is not None) / elapsed
+    lost = sum(1 for n in counted if n not in visible)
+    return {
+        "rate_asked": args.rate,
+        "rate_achieved": round(achieved),
+        "interactions_sent_per_s": round(offered),
+        "worker_applied_per_s": round(applied_rate),
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "probes_counted": len(counted),
+        "probes_lost": lost,
+        "freshness": fresh,
+        "transport_floor": floor,
+        "worker_startup_s": round(startup_s, 2),
+        "target_p99_ms": TARGET_P99_MS,
+        "partitions": settings.events_partitions,
+    }
+
+
+def report(r: dict[str, Any]) -> None:
+    fresh, floor = r["freshness"], r["transport_floor"]
+    table = Table(
+        f"freshness: {r['partitions']} partitions, one worker, "
+        f"background {r['rate_achieved']:,} events/s (asked {r['rate_asked']:,.0f}), "
+        f"{r['probes_counted']} probes over {r['seconds']:g}s"
+    )
+    for q in ("p50", "p95", "p99", "max"):
+        table.add(
+            f"produce -> visible in Redis, {q}",
+            fresh[f"{q}_ms"],
+            "ms",
+            f"raw aiokafka produce -> consumed {q}: {floor[f'{q}_ms']:,.1f} ms (floor)",
+        )
+    table.add("background rate achieved", r["rate_achieved"], "events/s")
+    table.add(
+        "worker applied while sending",
+        r["worker_applied_per_s"],
+        "interactions/s",
+        f"sent {r['interactions_sent_per_s']:,}/s (lower: the worker fell behind)",
+    )
+    table.add("probes not visible after 10 s", r["probes_lost"], "", "counted probes")
+    table.add("worker startup (to first visible)", r["worker_startup_s"], "s")
+    table.print()
+    print(f"target: p99 <= {TARGET_P99_MS:.0f} ms at 5,000 events/s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
