@@ -35,9 +35,18 @@ def driver_name() -> str:
 
 
 def connect_cluster(
-    hosts: list[str], port: int, *, protocol_version: int | None = None, **options: Any
+    hosts: list[str],
+    port: int,
+    *,
+    protocol_version: int | None = None,
+    row_factory: Any = None,
+    **options: Any,
 ) -> Cluster:
-    """A Cluster object (not yet connected) with an explicit, local-DC-aware balancing policy."""
+    """A Cluster object (not yet connected) with an explicit, local-DC-aware balancing policy.
+
+    `row_factory` (for example `cassandra.query.tuple_factory`) replaces the driver's
+    default named tuples for callers that read rows by position.
+    """
     driver_name()
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # noqa: PLC0415
     from cassandra.policies import (  # noqa: PLC0415
@@ -49,6 +58,7 @@ def connect_cluster(
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
         request_timeout=10,
+        **({} if row_factory is None else {"row_factory": row_factory}),
     )
     kwargs: dict[str, Any] = {
         "contact_points": hosts,
@@ -65,10 +75,13 @@ def connect_cluster(
     return Cluster(**kwargs)
 
 
-def connect(settings: Settings, keyspace: str | None = None) -> tuple[Cluster, Session]:
+def connect(
+    settings: Settings, keyspace: str | None = None, *, row_factory: Any = None
+) -> tuple[Cluster, Session]:
     cluster = connect_cluster(
         settings.cql_contact_points,
         settings.cql_port,
         protocol_version=settings.cql_protocol_version,
+        row_factory=row_factory,
     )
     return cluster, cluster.connect(keyspace)

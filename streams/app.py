@@ -176,6 +176,7 @@ class IngestPipeline:
             if interaction is not None:
                 append(interaction)
         self.counters.events += len(records)
+        prepared.size = len(records)
         return prepared
 
     def _admit(self, payload: bytes | None, now_ms: int) -> Event:
@@ -257,6 +258,20 @@ class Prepared:
     interactions: list[Interaction] = field(default_factory=list)
     #: partition -> user -> newest event time in this batch (every admitted event).
     activity: dict[int, dict[str, int]] = field(default_factory=dict)
+    size: int = 0  # records fetched, admitted or not
+
+    def absorb(self, later: Prepared) -> None:
+        """Take in the batch fetched after this one (same order as fetched)."""
+        self.now_ms = max(self.now_ms, later.now_ms)
+        self.interactions += later.interactions
+        self.rejected += later.rejected
+        for partition, latest in later.activity.items():
+            mine = self.activity.setdefault(partition, {})
+            for user_id, event_time_ms in latest.items():
+                if event_time_ms > mine.get(user_id, 0):
+                    mine[user_id] = event_time_ms
+        self.size += later.size
+
     rejected: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]] = field(default_factory=list)
 
 
@@ -361,7 +376,7 @@ class RecordInteractions(Service):
         assert consumer is not None
         # One decoded batch waits while another is applied: enough to overlap decoding
         # with the Redis and commit round trips, without holding more than a few batches.
-        ready: asyncio.Queue[tuple[Prepared, Offsets]] = asyncio.Queue(maxsize=1)
+        ready: asyncio.Queue[tuple[Prepared, Offsets]] = asyncio.Queue(maxsize=8)
         stages = [
             asyncio.ensure_future(self._fetch_and_prepare(consumer, ready)),
             asyncio.ensure_future(self._apply_and_commit(consumer, ready)),
@@ -400,8 +415,16 @@ class RecordInteractions(Service):
     async def _apply_and_commit(
         self, consumer: AIOKafkaConsumer, ready: asyncio.Queue[tuple[Prepared, Offsets]]
     ) -> None:
+        batch_max = self.settings.batch_max
         while not self.should_stop:
             prepared, offsets = await ready.get()
+            # Small fetches (a paced producer, a quiet topic) pile up while a batch is being
+            # applied; taking them together pays the per-batch round trips (re-hydration
+            # check, script call, commit) once instead of once per fetch.
+            while not ready.empty() and prepared.size < batch_max:
+                more, more_offsets = ready.get_nowait()
+                prepared.absorb(more)
+                offsets.update(more_offsets)  # later fetches have higher offsets
             await self.pipeline.apply(prepared)
             await self._commit(consumer, offsets)
 
