@@ -49,10 +49,10 @@ def build_cold_store(settings: Settings) -> CqlColdStore:
     statements are prepared on first use or with `await store.open()`. The driver is
     imported here, not at module import, so entry points without a cold tier stay light.
     """
+    from cassandra.query import tuple_factory  # noqa: PLC0415
+
     from sinks.cold_store import CqlColdStore  # noqa: PLC0415
     from sinks.cql import connect  # noqa: PLC0415
-
-    from cassandra.query import tuple_factory  # noqa: PLC0415
 
     # Rows are read by position; the default factory builds a namedtuple class per
     # response (~6% of a worker's time during re-hydration).
