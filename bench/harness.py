@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -256,10 +257,32 @@ def _simple_traffic(rate: float, users: int, seed: int, start_ms: int) -> Iterat
         )
 
 
+#: Bad messages for `produce(bad_share=...)`, one per dead-letter reason family: not our
+#: framing, an unknown schema id, truncated Avro, and (built per event) a time far ahead.
+BAD_PAYLOADS = (
+    b'{"event_id": "json?"}',
+    b"\x00\x00\x00\x00\x63\x02xx",
+    b"\x00\x00\x00\x00\x01\x02",
+)
+
+
 def produce(
-    settings: Settings, count: int, *, users: int = 50_000, products: int = 20_000, seed: int = 7
+    settings: Settings,
+    count: int,
+    *,
+    users: int = 50_000,
+    products: int = 20_000,
+    seed: int = 7,
+    bad_share: float = 0.0,
 ) -> Produced:
-    """Send `count` synthetic events to the events topic; returns once all are delivered."""
+    """Send `count` messages to the events topic; returns once all are delivered.
+
+    With `bad_share`, that share of them (evenly spread) are messages the worker must
+    dead-letter; they are not counted as interactions.
+    """
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    from schemas.codec import encode_event  # noqa: PLC0415
     from sinks.events_producer import EventProducer  # noqa: PLC0415
     from streams.logic.lastk import interaction_of  # noqa: PLC0415
 
@@ -269,14 +292,29 @@ def produce(
         users=users, products=products, seed=seed, start_ms=start_ms, step_ms=1
     )
     interactions = 0
+    bad_every = round(1 / bad_share) if bad_share > 0 else 0
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    bad = 0
     started = time.perf_counter()
     with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
-        for event in itertools.islice(events, count):
+        for index, event in enumerate(itertools.islice(events, count)):
+            if bad_every and index % bad_every == bad_every - 1:
+                kind = bad % (len(BAD_PAYLOADS) + 1)
+                if kind < len(BAD_PAYLOADS):
+                    value = BAD_PAYLOADS[kind]
+                else:  # well-formed, but a week in the future: rejected by the time check
+                    ahead = int(time.time() * 1000) + 7 * 86_400_000
+                    value = encode_event(dataclasses.replace(event, event_time_ms=ahead))
+                raw.produce(settings.events_topic, key=event.user_id.encode(), value=value)
+                bad += 1
+                continue
             if interaction_of(event) is not None:
                 interactions += 1
             producer.send(event)
-    if producer.delivered != count:
-        raise RuntimeError(f"only {producer.delivered} of {count} events were delivered")
+    if raw.flush(30):
+        raise RuntimeError("bad messages were not all delivered")
+    if producer.delivered != count - bad:
+        raise RuntimeError(f"only {producer.delivered} of {count - bad} events were delivered")
     return Produced(count, interactions, time.perf_counter() - started)
 
 

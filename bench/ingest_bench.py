@@ -216,7 +216,30 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run_with_bad_messages(
+    args: argparse.Namespace, extra_env: dict[str, str], clean_rate: float
+) -> WorkerRun:
+    """The same worker over a topic where `--bad-share` of the messages must be
+    dead-lettered: its rate beside the clean run's shows what bad input costs."""
+    iso = Isolated.create("ingest-bad")
+    try:
+        print(f"producing {args.events:,} messages, {args.bad_share:.1%} bad ...", flush=True)
+        produced = produce(iso.settings, args.events, users=args.users, bad_share=args.bad_share)
+        print(f"worker over them (clean run: {clean_rate:,.0f} events/s) ...", flush=True)
+        return run_worker(
+            iso,
+            produced.events,
+            produced.interactions,
+            label=f"worker, {args.bad_share:.0%} bad messages",
+            source=ROOT,
+            extra_env=extra_env,
+            timeout_s=args.timeout,
+        )
+    finally:
+        iso.cleanup_redis()
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script)
     parser = argparse.ArgumentParser(
         description="Ingest throughput of one worker vs a raw aiokafka consumer, same run.",
         epilog="Writes bench/results/ingest.json. Needs the local stack (started if not up).",
@@ -242,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600, help="per worker run, seconds")
     parser.add_argument("--skip-raw", action="store_true", help="skip the raw consumer ceiling")
+    parser.add_argument(
+        "--bad-share",
+        type=float,
+        default=0.01,
+        help="also run the worker over a topic where this share of messages must be "
+        "dead-lettered (default 0.01; 0 skips)",
+    )
     args = parser.parse_args(argv)
     if args.events <= 0 or args.repeat <= 0:
         parser.error("--events and --repeat must be positive")
@@ -310,6 +340,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"10-90%: {run.middle_events_per_s:,.0f}/s; "
                 f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s",
             )
+    if args.bad_share > 0:
+        run = _run_with_bad_messages(args, extra_env, clean_rate=runs[-1].events_per_s)
+        table.add(
+            run.label,
+            run.events_per_s,
+            "events/s",
+            f"{run.events_per_s / runs[-1].events_per_s:.0%} of the clean run; "
+            "the bad ones dead-lettered",
+        )
+        result["bad_share"] = args.bad_share
+        result["bad_vs_clean"] = round(run.events_per_s / runs[-1].events_per_s, 3)
+        runs.append(run)
     result["workers"] = [run.summary() for run in runs]
     result["worker_env"] = extra_env
     table.print()

@@ -42,6 +42,7 @@ import math
 import random
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
+from copy import copy
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -208,8 +209,11 @@ class TrafficSimulation:
                 else:
                     yield event
                     if draw < duplicate_cut:
+                        # A copy: events are mutable values, and a caller changing the
+                        # one it got must not change the redelivery.
+                        again = copy(event)
                         heappush(
-                            delayed, (now + randint(again_low, again_high), next(order), event)
+                            delayed, (now + randint(again_low, again_high), next(order), again)
                         )
                 following = next(events, None)
                 if following is None:
