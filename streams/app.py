@@ -191,10 +191,19 @@ class IngestPipeline:
         Returns only when the dead letters are confirmed by the broker and the store write
         succeeded; the caller commits the batch's offsets after that, never before.
         """
-        if prepared.rejected:
+        # The dead letters and the store write are independent: both must be confirmed
+        # before the caller commits, but neither has to wait for the other.
+        if prepared.rejected and prepared.activity:
+            await asyncio.gather(
+                self._dead_letter(prepared.rejected, prepared.now_ms), self._record(prepared)
+            )
+        elif prepared.rejected:
             await self._dead_letter(prepared.rejected, prepared.now_ms)
-        if not prepared.activity:
-            return
+        elif prepared.activity:
+            await self._record(prepared)
+
+    async def _record(self, prepared: Prepared) -> None:
+        """Re-hydrate returning users, then write the batch in one round trip."""
         users = [(p, user) for p, latest in prepared.activity.items() for user in latest]
         async with self._turn:
             history = await self._until_applied(self.sessions.hydrate, users)
