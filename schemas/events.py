@@ -88,7 +88,44 @@ class Event:
 
 
 def validate(event: Event) -> None:
-    """Reject events no consumer could use. Raises InvalidEvent naming the field."""
+    """Reject events no consumer could use. Raises InvalidEvent naming the field.
+
+    On every producer's and the worker's hot path, so the common case is a handful of
+    exact type checks (`type(x) is int` also rules out bools); the reasons are worked
+    out only when something is wrong.
+    """
+    event_type = event.event_type
+    time_ms = event.event_time_ms
+    product_id = event.product_id
+    if (
+        type(event.event_id) is str
+        and event.event_id
+        and type(event.user_id) is str
+        and event.user_id
+        and type(event_type) is EventType
+        and type(time_ms) is int
+        and time_ms > 0
+        and (event_type is EventType.APP_OPEN or (type(product_id) is str and product_id))
+        and (
+            (type(event.order_id) is str and event.order_id)
+            or (event.order_id is None and event_type is not EventType.ORDER)
+        )
+        and _non_negative_or_none(event.price_paise)
+        and _non_negative_or_none(event.feed_position)
+        and _non_negative_or_none(event.quantity)
+    ):
+        return
+    _explain(event)
+    raise AssertionError(f"validate's fast path rejected a valid event: {event!r}")
+
+
+def _non_negative_or_none(value: object) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
+def _explain(event: Event) -> None:
+    """Raise InvalidEvent for the first broken rule (the slow, descriptive path); return
+    if there is none."""
     for name in ("event_id", "user_id"):
         value = getattr(event, name)
         if not isinstance(value, str) or not value:
@@ -99,7 +136,9 @@ def validate(event: Event) -> None:
         raise InvalidEvent("event_time_ms", "must be an integer (ms since epoch)")
     if event.event_time_ms <= 0:
         raise InvalidEvent("event_time_ms", "must be positive")
-    if event.event_type in PRODUCT_EVENT_TYPES and not event.product_id:
+    if event.event_type in PRODUCT_EVENT_TYPES and (
+        not isinstance(event.product_id, str) or not event.product_id
+    ):
         raise InvalidEvent("product_id", f"required for {event.event_type.value} events")
     if event.order_id is not None and (not isinstance(event.order_id, str) or not event.order_id):
         raise InvalidEvent("order_id", "must be a non-empty string when given")

@@ -1,7 +1,9 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.codec import decode_event, encode_event
-from schemas.events import Event, EventType, InvalidEvent
+from schemas.events import Event, EventType, InvalidEvent, _explain, validate
 
 
 def view(**overrides: object) -> Event:
@@ -61,3 +63,33 @@ def test_undecodable_payloads_name_the_problem(payload: bytes | None, field: str
     with pytest.raises(InvalidEvent) as info:
         decode_event(payload)
     assert info.value.field == field
+
+
+VALID_OR_NOT = {
+    "event_id": ["e1", "e1", "", 5],
+    "user_id": ["u1", "u1", "", None],
+    "event_type": [*EventType, "view"],
+    "event_time_ms": [1_700_000_000_000] * 3 + [0, -1, True, 1.5],
+    "product_id": ["p1", "p1", None, "", 3],
+    "price_paise": [None, 0, 100, -1, True, 2.5],
+    "feed_position": [None, 0, 7, -1],
+    "order_id": [None, "o1", "o1", ""],
+    "quantity": [None, 0, 3, -2],
+}
+
+
+@settings(max_examples=400)
+@given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in VALID_OR_NOT.items()}))
+def test_the_fast_path_agrees_with_the_rules(fields: dict) -> None:
+    """validate() accepts exactly the events the descriptive rules accept."""
+    event = object.__new__(Event)
+    defaults = {"platform": "android", "language": "en", "category_id": None}
+    for name, value in {**defaults, **fields}.items():
+        setattr(event, name, value)
+    try:
+        _explain(event)
+    except InvalidEvent:
+        with pytest.raises(InvalidEvent):
+            validate(event)
+    else:
+        validate(event)
