@@ -241,6 +241,24 @@ def running_worker(
         yield lambda: running.log_text()[-3000:]
 
 
+def random_events(rng: random.Random, tag: str, users: list[str], size: int) -> list[Event]:
+    """`size` product events of random types for these users, up to 3 s late."""
+    events = []
+    for index in range(size):
+        event_type = rng.choice(TYPES)
+        events.append(
+            Event(
+                f"{tag}-{index}",
+                rng.choice(users),
+                event_type,
+                RELATIVE - rng.randrange(3_000),
+                product_id=f"p{rng.randrange(12)}",
+                order_id="o" if event_type is EventType.ORDER else None,
+            )
+        )
+    return events
+
+
 def test_a_worker_restart_mid_stream_loses_and_duplicates_nothing(
     session_settings: Settings, isolated_env: dict[str, str], store: Store, worker: Callable
 ) -> None:
@@ -248,17 +266,7 @@ def test_a_worker_restart_mid_stream_loses_and_duplicates_nothing(
     users = [f"r-u{i}" for i in range(6)]
 
     def phase(number: int, size: int) -> list[Event]:
-        return [
-            Event(
-                f"r{number}-{i}",
-                rng.choice(users),
-                (event_type := rng.choice(TYPES)),
-                RELATIVE - rng.randrange(3_000),
-                product_id=f"p{rng.randrange(12)}",
-                order_id="o" if event_type is EventType.ORDER else None,
-            )
-            for i in range(size)
-        ]
+        return random_events(rng, f"r{number}", users, size)
 
     sent: list[Event] = []
     with worker(isolated_env) as first:
@@ -283,17 +291,7 @@ def test_two_workers_one_killed_mid_stream_the_other_completes_the_state(
     sent: list[Event] = []
 
     def burst(number: int, size: int) -> list[Event]:
-        return [
-            Event(
-                f"t{number}-{i}",
-                rng.choice(users),
-                (event_type := rng.choice(TYPES)),
-                RELATIVE - rng.randrange(3_000),
-                product_id=f"p{rng.randrange(12)}",
-                order_id="o" if event_type is EventType.ORDER else None,
-            )
-            for i in range(size)
-        ]
+        return random_events(rng, f"t{number}", users, size)
 
     with worker(isolated_env) as survivor:
         sent += send_phase(session_settings, burst(0, 200))
