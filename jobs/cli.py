@@ -427,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{PROG}: error: bad setting SIGNALS_{field.upper()}: {first['msg']}", file=sys.stderr
         )
+    except BrokenPipeError:
+        # The reader went away (`signals ... | head`): not an error; stop writing quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (KafkaException, RedisError, OSError, RuntimeError) as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
     except Exception as exc:
