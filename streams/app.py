@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RECORD_AGENT = "record-interactions"
 
 T = TypeVar("T")
+#: A batch whose store work takes longer than this is logged with where the time went.
+SLOW_BATCH_S = 0.25
 
 
 @dataclass
@@ -205,14 +207,29 @@ class IngestPipeline:
     async def _record(self, prepared: Prepared) -> None:
         """Re-hydrate returning users, then write the batch in one round trip."""
         users = [(p, user) for p, latest in prepared.activity.items() for user in latest]
+        waited = time.perf_counter()
         async with self._turn:
+            began = time.perf_counter()
             history = await self._until_applied(self.sessions.hydrate, users)
+            hydrated = time.perf_counter()
             await self._until_applied(
                 self.hot_store.record,
                 history + prepared.interactions if history else prepared.interactions,
                 prepared.activity,
                 counted=len(prepared.interactions),
             )
+            done = time.perf_counter()
+            if done - waited > SLOW_BATCH_S:
+                log.warning(
+                    "slow batch of %d events, %d users: waited %.0f ms for a flush, "
+                    "re-hydration %.0f ms (%d rows), write %.0f ms",
+                    prepared.size,
+                    len(users),
+                    (began - waited) * 1000,
+                    (hydrated - began) * 1000,
+                    len(history),
+                    (done - hydrated) * 1000,
+                )
             wall_ms = self._clock_ms()
             for partition, latest in prepared.activity.items():
                 self.sessions.observe(partition, max(latest.values()), wall_ms)
