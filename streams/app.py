@@ -257,20 +257,27 @@ class IngestPipeline:
     ) -> None:
         counters = self.counters
         pending = []
+        in_batch: dict[str, int] = {}
         for record, error in rejected:
             counters.invalid += 1
             counters.invalid_reasons[error.field] = counters.invalid_reasons.get(error.field, 0) + 1
-            log.warning(
-                "dead-lettering event at %s[%d]@%d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                error,
-            )
+            in_batch[error.field] = in_batch.get(error.field, 0) + 1
             headers = dead_letter_headers(
                 error, record.topic, record.partition, record.offset, now_ms
             )
             pending.append(await self._dead_letters.send(record.key, record.value, headers))
+        # One line per batch, not per message: a burst of bad input must not turn the
+        # worker into a log writer. Each message's reason is in its dead-letter headers.
+        first, error = rejected[0]
+        log.warning(
+            "dead-lettering %d events (by field: %s); first at %s[%d]@%d: %s",
+            len(rejected),
+            ", ".join(f"{field}={count}" for field, count in sorted(in_batch.items())),
+            first.topic,
+            first.partition,
+            first.offset,
+            error,
+        )
         await asyncio.gather(*pending)  # delivered (acks=all) before the batch is committed
 
 
