@@ -5,8 +5,9 @@ integer, then the Avro binary body (schemaless, no container header). Schema ids
 embedded registry in `schemas.registry`, so no network registry is consulted.
 
 This is on the consumer hot path: schemas are parsed once (registry cache), the header is read
-with one precompiled `struct` call, and the body is decoded straight from the framed buffer
-without slicing a copy.
+with one precompiled `struct` call, and the body is decoded straight from the framed buffer,
+without a copy, by a decoder generated from the writer's schema (`schemas.avro_decoder`;
+fastavro where the generator does not apply).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NoReturn
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.types import Schema
 
+from schemas.avro_decoder import RecordDecoder, compile_record_decoder
 from schemas.events import Event, EventType, InvalidEvent
 from schemas.registry import CURRENT_EVENT_SCHEMA_ID, UnknownSchema, schema_for
 
@@ -28,12 +30,14 @@ HEADER = struct.Struct(">BI")
 HEADER_SIZE = HEADER.size  # 5
 
 _EVENT_TYPES: dict[str, EventType] = {member.value: member for member in EventType}
-# Record fields in Event's constructor order, read in one call on the hot path.
-_EVENT_FIELDS = itemgetter(*(field.name for field in fields(Event)))
+# Record fields in Event's constructor order: what the event decoders return.
+_EVENT_FIELD_NAMES = tuple(field.name for field in fields(Event))
 # fastavro's failure modes on truncated or corrupt input (UnicodeDecodeError is a ValueError).
 _DECODE_ERRORS = (EOFError, IndexError, ValueError, OverflowError, KeyError, TypeError)
 # Parsed schemas by id, filled from the registry on first use of each id.
 _SCHEMAS: dict[int, Schema] = {}
+# Event decoders by schema id (see `_event_decoder`), filled on first use of each id.
+_EVENT_DECODERS: dict[int, RecordDecoder] = {}
 
 
 def frame(schema_id: int, avro_bytes: bytes) -> bytes:
@@ -81,31 +85,51 @@ def decode_event_avro(data: bytes | None) -> Event:
     """
     if data is None:
         raise InvalidEvent("payload", "empty message value")
-    # Header check and schema lookup inlined (hot path); the helpers raise with the reasons.
+    # Header check and decoder lookup inlined (hot path); the helpers raise with the reasons.
     if len(data) < HEADER_SIZE or data[0] != MAGIC:
         _reject_header(data)
     schema_id = HEADER.unpack_from(data)[1]
-    schema = _SCHEMAS.get(schema_id) or _schema(schema_id)
-    body = BytesIO(data)
-    body.seek(HEADER_SIZE)
+    decoder = _EVENT_DECODERS.get(schema_id) or _event_decoder(schema_id)
     try:
-        record = schemaless_reader(body, schema)
+        (event_id, user_id, type_name, *rest), end = decoder(data, HEADER_SIZE)
     except _DECODE_ERRORS as exc:
         raise InvalidEvent(
             "payload", f"corrupt or truncated Avro body for schema id {schema_id} ({exc!r})"
         ) from None
-    if body.tell() != len(data):
-        raise InvalidEvent(
-            "payload", f"{len(data) - body.tell()} trailing bytes after the Avro body"
-        )
-    if not isinstance(record, dict):  # pragma: no cover - every registered schema is a record
-        raise InvalidEvent("payload", "Avro body is not a record")
-    (event_id, user_id, type_name, event_time_ms, *rest) = _EVENT_FIELDS(record)
+    if end != len(data):
+        raise InvalidEvent("payload", f"{len(data) - end} trailing bytes after the Avro body")
     event_type = _EVENT_TYPES.get(type_name)
     if event_type is None:
         raise InvalidEvent("event_type", f"unknown type {type_name!r}")
     # The constructor runs `validate`, so the result is a checked Event.
-    return Event(event_id, user_id, event_type, event_time_ms, *rest)
+    return Event(event_id, user_id, event_type, *rest)
+
+
+def _event_decoder(schema_id: int) -> RecordDecoder:
+    """The decoder for events written with `schema_id`: generated when the schema allows it.
+
+    Falls back to fastavro (same interface) for schemas the generator does not handle.
+    """
+    schema = _schema(schema_id)
+    decoder = compile_record_decoder(schema, _EVENT_FIELD_NAMES)
+    if decoder is None:
+        decoder = _fastavro_decoder(schema)
+    _EVENT_DECODERS[schema_id] = decoder
+    return decoder
+
+
+def _fastavro_decoder(schema: Schema) -> RecordDecoder:
+    pick = itemgetter(*_EVENT_FIELD_NAMES)
+
+    def decode(data: bytes, start: int) -> tuple[tuple[Any, ...], int]:
+        body = BytesIO(data)
+        body.seek(start)
+        record = schemaless_reader(body, schema)
+        if not isinstance(record, dict):  # pragma: no cover - registered schemas are records
+            raise ValueError("Avro body is not a record")
+        return pick(record), body.tell()
+
+    return decode
 
 
 def _read_header(data: bytes) -> int:
