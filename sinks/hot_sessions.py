@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from sinks.redis_scripts import SlotScript, by_slot
 from streams.logic.lastk import UserLastK, active_key, hot_key, version_key
 
 RedisClient = Redis | RedisCluster
@@ -35,12 +36,37 @@ RedisClient = Redis | RedisCluster
 #: Product types in a fixed order: the order of a user's keys in the eviction script.
 _TYPES: tuple[EventType, ...] = tuple(t for t in EventType if t in PRODUCT_EVENT_TYPES)
 
-# KEYS[1] = version key, KEYS[2..] = the user's last-k keys; ARGV[1] = expected version.
-_EVICT_USER = """
-local current = redis.call('GET', KEYS[1]) or '0'
-if current ~= ARGV[1] then return 0 end
-redis.call('DEL', unpack(KEYS))
-return 1
+_WIDTH = 1 + len(_TYPES)
+
+# Many users of one slot. KEYS = per user: the version key, then the user's last-k keys in
+# `_TYPES` order. Returns per user: the version ('0' if missing), then each set newest
+# first as a flat member, score, ... list.
+_READ_USERS = f"""
+local out = {{}}
+for i = 1, #KEYS, {_WIDTH} do
+  out[#out + 1] = redis.call('GET', KEYS[i]) or '0'
+  for j = i + 1, i + {_WIDTH - 1} do
+    out[#out + 1] = redis.call('ZREVRANGE', KEYS[j], 0, -1, 'WITHSCORES')
+  end
+end
+return out
+"""
+
+# Same KEYS; ARGV = the version each user was read at. Deletes a user's keys only if the
+# version is unchanged (nothing written since the snapshot). Returns 1/0 per user.
+_EVICT_USERS = f"""
+local out = {{}}
+for i = 1, #KEYS, {_WIDTH} do
+  local user = (i - 1) / {_WIDTH} + 1
+  local current = redis.call('GET', KEYS[i]) or '0'
+  if current == ARGV[user] then
+    redis.call('DEL', unpack(KEYS, i, i + {_WIDTH - 1}))
+    out[user] = 1
+  else
+    out[user] = 0
+  end
+end
+return out
 """
 
 # KEYS[1] = active set; ARGV = user, score, user, score, ...; removes a user only if the
@@ -82,6 +108,9 @@ class RedisSessions:
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self._redis = client
         self._prefix = prefix
+        self._read_script = SlotScript(client, _READ_USERS)
+        self._evict_script = SlotScript(client, _EVICT_USERS)
+        self._leave_script = SlotScript(client, _LEAVE_ACTIVE)
 
     def active_key(self, partition: int) -> str:
         return active_key(self._prefix, partition)
@@ -124,29 +153,28 @@ class RedisSessions:
         return int(rows[0][1]) if rows else None
 
     async def snapshots(self, sessions: Sequence[EndedSession]) -> list[HotSnapshot]:
-        """Read the ended users' last-k and versions (one round trip)."""
+        """Read the ended users' last-k and versions: one script call per slot (on a single
+        Redis, one call for all), so each user's version and sets are read atomically."""
         if not sessions:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for session in sessions:
-                pipe.get(self.version_key(session.user_id))
-                for event_type in _TYPES:
-                    pipe.zrevrange(
-                        hot_key(self._prefix, session.user_id, event_type), 0, -1, withscores=True
-                    )
-            replies = await pipe.execute()
-        width = 1 + len(_TYPES)
+        groups = by_slot(self._redis, sessions, lambda s: self.version_key(s.user_id))
+        replies = await self._read_script.run(
+            [([key for s in group for key in self._user_keys(s.user_id)], []) for group in groups]
+        )
         result = []
-        for index, session in enumerate(sessions):
-            version, *sets = replies[index * width : (index + 1) * width]
-            items = {
-                event_type: [(_text(member), int(score)) for member, score in rows]
-                for event_type, rows in zip(_TYPES, sets, strict=True)
-                if rows
-            }
-            result.append(
-                HotSnapshot(session, UserLastK(session.user_id, items), _text(version or b"0"))
-            )
+        for group, reply in zip(groups, replies, strict=True):
+            for index, session in enumerate(group):
+                version, *sets = reply[index * _WIDTH : (index + 1) * _WIDTH]
+                items = {
+                    event_type: [
+                        (_text(rows[i]), int(float(rows[i + 1]))) for i in range(0, len(rows), 2)
+                    ]
+                    for event_type, rows in zip(_TYPES, sets, strict=True)
+                    if rows
+                }
+                result.append(
+                    HotSnapshot(session, UserLastK(session.user_id, items), _text(version))
+                )
         return result
 
     async def evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
@@ -156,28 +184,41 @@ class RedisSessions:
         """
         if not snapshots:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for snapshot in snapshots:
-                user_id = snapshot.session.user_id
-                keys = [self.version_key(user_id)] + [
-                    hot_key(self._prefix, user_id, event_type) for event_type in _TYPES
-                ]
-                # EVAL, not EVALSHA: works in cluster pipelines and never hits NOSCRIPT.
-                pipe.eval(_EVICT_USER, len(keys), *keys, snapshot.version)
-            deleted = await pipe.execute()
-        evicted = [s.session for s, ok in zip(snapshots, deleted, strict=True) if ok]
+        groups = by_slot(self._redis, snapshots, lambda s: self.version_key(s.session.user_id))
+        replies = await self._evict_script.run(
+            [
+                (
+                    [key for s in group for key in self._user_keys(s.session.user_id)],
+                    [s.version for s in group],
+                )
+                for group in groups
+            ]
+        )
+        evicted = [
+            snapshot.session
+            for group, flags in zip(groups, replies, strict=True)
+            for snapshot, ok in zip(group, flags, strict=True)
+            if ok
+        ]
         by_partition: dict[int, list[EndedSession]] = {}
         for session in evicted:
             by_partition.setdefault(session.partition, []).append(session)
-        if by_partition:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for partition, sessions in by_partition.items():
-                    args = [
-                        value for s in sessions for value in (s.user_id, str(s.last_activity_ms))
-                    ]
-                    pipe.eval(_LEAVE_ACTIVE, 1, self.active_key(partition), *args)
-                await pipe.execute()
+        await self._leave_script.run(
+            [
+                (
+                    [self.active_key(partition)],
+                    [v for s in sessions for v in (s.user_id, str(s.last_activity_ms))],
+                )
+                for partition, sessions in by_partition.items()
+            ]
+        )
         return evicted
+
+    def _user_keys(self, user_id: str) -> list[str]:
+        """The version key, then the last-k keys in `_TYPES` order (the scripts' layout)."""
+        return [self.version_key(user_id)] + [
+            hot_key(self._prefix, user_id, event_type) for event_type in _TYPES
+        ]
 
 
 def group_by_partition(pairs: Iterable[tuple[int, str]]) -> dict[int, list[str]]:

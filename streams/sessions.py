@@ -16,17 +16,21 @@ re-hydrated and flushed at the same time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sinks.hot_sessions import RedisSessions, group_by_partition
+from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions, group_by_partition
 from streams.logic.lastk import Interaction, UserLastK
 from streams.logic.sessions import PartitionClock, closing_score
 
 log = logging.getLogger(__name__)
+
+#: Batches of ended users a flush reads per partition at once (then pipelines through).
+READ_AHEAD = 8
 
 
 class ColdTier(Protocol):
@@ -126,43 +130,86 @@ class SessionKeeper:
     async def flush_ended(self, wall_ms: int, partitions: Iterable[int] | None = None) -> int:
         """Move every ended session of these partitions to the cold tier; returns users moved.
 
-        Loops in batches of `flush_batch` users until no ended session is left, so one
-        call catches up after a long pause.
+        Reads up to `READ_AHEAD` batches of ended users per partition at a time and repeats
+        until no ended session is left, so one call catches up after a long pause.
         """
-        moved = 0
         self.counters.flush_passes += 1
         chosen = (
             self.clocks
             if partitions is None
             else {p: self.clocks[p] for p in partitions if p in self.clocks}
         )
-        for partition, clock in sorted(chosen.items()):
-            before = closing_score(clock.watermark(wall_ms), self.gap_ms)
-            while True:
-                ended = await self.hot.ended(partition, before, self.flush_batch)
-                if not ended:
-                    break
-                snapshots = await self.hot.snapshots(ended)
+        due = {
+            partition: closing_score(clock.watermark(wall_ms), self.gap_ms)
+            for partition, clock in sorted(chosen.items())
+        }
+        limit = self.flush_batch * READ_AHEAD
+        moved = 0
+        while due:
+            reads = await asyncio.gather(
+                *(self.hot.ended(partition, before, limit) for partition, before in due.items())
+            )
+            found = [session for ended in reads for session in ended]
+            if not found:
+                break
+            evicted = await self._move(
+                [found[i : i + self.flush_batch] for i in range(0, len(found), self.flush_batch)]
+            )
+            moved += len(evicted)
+            # A partition goes again if it had more ended users than one read returned and
+            # every one read was evicted. Users not evicted were active again: they left
+            # the range with a newer score, unless only late events touched them, which
+            # leaves the score as is; stop there, the next pass retries them.
+            read_from = Counter(session.partition for session in found)
+            evicted_from = Counter(session.partition for session in evicted)
+            due = {
+                partition: due[partition]
+                for partition, ended in zip(due, reads, strict=True)
+                if len(ended) == limit and evicted_from[partition] == read_from[partition]
+            }
+        if moved:
+            log.info("flushed %d ended sessions to the cold tier", moved)
+        return moved
+
+    async def _move(self, chunks: Sequence[Sequence[EndedSession]]) -> list[EndedSession]:
+        """Snapshot, cold-write and evict each chunk, the stages of neighbouring chunks
+        overlapped: chunk n+1 is read from Redis and chunk n-1 evicted while chunk n is
+        written to the cold tier. A chunk is evicted only after its own cold write was
+        acknowledged. Raises the first error once the started steps have finished."""
+        evictions: list[asyncio.Future[list[EndedSession]]] = []
+        reading = asyncio.ensure_future(self.hot.snapshots(chunks[0]))
+        try:
+            for index in range(len(chunks)):
+                snapshots = await reading
+                if index + 1 < len(chunks):
+                    reading = asyncio.ensure_future(self.hot.snapshots(chunks[index + 1]))
                 known = {
-                    s.user_id: self.stored[s.user_id] for s in ended if s.user_id in self.stored
+                    s.session.user_id: self.stored[s.session.user_id]
+                    for s in snapshots
+                    if s.session.user_id in self.stored
                 }
                 await self.cold.write_snapshots(
                     [s.last_k for s in snapshots if s.last_k.items], known
                 )
-                evicted = await self.hot.evict(snapshots)
-                for session in evicted:
-                    self.stored.pop(session.user_id, None)
-                moved += len(evicted)
-                self.counters.flushed_users += len(evicted)
-                self.counters.flush_skipped += len(snapshots) - len(evicted)
-                if len(evicted) < len(ended):
-                    # Users active again stay in the set with a newer score; they no longer
-                    # match `before`, unless they were only re-touched by late events,
-                    # which leave the score as is. Stop here; the next pass retries them.
-                    break
-        if moved:
-            log.info("flushed %d ended sessions to the cold tier", moved)
-        return moved
+                evictions.append(asyncio.ensure_future(self._evict(snapshots)))
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            outcomes = await asyncio.gather(*evictions, return_exceptions=True)
+        evicted: list[EndedSession] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            evicted.extend(outcome)
+        return evicted
+
+    async def _evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
+        evicted = await self.hot.evict(snapshots)
+        for session in evicted:
+            self.stored.pop(session.user_id, None)
+        self.counters.flushed_users += len(evicted)
+        self.counters.flush_skipped += len(snapshots) - len(evicted)
+        return evicted
 
 
 def newest_by_partition(activity: Iterable[tuple[int, int]]) -> Mapping[int, int]:
