@@ -26,6 +26,7 @@ import multiprocessing as mp
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -40,6 +41,7 @@ from harness import (
     WorkerProcess,
     ensure_stack,
     live_traffic,
+    parse_env,
     percentiles,
     retime,
     write_results,
@@ -47,6 +49,7 @@ from harness import (
 
 from schemas.events import Event, EventType
 from streams.logic.lastk import hot_key, interaction_of
+from streams.settings import Settings
 
 PROBE_EVERY_S = 0.020
 POLL_EVERY_S = 0.002
@@ -204,55 +207,94 @@ def wait_visible(iso: Isolated, worker: WorkerProcess, timeout_s: float = 90) ->
     raise AssertionError("unreachable")
 
 
+@dataclass
+class Schedule:
+    """Background traffic encoded up front: (key, framed value, send time in epoch s)."""
+
+    messages: list[tuple[bytes, bytes, float]]
+
+    @classmethod
+    def encode(cls, events: list[Event]) -> Schedule:
+        """Retime `events` to start once they are all encoded, then encode them.
+
+        Encoding before the clock runs keeps the producer's CPU (validate + Avro, ~10 us
+        an event) off the two cores the worker is measured on; producers run elsewhere in
+        production.
+        """
+        from schemas.codec import encode_event  # noqa: PLC0415
+
+        began = time.perf_counter()
+        for event in events[:2000]:
+            encode_event(event)
+        per_event_s = (time.perf_counter() - began) / min(len(events), 2000)
+        start_ms = int((time.time() + 1.0 + 1.5 * per_event_s * len(events)) * 1000)
+        retime(events, start_ms)
+        messages = [(e.user_id.encode(), encode_event(e), e.event_time_ms / 1000) for e in events]
+        return cls(messages)
+
+
 def send_traffic(
     iso: Isolated,
-    events: list[Event],
+    schedule: Schedule,
     seconds: float,
     sent: Synchronized[int],
     seen: Synchronized[int],
 ) -> tuple[list[float], int, float]:
-    """Background at `rate` (event time = send time) plus a probe every PROBE_EVERY_S.
+    """Background at its scheduled times plus a probe every PROBE_EVERY_S.
 
     Returns the probes' send times (monotonic), the background events sent and how long.
-    Prints progress every 5 s (probes sent vs visible shows a worker falling behind).
+    Prints progress every 5 s (probes sent vs seen shows a consumer falling behind).
     """
-    from sinks.events_producer import EventProducer  # noqa: PLC0415
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    from schemas.codec import encode_event  # noqa: PLC0415
+    from sinks.events_producer import BATCHING, GUARANTEES  # noqa: PLC0415
 
     settings = iso.settings
-    retime(events, int(time.time() * 1000))
+    topic = settings.events_topic
+    # The producer library's settings, with the values already encoded.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **BATCHING, **GUARANTEES})
+    messages = schedule.messages
+    wait_s = messages[0][2] - time.time()
+    if wait_s > 0:
+        time.sleep(wait_s)
     probe_times: list[float] = []
     background = 0
-    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
-        started = time.monotonic()
-        next_probe = started
-        next_report = started + 5
-        end = started + seconds
-        while background < len(events):
-            now = time.monotonic()
-            if now >= end:
-                break
-            if now >= next_report:
-                print(
-                    f"  t={now - started:4.0f}s  background {background:>7,} "
-                    f"({background / (now - started):,.0f}/s)  probes sent {len(probe_times):>5,}"
-                    f"  visible {seen.value:>5,}",
-                    flush=True,
-                )
-                next_report += 5
-            if now >= next_probe:
-                probe = probe_event(f"probe-{len(probe_times)}")
-                probe_times.append(time.monotonic())
-                producer.send(probe)
-                sent.value = len(probe_times)
-                next_probe += PROBE_EVERY_S
-                continue
-            ahead_ms = events[background].event_time_ms - time.time() * 1000
-            if ahead_ms <= 0:
-                producer.send(events[background])
-                background += 1
-                continue
-            time.sleep(min(ahead_ms / 1000, next_probe - now, 0.002))
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    next_probe = started
+    next_report = started + 5
+    end = started + seconds
+    while background < len(messages):
+        now = time.monotonic()
+        if now >= end:
+            break
+        if now >= next_report:
+            print(
+                f"  t={now - started:4.0f}s  background {background:>7,} "
+                f"({background / (now - started):,.0f}/s)  probes sent {len(probe_times):>5,}"
+                f"  seen {seen.value:>5,}",
+                flush=True,
+            )
+            next_report += 5
+        if now >= next_probe:
+            probe = probe_event(f"probe-{len(probe_times)}")
+            probe_times.append(time.monotonic())
+            producer.produce(topic, key=probe.user_id.encode(), value=encode_event(probe))
+            sent.value = len(probe_times)
+            next_probe += PROBE_EVERY_S
+            continue
+        key, value, send_at = messages[background]
+        ahead_s = send_at - time.time()
+        if ahead_s <= 0:
+            producer.produce(topic, key=key, value=value)
+            background += 1
+            if background % 64 == 0:
+                producer.poll(0)
+            continue
+        time.sleep(min(ahead_s, next_probe - now, 0.002))
+    elapsed = time.monotonic() - started
+    if producer.flush(30):
+        raise RuntimeError("the benchmark's producer could not deliver everything in 30 s")
     return probe_times, background, elapsed
 
 
@@ -267,7 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=5, help="seconds of traffic before probes count (5)"
     )
+    parser.add_argument(
+        "--env",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="extra setting for the worker (SIGNALS_ prefix optional)",
+    )
     args = parser.parse_args(argv)
+    try:
+        args.worker_env = parse_env(args.env)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--rate and --seconds must be positive, --warmup not negative")
 
@@ -285,12 +338,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
-    settings = iso.settings
+    """Two phases over the same traffic: the worker (with the Redis poller), then the raw
+    consumer alone. One at a time, so neither steals the other's CPU on two cores."""
+    settings = Settings.load(
+        **{
+            key.removeprefix("SIGNALS_").lower(): value
+            for key, value in {**iso.env, **args.worker_env}.items()
+            if key != "SIGNALS_LAST_K"
+        }
+    )
     ctx = mp.get_context("spawn")
-    sent, poll_seen, raw_seen = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
-    stop, ready = ctx.Event(), ctx.Event()
+    total = args.warmup + args.seconds
+    print(f"generating {args.rate * total:,.0f} background events ...", flush=True)
+    events = live_traffic(args.rate, int(args.rate * total * 1.05) + 1000)
+
+    # Phase 1: the worker, and a poller that sees probes appear in Redis.
+    sent, poll_seen, stop = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event()
     poll_out: mp.Queue[dict[int, float]] = ctx.Queue()
-    raw_out: mp.Queue[dict[int, float]] = ctx.Queue()
     poller = ctx.Process(
         target=poll_redis,
         kwargs={
@@ -302,54 +366,35 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
             "out": poll_out,
         },
     )
-    raw = ctx.Process(
-        target=consume_raw,
-        kwargs={
-            "bootstrap": settings.kafka_bootstrap,
-            "topic": settings.events_topic,
-            "partitions": settings.events_partitions,
-            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-            "ready": ready,
-            "seen": raw_seen,
-            "stop": stop,
-            "out": raw_out,
-        },
-    )
-    total = args.warmup + args.seconds
-    print(f"generating {args.rate * total:,.0f} background events ...", flush=True)
-    events = live_traffic(args.rate, int(args.rate * total * 1.05) + 1000)
-    poller.start()
-    raw.start()
-    try:
-        if not ready.wait(60):
-            raise RuntimeError("the raw consumer did not start within 60 s")
-        with WorkerProcess(iso.env, label="freshness") as worker:
-            print("worker starting (warm-up probes until one is visible) ...", flush=True)
-            startup_s = wait_visible(iso, worker)
-            print(f"sending {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
+    with WorkerProcess({**iso.env, **args.worker_env}, label="freshness") as worker:
+        print("worker starting (warm-up probes until one is visible) ...", flush=True)
+        startup_s = wait_visible(iso, worker)
+        print("encoding the background traffic ...", flush=True)
+        schedule = Schedule.encode(events)
+        poller.start()
+        try:
+            print(f"worker: {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
             applied_before = applied_count(iso)
-            sent_at, background, elapsed = send_traffic(iso, events, total, sent, poll_seen)
+            sent_at, background, elapsed = send_traffic(iso, schedule, total, sent, poll_seen)
             applied_rate = (applied_count(iso) - applied_before) / elapsed
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and min(poll_seen.value, raw_seen.value) < len(
-                sent_at
-            ):
-                time.sleep(0.05)
+            wait_for_seen(poll_seen, len(sent_at))
             stop.set()
-            visible, consumed = poll_out.get(timeout=30), raw_out.get(timeout=30)
+            visible = poll_out.get(timeout=30)
             if not worker.alive():
                 raise RuntimeError(f"worker exited during the run; log:\n{worker.tail()}")
-    finally:
-        stop.set()
-        for process in (poller, raw):
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        finally:
+            stop.set()
+            stop_process(poller)
 
+    # Phase 2: the same traffic to a raw consumer (the transport floor under the worker).
+    raw_sent_at, consumed = raw_phase(iso, settings, events, total)
+
+    raw_counted = [n for n, t in enumerate(raw_sent_at) if t - raw_sent_at[0] >= args.warmup]
+    floor = percentiles(
+        [(consumed[n] - raw_sent_at[n]) * 1000 for n in raw_counted if n in consumed]
+    )
     counted = [n for n, t in enumerate(sent_at) if t - sent_at[0] >= args.warmup]
     fresh = percentiles([(visible[n] - sent_at[n]) * 1000 for n in counted if n in visible])
-    floor = percentiles([(consumed[n] - sent_at[n]) * 1000 for n in counted if n in consumed])
     achieved = background / elapsed
     offered = sum(1 for e in events[:background] if interaction_of(e) is not None) / elapsed
     lost = sum(1 for n in counted if n not in visible)
@@ -367,7 +412,62 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "worker_startup_s": round(startup_s, 2),
         "target_p99_ms": TARGET_P99_MS,
         "partitions": settings.events_partitions,
+        "worker_settings": args.worker_env,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
     }
+
+
+def raw_phase(
+    iso: Isolated, settings: Settings, events: list[Event], total: float
+) -> tuple[list[float], dict[int, float]]:
+    """The same traffic, read by a raw aiokafka consumer: probe send times and arrivals."""
+    ctx = mp.get_context("spawn")
+    raw_sent, raw_seen, stop, ready = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event(), ctx.Event()
+    raw_out: mp.Queue[dict[int, float]] = ctx.Queue()
+    raw = ctx.Process(
+        target=consume_raw,
+        kwargs={
+            "bootstrap": settings.kafka_bootstrap,
+            "topic": settings.events_topic,
+            "partitions": settings.events_partitions,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "ready": ready,
+            "seen": raw_seen,
+            "stop": stop,
+            "out": raw_out,
+        },
+    )
+    raw.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the raw consumer did not start within 60 s")
+        print("encoding the background traffic again ...", flush=True)
+        schedule = Schedule.encode(events)
+        print(f"raw consumer: the same traffic for {total:g}s ...")
+        raw_sent_at, _, _ = send_traffic(iso, schedule, total, raw_sent, raw_seen)
+        wait_for_seen(raw_seen, len(raw_sent_at))
+        stop.set()
+        consumed = raw_out.get(timeout=30)
+    finally:
+        stop.set()
+        stop_process(raw)
+
+    return raw_sent_at, consumed
+
+
+def wait_for_seen(seen: Synchronized[int], expected: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and seen.value < expected:
+        time.sleep(0.05)
+
+
+def stop_process(process: mp.process.BaseProcess) -> None:
+    if process.pid is None:
+        return
+    process.join(10)
+    if process.is_alive():
+        process.terminate()
+        process.join()
 
 
 def report(r: dict[str, Any]) -> None:

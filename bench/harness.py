@@ -22,6 +22,7 @@ numbers from different runs are not comparable.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import dataclasses
@@ -495,3 +496,14 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["cleanup"]:
         raise SystemExit("usage: harness.py cleanup  (internal: the exit hook of Isolated)")
     Isolated.from_env().cleanup()
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """`--env KEY=VALUE` pairs as worker settings (the SIGNALS_ prefix is optional)."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key if key.startswith("SIGNALS_") else f"SIGNALS_{key.upper()}"] = value
+    return env

@@ -37,6 +37,7 @@ from harness import (
     WorkerProcess,
     ensure_stack,
     exported_tree,
+    parse_env,
     produce,
     write_results,
 )
@@ -204,16 +205,6 @@ def run_worker(
         )
     finally:
         client.close()
-
-
-def parse_env(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--env expects KEY=VALUE, got {pair!r}")
-        env[key if key.startswith("SIGNALS_") else f"SIGNALS_{key.upper()}"] = value
-    return env
 
 
 def _run_with_bad_messages(

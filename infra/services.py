@@ -27,7 +27,6 @@ CLUSTER_SLOTS = 16384
 CLUSTER_BUS_OFFSET = 10000
 CASSANDRA_DIR_NAME = "apache-cassandra-2.1.0"
 
-#: JDK 17 refuses Cassandra 2.1's reflective access unless these packages are opened.
 _CASSANDRA_LOGBACK = """<configuration>
   <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
     <encoder><pattern>%-5level %date{HH:mm:ss,SSS} %msg%n</pattern></encoder>
@@ -37,6 +36,7 @@ _CASSANDRA_LOGBACK = """<configuration>
 </configuration>
 """
 
+#: JDK 17 refuses Cassandra 2.1's reflective access unless these packages are opened.
 _JDK17_OPENS = [
     "java.lang",
     "java.lang.ref",  # the prepared-statement cache measures objects through it
@@ -45,6 +45,9 @@ _JDK17_OPENS = [
     "java.io",
     "java.nio",
     "java.nio.channels",
+    "java.nio.charset",  # preparing `IN ?` measures a Charset (jamm)
+    "java.text",
+    "java.util.regex",
     "java.util",
     "java.util.concurrent",
     "java.util.concurrent.atomic",

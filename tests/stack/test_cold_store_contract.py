@@ -19,6 +19,7 @@ from sinks.cold_store import (
     HISTORY_BATCH_ROWS,
     SNAPSHOT_BATCH_BYTES,
     TRANSIENT_CQL_ERRORS,
+    USERS_PER_READ,
     CqlColdStore,
 )
 from sinks.cql import connect
@@ -290,12 +291,18 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
     assert 1 < counting.most <= 8
     # Rows of many users share a request: history rows in full batches, then snapshots.
     history_rows = sum(len(items) for s in snapshots for items in s.items.values())
-    writes = [rows for rows, _ in counting.requests[: -len(snapshots)]]  # then 1 read a user
+    reads = -(-len(snapshots) // USERS_PER_READ)
+    writes = [rows for rows, _ in counting.requests[:-reads]]  # then the reads
+    read_id = counting.query_id(
+        "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id IN ?"
+    )
+    assert all(rows[0][0] == read_id for rows, _ in counting.requests[-reads:])
     history_id = history_query_id(counting)
     sizes = [len(rows) for rows in writes if rows[0][0] == history_id]
     assert sum(sizes) == history_rows
     assert sizes == [HISTORY_BATCH_ROWS] * (len(sizes) - 1) + [sizes[-1]]
     assert len(writes) < len(snapshots) // 4  # it was ~4 requests a user
+    assert reads < len(snapshots) // 16  # it was 1 read a user
 
 
 def history_query_id(counting: CountingSession) -> bytes:
