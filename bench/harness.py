@@ -281,10 +281,10 @@ def produce(
     With `bad_share`, that share of them (evenly spread) are messages the worker must
     dead-letter; they are not counted as interactions.
     """
-    from confluent_kafka import Producer  # noqa: PLC0415
+    from confluent_kafka import KafkaError, Message, Producer  # noqa: PLC0415
 
     from schemas.codec import encode_event  # noqa: PLC0415
-    from sinks.events_producer import EventProducer  # noqa: PLC0415
+    from sinks.events_producer import BATCHING, GUARANTEES  # noqa: PLC0415
     from streams.logic.lastk import interaction_of  # noqa: PLC0415
 
     # Recent event times, so the worker's time bounds admit all of them.
@@ -294,28 +294,45 @@ def produce(
     )
     interactions = 0
     bad_every = round(1 / bad_share) if bad_share > 0 else 0
-    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    # One producer with the library's settings for good and bad messages alike, so that a
+    # topic with bad messages is laid out (record batches, compression) like a clean one.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **BATCHING, **GUARANTEES})
+    failed: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            failed.append(error)
+
     bad = 0
     started = time.perf_counter()
-    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
-        for index, event in enumerate(itertools.islice(events, count)):
-            if bad_every and index % bad_every == bad_every - 1:
-                kind = bad % (len(BAD_PAYLOADS) + 1)
-                if kind < len(BAD_PAYLOADS):
-                    value = BAD_PAYLOADS[kind]
-                else:  # well-formed, but a week in the future: rejected by the time check
-                    ahead = int(time.time() * 1000) + 7 * 86_400_000
-                    value = encode_event(dataclasses.replace(event, event_time_ms=ahead))
-                raw.produce(settings.events_topic, key=event.user_id.encode(), value=value)
-                bad += 1
-                continue
+    for index, event in enumerate(itertools.islice(events, count)):
+        if bad_every and index % bad_every == bad_every - 1:
+            kind = bad % (len(BAD_PAYLOADS) + 1)
+            if kind < len(BAD_PAYLOADS):
+                value = BAD_PAYLOADS[kind]
+            else:  # well-formed, but a week in the future: rejected by the time check
+                ahead = int(time.time() * 1000) + 7 * 86_400_000
+                value = encode_event(dataclasses.replace(event, event_time_ms=ahead))
+            bad += 1
+        else:
+            value = encode_event(event)  # validates, as the producer library does
             if interaction_of(event) is not None:
                 interactions += 1
-            producer.send(event)
-    if raw.flush(30):
-        raise RuntimeError("bad messages were not all delivered")
-    if producer.delivered != count - bad:
-        raise RuntimeError(f"only {producer.delivered} of {count - bad} events were delivered")
+        while True:
+            try:
+                producer.produce(
+                    settings.events_topic,
+                    key=event.user_id.encode(),
+                    value=value,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 64 == 0:
+            producer.poll(0)
+    if producer.flush(60) or failed:
+        raise RuntimeError(f"not every message was delivered ({failed[:3]})")
     return Produced(count, interactions, time.perf_counter() - started)
 
 

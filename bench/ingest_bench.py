@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import re
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ROOT,
     Isolated,
+    Produced,
     Table,
     WorkerProcess,
     ensure_stack,
@@ -205,29 +207,7 @@ def run_worker(
         )
     finally:
         client.close()
-
-
-def _run_with_bad_messages(
-    args: argparse.Namespace, extra_env: dict[str, str], clean_rate: float
-) -> WorkerRun:
-    """The same worker over a topic where `--bad-share` of the messages must be
-    dead-lettered: its rate beside the clean run's shows what bad input costs."""
-    iso = Isolated.create("ingest-bad")
-    try:
-        print(f"producing {args.events:,} messages, {args.bad_share:.1%} bad ...", flush=True)
-        produced = produce(iso.settings, args.events, users=args.users, bad_share=args.bad_share)
-        print(f"worker over them (clean run: {clean_rate:,.0f} events/s) ...", flush=True)
-        return run_worker(
-            iso,
-            produced.events,
-            produced.interactions,
-            label=f"worker, {args.bad_share:.0%} bad messages",
-            source=ROOT,
-            extra_env=extra_env,
-            timeout_s=args.timeout,
-        )
-    finally:
-        iso.cleanup_redis()
+        iso.cleanup_redis()  # the next run starts on a Redis without this run's keys
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script)
@@ -285,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
         f"ingest: {produced.events:,} events ({produced.interactions:,} with a product), "
         f"{settings.events_partitions} partitions, one worker"
     )
-    table.add("produce (EventProducer)", produced.events / produced.seconds, "events/s")
+    table.add("produce (library settings)", produced.events / produced.seconds, "events/s")
     result: dict[str, Any] = {
         "events": produced.events,
         "interactions": produced.interactions,
@@ -302,47 +282,88 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
         result["raw_consumer_msgs_per_s"] = round(raw.rate)
         result["raw_consumer_decode_msgs_per_s"] = round(raw_decode.rate)
 
+    bad: tuple[Isolated, Produced] | None = None
+    if args.bad_share > 0:
+        bad_iso = Isolated.create("ingest-bad")
+        print(f"producing {args.events:,} messages, {args.bad_share:.1%} bad ...", flush=True)
+        bad_produced = produce(
+            bad_iso.settings, args.events, users=args.users, bad_share=args.bad_share
+        )
+        bad = bad_iso, bad_produced
+
     runs: list[WorkerRun] = []
+    clean_runs: list[WorkerRun] = []
+    bad_runs: list[WorkerRun] = []
     variants: list[tuple[str, Path | None, dict[str, str]]] = [
         *((f"worker@{ref}", None, {}) for ref in args.compare),
         ("worker (this tree)", ROOT, extra_env),
     ]
-    for attempt in range(args.repeat):
-        for label, source, env in variants:
-            ref = label.split("@", 1)[1] if source is None else None
-            tree = exported_tree(ref) if ref else contextlib.nullcontext(source)
-            with tree as folder:
-                print(f"{label} (run {attempt + 1}) ...", flush=True)
-                assert folder is not None
+    try:
+        # Clean and bad runs alternate, so the machine's drift (page cache, Cassandra's
+        # background work) does not land on one side of the comparison.
+        for attempt in range(args.repeat):
+            suffix = "" if args.repeat == 1 else f"#{attempt + 1}"
+            for label, source, env in variants:
+                ref = label.split("@", 1)[1] if source is None else None
+                tree = exported_tree(ref) if ref else contextlib.nullcontext(source)
+                with tree as folder:
+                    print(f"{label} (run {attempt + 1}) ...", flush=True)
+                    assert folder is not None
+                    run = run_worker(
+                        iso,
+                        produced.events,
+                        produced.interactions,
+                        label=label + suffix,
+                        source=folder,
+                        extra_env=env,
+                        timeout_s=args.timeout,
+                    )
+                runs.append(run)
+                if source is ROOT:
+                    clean_runs.append(run)
+                table.add(
+                    run.label,
+                    run.events_per_s,
+                    "events/s",
+                    f"10-90%: {run.middle_events_per_s:,.0f}/s; "
+                    f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s",
+                )
+            if bad is not None:
+                print(f"worker over {args.bad_share:.1%} bad messages (run {attempt + 1}) ...")
                 run = run_worker(
-                    iso,
-                    produced.events,
-                    produced.interactions,
-                    label=label if args.repeat == 1 else f"{label}#{attempt + 1}",
-                    source=folder,
-                    extra_env=env,
+                    bad[0],
+                    bad[1].events,
+                    bad[1].interactions,
+                    label=f"worker, {args.bad_share:.0%} bad messages{suffix}",
+                    source=ROOT,
+                    extra_env=extra_env,
                     timeout_s=args.timeout,
                 )
-            runs.append(run)
-            table.add(
-                run.label,
-                run.events_per_s,
-                "events/s",
-                f"10-90%: {run.middle_events_per_s:,.0f}/s; "
-                f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s",
-            )
-    if args.bad_share > 0:
-        run = _run_with_bad_messages(args, extra_env, clean_rate=runs[-1].events_per_s)
+                runs.append(run)
+                bad_runs.append(run)
+                table.add(
+                    run.label,
+                    run.events_per_s,
+                    "events/s",
+                    f"{run.cpu_us_per_event:.0f} us CPU/event; the bad ones dead-lettered",
+                )
+    finally:
+        if bad is not None:
+            bad[0].cleanup()
+    if bad_runs:
+        clean_rate = statistics.median(r.events_per_s for r in clean_runs)
+        bad_rate = statistics.median(r.events_per_s for r in bad_runs)
+        clean_cpu = statistics.median(r.cpu_us_per_event for r in clean_runs)
+        bad_cpu = statistics.median(r.cpu_us_per_event for r in bad_runs)
         table.add(
-            run.label,
-            run.events_per_s,
-            "events/s",
-            f"{run.events_per_s / runs[-1].events_per_s:.0%} of the clean run; "
-            "the bad ones dead-lettered",
+            f"{args.bad_share:.0%} bad vs clean (medians)",
+            f"{bad_rate / clean_rate:.0%}",
+            "",
+            f"CPU per event {bad_cpu:.1f} vs {clean_cpu:.1f} us ({bad_cpu / clean_cpu - 1:+.0%})",
         )
         result["bad_share"] = args.bad_share
-        result["bad_vs_clean"] = round(run.events_per_s / runs[-1].events_per_s, 3)
-        runs.append(run)
+        result["bad_vs_clean"] = round(bad_rate / clean_rate, 3)
+        result["bad_vs_clean_cpu_per_event"] = round(bad_cpu / clean_cpu, 3)
     result["workers"] = [run.summary() for run in runs]
     result["worker_env"] = extra_env
     table.print()
