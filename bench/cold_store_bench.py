@@ -60,7 +60,8 @@ from streams.logic.cold_layout import (  # noqa: E402
     chunks,
     encode_items,
     group_by_day,
-    write_timestamp_us,
+    newest_time_ms,
+    snapshot_version,
 )
 from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
 from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
@@ -181,15 +182,14 @@ class PerPartitionColdStore(CqlColdStore):
                                 for product, at in chunk
                             ],
                         )
-                written_us = write_timestamp_us(items)
                 rows.append(
                     [
                         user,
                         type_name,
                         encode_items(items),
-                        _BIGINT(written_us // 1000),
+                        _BIGINT(newest_time_ms(items)),
                         ttl,
-                        _BIGINT(written_us),
+                        _BIGINT(snapshot_version(items)),
                     ]
                 )
             if rows:

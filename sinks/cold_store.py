@@ -46,10 +46,11 @@ from streams.logic.cold_layout import (
     batched,
     decode_items,
     encode_items,
+    newest_time_ms,
     packed,
+    snapshot_version,
     unstored_items,
     window_days,
-    write_timestamp_us,
 )
 from streams.logic.lastk import Item, UserLastK
 
@@ -392,7 +393,7 @@ class CqlColdStore:
     ) -> Iterator[Statement]:
         """Snapshot rows, several users per unlogged batch, a user's rows never split.
 
-        Each row carries its own write timestamp, the newest event time it holds (the
+        Each row carries its own write timestamp, `snapshot_version` of its items (the
         batch's own timestamp only applies to rows without one).
         """
         return (
@@ -414,7 +415,6 @@ class CqlColdStore:
                 if not items:
                     continue
                 blob = encode_items(items)
-                written_us = write_timestamp_us(items)
                 rows.append(
                     (
                         True,
@@ -423,9 +423,9 @@ class CqlColdStore:
                             user,
                             _TYPE_BYTES[event_type],
                             blob,
-                            _BIGINT(written_us // 1000),
+                            _BIGINT(newest_time_ms(items)),
                             ttl,
-                            _BIGINT(written_us),
+                            _BIGINT(snapshot_version(items)),
                         ),
                     )
                 )

@@ -48,13 +48,23 @@ def window_days(start_ms: int, end_ms: int, max_days: int | None = None) -> list
     return list(range(newest, oldest - 1, -1))
 
 
-def write_timestamp_us(items: Sequence[Item]) -> int:
-    """CQL write timestamp of a snapshot row: its newest event time, in microseconds.
+def snapshot_version(items: Sequence[Item]) -> int:
+    """CQL write timestamp of a snapshot row: the sum of its items' event times (ms).
 
-    Last-write-wins then means newest-snapshot-wins, whatever order the writes arrive in.
-    Items are newest first, but the max is taken anyway so a misordered list stays safe.
+    Each flush of a user's last-k is the newest k of the previous one plus new events
+    (`ZADD GT` never moves an item back in time), so its i-th newest time is at least the
+    previous one's and the sum grows whenever the list changes: last-write-wins becomes
+    newest-snapshot-wins, whatever order the writes arrive in (a worker that lost its
+    partition writing late). The newest event time alone is not enough: a late event older
+    than the newest changes the list but not the newest time, and on equal timestamps
+    Cassandra and Scylla keep the greater value, which can be the older list.
     """
-    return max(event_time_ms for _product, event_time_ms in items) * 1000
+    return sum(event_time_ms for _product, event_time_ms in items)
+
+
+def newest_time_ms(items: Sequence[Item]) -> int:
+    """The newest event time in a last-k (whatever the order of the list)."""
+    return max(event_time_ms for _product, event_time_ms in items)
 
 
 def encode_items(items: Sequence[Item]) -> bytes:

@@ -208,28 +208,47 @@ def all_cold(store: Store, users: set[str], on_fail: Callable[[], str]) -> None:
     )
 
 
-@hypothesis_settings(
+ORACLE_EXAMPLES = hypothesis_settings(
     max_examples=3,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
+
+
+@ORACLE_EXAMPLES
 @given(stream=streams())
 def test_merged_state_equals_the_oracle_through_flushes_and_returns(
     stream: Stream,
     session_settings: Settings,
-    isolated_env: dict[str, str],
     store: Store,
     running_worker: Callable[[], str],
 ) -> None:
+    check_against_oracle(stream, session_settings, store, running_worker)
+
+
+@ORACLE_EXAMPLES
+@given(stream=streams())
+def test_merged_state_equals_the_oracle_on_a_redis_cluster(
+    stream: Stream,
+    cluster_settings: Settings,
+    cluster_store: Store,
+    running_cluster_worker: Callable[[], str],
+) -> None:
+    check_against_oracle(stream, cluster_settings, cluster_store, running_cluster_worker)
+
+
+def check_against_oracle(
+    stream: Stream, settings: Settings, store: Store, worker_log: Callable[[], str]
+) -> None:
     sent: list[Event] = []
     for phase in stream.phases:
-        sent += send_phase(session_settings, phase)
-        settle(store, sent, running_worker)
+        sent += send_phase(settings, phase)
+        settle(store, sent, worker_log)
         # Quiet time: the partition clocks advance, sessions end, users move to the
         # cold tier; the next phase brings them back (re-hydration).
-        all_cold(store, {e.user_id for e in sent}, running_worker)
-        settle(store, sent, running_worker)
+        all_cold(store, {e.user_id for e in sent}, worker_log)
+        settle(store, sent, worker_log)
 
 
 @pytest.fixture
@@ -238,6 +257,32 @@ def running_worker(
 ) -> Iterator[Callable[[], str]]:
     """One worker for all examples of a test (examples use distinct users)."""
     with worker(isolated_env) as running:
+        yield lambda: running.log_text()[-3000:]
+
+
+@pytest.fixture
+def cluster_settings(session_settings: Settings) -> Settings:
+    return on_backend(session_settings, "cluster", k=None)
+
+
+@pytest.fixture
+def cluster_store(cluster_settings: Settings) -> Iterator[Store]:
+    reader = Store(cluster_settings)
+    yield reader
+    reader.close()
+
+
+@pytest.fixture
+def running_cluster_worker(
+    worker: Callable, cluster_settings: Settings, isolated_env: dict[str, str]
+) -> Iterator[Callable[[], str]]:
+    """One worker on the Redis Cluster for all examples of the test."""
+    env = {
+        **isolated_env,
+        "SIGNALS_REDIS_URL": cluster_settings.redis_url,
+        "SIGNALS_REDIS_CLUSTER": "1",
+    }
+    with worker(env) as running:
         yield lambda: running.log_text()[-3000:]
 
 
