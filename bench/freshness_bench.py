@@ -44,6 +44,7 @@ from harness import (
     parse_env,
     percentiles,
     retime,
+    wait_until_quiet,
     write_results,
 )
 
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("local stack ...", flush=True)
     ensure_stack()
+    wait_until_quiet()
     iso = Isolated.create("fresh")
     try:
         result = measure(iso, args)

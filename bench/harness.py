@@ -54,6 +54,37 @@ RESULTS_DIR = ROOT / "bench" / "results"
 LOG_DIR = state_dir() / "logs"
 
 
+def wait_until_quiet(
+    idle_share: float = 0.75, timeout_s: float = 90.0, say: Callable[[str], None] = print
+) -> float:
+    """Wait until the machine is mostly idle (CPU idle >= `idle_share` over two 1 s samples
+    in a row), so a benchmark does not measure the tail of the previous one's background
+    work (Cassandra compacting, Redis freeing a deleted keyspace). Returns seconds waited;
+    gives up after `timeout_s` and says so."""
+
+    def cpu_times() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    started = time.monotonic()
+    quiet_samples = 0
+    idle, total = cpu_times()
+    while quiet_samples < 2:
+        if time.monotonic() - started > timeout_s:
+            say(f"machine still busy after {timeout_s:.0f} s; measuring anyway")
+            break
+        time.sleep(1.0)
+        idle2, total2 = cpu_times()
+        share = (idle2 - idle) / max(total2 - total, 1)
+        idle, total = idle2, total2
+        quiet_samples = quiet_samples + 1 if share >= idle_share else 0
+    waited = time.monotonic() - started
+    if waited > 3:
+        say(f"waited {waited:.0f} s for the machine to go quiet")
+    return waited
+
+
 def ensure_stack(say: Callable[[str], None] = lambda _line: None) -> None:
     """Reuse the running local stack (Redis and the broker answer), or start it (`./dev up`)."""
     if _stack_answers():

@@ -41,6 +41,7 @@ from harness import (
     exported_tree,
     parse_env,
     produce,
+    wait_until_quiet,
     write_results,
 )
 
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
 
     print("local stack ...", flush=True)
     ensure_stack()
+    wait_until_quiet()
     iso = Isolated.create("ingest")
     settings = iso.settings
     print(

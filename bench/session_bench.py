@@ -41,7 +41,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, Isolated, Table, ensure_stack, percentiles, write_results
+from harness import (
+    ROOT,
+    Isolated,
+    Table,
+    ensure_stack,
+    percentiles,
+    wait_until_quiet,
+    write_results,
+)
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from sinks.cold_store import CqlColdStore
@@ -346,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("local stack ...", flush=True)
     ensure_stack()
+    wait_until_quiet()
     iso = Isolated.create("session", topics=False)
     try:
         result = asyncio.run(measure(iso.settings, args))
