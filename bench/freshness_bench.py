@@ -410,6 +410,15 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "probes_counted": len(counted),
         "probes_lost": lost,
         "freshness": fresh,
+        # Per counted probe, in send order: (seconds after the first probe, ms to visible;
+        # None if never seen), to see when the slow ones happened.
+        "probes": [
+            (
+                round(sent_at[n] - sent_at[0], 3),
+                round((visible[n] - sent_at[n]) * 1000, 1) if n in visible else None,
+            )
+            for n in counted
+        ],
         "transport_floor": floor,
         "worker_startup_s": round(startup_s, 2),
         "target_p99_ms": TARGET_P99_MS,
