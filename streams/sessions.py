@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Batches of ended users a flush reads per partition at once (then pipelines through).
 READ_AHEAD = 8
+#: Chunks of a flush in their cold write at once. Each write drains its requests (history
+#: first, then snapshots) before it returns; a second one keeps the cold tier busy
+#: meanwhile. The store's own in-flight bound (`SIGNALS_CQL_MAX_IN_FLIGHT`) still holds.
+WRITE_DEPTH = 2
 
 
 class ColdTier(Protocol):
@@ -172,36 +176,44 @@ class SessionKeeper:
         return moved
 
     async def _move(self, chunks: Sequence[Sequence[EndedSession]]) -> list[EndedSession]:
-        """Snapshot, cold-write and evict each chunk, the stages of neighbouring chunks
-        overlapped: chunk n+1 is read from Redis and chunk n-1 evicted while chunk n is
-        written to the cold tier. A chunk is evicted only after its own cold write was
-        acknowledged. Raises the first error once the started steps have finished."""
-        evictions: list[asyncio.Future[list[EndedSession]]] = []
+        """Snapshot, cold-write and evict each chunk, neighbouring chunks overlapped: while
+        up to `WRITE_DEPTH` chunks are being written to the cold tier, the next one is read
+        from Redis. A chunk is evicted only after its own cold write was acknowledged.
+        No new chunk starts after an error; the first error is raised once the started
+        steps have finished."""
+        moving: list[asyncio.Future[list[EndedSession]]] = []
         reading = asyncio.ensure_future(self.hot.snapshots(chunks[0]))
         try:
             for index in range(len(chunks)):
                 snapshots = await reading
                 if index + 1 < len(chunks):
                     reading = asyncio.ensure_future(self.hot.snapshots(chunks[index + 1]))
-                known = {
-                    s.session.user_id: self.stored[s.session.user_id]
-                    for s in snapshots
-                    if s.session.user_id in self.stored
-                }
-                await self.cold.write_snapshots(
-                    [s.last_k for s in snapshots if s.last_k.items], known
-                )
-                evictions.append(asyncio.ensure_future(self._evict(snapshots)))
+                moving.append(asyncio.ensure_future(self._write_then_evict(snapshots)))
+                busy = [step for step in moving if not step.done()]
+                while len(busy) >= WRITE_DEPTH:
+                    await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                    busy = [step for step in moving if not step.done()]
+                if any(step.done() and step.exception() for step in moving):
+                    break
         finally:
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
-            outcomes = await asyncio.gather(*evictions, return_exceptions=True)
+            outcomes = await asyncio.gather(*moving, return_exceptions=True)
         evicted: list[EndedSession] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
             evicted.extend(outcome)
         return evicted
+
+    async def _write_then_evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
+        known = {
+            s.session.user_id: self.stored[s.session.user_id]
+            for s in snapshots
+            if s.session.user_id in self.stored
+        }
+        await self.cold.write_snapshots([s.last_k for s in snapshots if s.last_k.items], known)
+        return await self._evict(snapshots)
 
     async def _evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
         evicted = await self.hot.evict(snapshots)
