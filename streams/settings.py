@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # How long an empty poll waits. A batch is whatever has been prefetched, up to
     # batch_max, so this adds no latency under load; it only paces an idle loop.
     batch_within_s: float = Field(0.05, gt=0, description="longest wait for a batch when idle")
+    # Applied offsets are committed at most this often (and when the topic goes quiet), not
+    # after every batch: a crash re-reads at most this much of applied, idempotent work.
+    commit_interval_s: float = Field(
+        0.5, ge=0, description="seconds between offset commits of applied batches"
+    )
     # aiokafka fetch settings; its defaults (1 MiB per partition, 50 MiB per fetch) are kept
     # apart from the wait. Real Kafka answers a fetch as soon as there is data, so the wait
     # only paces fetches of an idle topic (20 ms: 50 small requests a second per broker).
