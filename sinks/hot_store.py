@@ -13,9 +13,9 @@ from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
 
 from schemas.events import EventType
+from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript
 from streams.logic.lastk import (
     Interaction,
     KeyWrite,
@@ -25,11 +25,8 @@ from streams.logic.lastk import (
     version_key,
 )
 
-#: The clients the hot tier runs on: one Redis, or a Redis Cluster.
-HotRedis = aioredis.Redis | aioredis.RedisCluster
 #: Partition -> user -> newest event time of that user in a batch.
 Activity = Mapping[int, Mapping[str, int]]
-ScriptCall = tuple[list[str], list[str | int]]
 
 
 class HotStore(Protocol):
@@ -65,6 +62,7 @@ class RedisHotStore:
         self._last_k = dict(last_k)
         self._ttl_s = ttl_s
         self._script = client.register_script(_APPLY_LUA)
+        self._cluster_script = SlotScript(client, _APPLY_LUA)
         self._one_slot = not isinstance(client, aioredis.RedisCluster)
 
     @property
@@ -122,13 +120,8 @@ class RedisHotStore:
             # The first key only routes the call; with a count of 0 it is left alone.
             router = group[0].key if group else group_versions[0]
             calls.append(self._script_call(group, group_versions, router, 0))
-        missing = await self._evalsha_on_cluster(calls, applied)
-        if missing:
-            # A node without the script (new, restarted, flushed): load it on every
-            # primary and resend only those calls (the counter was already added).
-            await self._redis.script_load(_APPLY_LUA)
-            if await self._evalsha_on_cluster(missing, 0):
-                raise NoScriptError("the hot-tier script vanished right after loading")
+        counter = [("INCRBY", self.stats_key, applied)] if applied else []
+        await self._cluster_script.run(calls, extra=counter)
 
     def _script_call(
         self, writes: Sequence[KeyWrite], versions: Sequence[str], counter: str, applied: int
@@ -136,29 +129,6 @@ class RedisHotStore:
         keys = [counter, *(write.key for write in writes), *versions]
         batch = [self._ttl_s, applied, [(write.keep, write.members) for write in writes]]
         return keys, [_compact_json(batch)]
-
-    async def _evalsha_on_cluster(
-        self, calls: Sequence[ScriptCall], applied: int
-    ) -> list[ScriptCall]:
-        """All calls (and the counter) in one non-transactional cluster pipeline: one round
-        trip per node touched, not per user. Returns the calls that met NOSCRIPT."""
-        cluster = cast("aioredis.RedisCluster", self._redis)
-        async with cluster.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                # redis-py blocks pipe.evalsha on cluster pipelines; the raw command is
-                # routed by its first key like any other.
-                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
-            if applied:
-                pipe.incrby(self.stats_key, applied)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
-                raise result
-        return [
-            call
-            for call, result in zip(calls, results, strict=False)
-            if isinstance(result, NoScriptError)
-        ]
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
         key = hot_key(self._prefix, user_id, event_type)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
-from sinks.hot_store import HotRedis
+from sinks.redis_scripts import HotRedis
 from streams.logic.lastk import Item, UserLastK, hot_key, version_key
 
 Tier = Literal["hot", "cold"]

@@ -11,7 +11,8 @@ import faust
 import redis.asyncio as aioredis
 
 from sinks.hot_sessions import RedisSessions
-from sinks.hot_store import HotRedis, RedisHotStore
+from sinks.hot_store import RedisHotStore
+from sinks.redis_scripts import HotRedis
 from streams.app import build_app
 from streams.sessions import SessionKeeper
 from streams.settings import Settings

@@ -8,7 +8,8 @@ import pytest
 
 from schemas.events import EventType
 from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
-from sinks.hot_store import HotRedis, RedisHotStore
+from sinks.hot_store import RedisHotStore
+from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction, hot_key
 from streams.settings import Settings
