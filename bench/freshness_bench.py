@@ -15,6 +15,12 @@ the producer's loop does not delay their clocks (CLOCK_MONOTONIC is system-wide)
 Probes sent in the first `--warmup` seconds are not counted (every user is new then, so
 every batch also reads the cold tier). Writes bench/results/freshness.json.
 
+On the local mock broker, each phase deletes the records its consumer has finished with
+(the worker's committed offsets, the raw consumer's positions) once a second: the mock
+walks a partition's whole log to find a fetch offset, so without this its CPU grows with
+every second of traffic and that, not the pipeline, sets the tail (see
+`harness.LogTrimmer`; `--no-trim` shows it). Kafka finds offsets through an index.
+
     .venv/bin/python bench/freshness_bench.py [--rate 5000] [--seconds 30] [--warmup 5]
 """
 
@@ -36,9 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
     ROOT,
+    GroupCommits,
     Isolated,
+    LogTrimmer,
     Table,
     WorkerProcess,
+    broker_pid,
+    cpu_seconds,
     ensure_stack,
     live_traffic,
     parse_env,
@@ -132,10 +142,13 @@ def consume_raw(
     fetch_max_wait_ms: int,
     ready: MpEvent,
     seen: Synchronized[int],
+    positions: Any,
     stop: MpEvent,
     out: mp.Queue[dict[int, float]],
 ) -> None:
-    """Process: a raw aiokafka consumer from the end of every partition; probe arrivals."""
+    """Process: a raw aiokafka consumer from the end of every partition; probe arrivals.
+
+    `positions[p]` is the next offset it needs from partition p (for the log trimmer)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     async def run() -> dict[int, float]:
@@ -157,11 +170,12 @@ def consume_raw(
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=100)
                 now = time.monotonic()
-                for records in batches.values():
+                for tp, records in batches.items():
                     for record in records:
                         key = record.key or b""
                         if key.startswith(b"probe-"):
                             arrivals[int(key[6:])] = now
+                    positions[tp.partition] = records[-1].offset + 1
                 seen.value = len(arrivals)
         finally:
             await consumer.stop()
@@ -311,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=5, help="seconds of traffic before probes count (5)"
     )
     parser.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="keep every record on the local mock broker (shows its per-fetch cost growing)",
+    )
+    parser.add_argument(
         "--env",
         metavar="KEY=VALUE",
         action="append",
@@ -374,10 +393,17 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         print("encoding the background traffic ...", flush=True)
         schedule = Schedule.encode(events)
         poller.start()
+        commits = GroupCommits(
+            settings, settings.events_topic, settings.events_partitions, settings.app_id
+        )
         try:
             print(f"worker: {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
             applied_before = applied_count(iso)
-            sent_at, background, elapsed = send_traffic(iso, schedule, total, sent, poll_seen)
+            with (
+                Usage(broker_pid(settings), worker.pid) as usage,
+                trimming(settings, commits, args.no_trim) as trimmer,
+            ):
+                sent_at, background, elapsed = send_traffic(iso, schedule, total, sent, poll_seen)
             applied_rate = (applied_count(iso) - applied_before) / elapsed
             wait_for_seen(poll_seen, len(sent_at))
             stop.set()
@@ -385,11 +411,12 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
             if not worker.alive():
                 raise RuntimeError(f"worker exited during the run; log:\n{worker.tail()}")
         finally:
+            commits.close()
             stop.set()
             stop_process(poller)
 
     # Phase 2: the same traffic to a raw consumer (the transport floor under the worker).
-    raw_sent_at, consumed = raw_phase(iso, settings, events, total)
+    raw_sent_at, consumed, raw_usage = raw_phase(iso, settings, events, total, args.no_trim)
 
     raw_counted = [n for n, t in enumerate(raw_sent_at) if t - raw_sent_at[0] >= args.warmup]
     floor = percentiles(
@@ -425,15 +452,53 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "partitions": settings.events_partitions,
         "worker_settings": args.worker_env,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        # Share of one core while sending: the mock broker and the worker in phase 1, the
+        # broker alone in phase 2 (the raw consumer is not measured).
+        "broker_cpu_share": usage.shares[0],
+        "worker_cpu_share": usage.shares[1],
+        "broker_cpu_share_raw_phase": raw_usage.shares[0],
+        "mock_log_trimmed": trimmer.active,
+        "records_trimmed": trimmer.records_deleted,
+        "trim_errors": trimmer.errors[:5],
     }
 
 
+class Usage:
+    """CPU share of one core used by some processes over a `with` block (None: not local)."""
+
+    def __init__(self, *pids: int | None) -> None:
+        self._pids = pids
+        self._began: list[float | None] = []
+        self._started = 0.0
+        self.shares: list[float | None] = []
+
+    def _now(self) -> list[float | None]:
+        return [cpu_seconds(pid) if pid else None for pid in self._pids]
+
+    def __enter__(self) -> Usage:
+        self._started, self._began = time.monotonic(), self._now()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        wall = time.monotonic() - self._started
+        self.shares = [
+            round((end - began) / wall, 3) if began is not None and end is not None else None
+            for began, end in zip(self._began, self._now(), strict=True)
+        ]
+
+
+def trimming(settings: Settings, offsets: Any, disabled: bool) -> LogTrimmer:
+    """A trimmer for the isolated topic; `--no-trim` gives one with nothing to trim."""
+    return LogTrimmer(settings, dict if disabled else offsets)
+
+
 def raw_phase(
-    iso: Isolated, settings: Settings, events: list[Event], total: float
-) -> tuple[list[float], dict[int, float]]:
+    iso: Isolated, settings: Settings, events: list[Event], total: float, no_trim: bool
+) -> tuple[list[float], dict[int, float], Usage]:
     """The same traffic, read by a raw aiokafka consumer: probe send times and arrivals."""
     ctx = mp.get_context("spawn")
     raw_sent, raw_seen, stop, ready = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event(), ctx.Event()
+    positions = ctx.Array("q", settings.events_partitions)
     raw_out: mp.Queue[dict[int, float]] = ctx.Queue()
     raw = ctx.Process(
         target=consume_raw,
@@ -444,6 +509,7 @@ def raw_phase(
             "fetch_max_wait_ms": settings.fetch_max_wait_ms,
             "ready": ready,
             "seen": raw_seen,
+            "positions": positions,
             "stop": stop,
             "out": raw_out,
         },
@@ -455,7 +521,13 @@ def raw_phase(
         print("encoding the background traffic again ...", flush=True)
         schedule = Schedule.encode(events)
         print(f"raw consumer: the same traffic for {total:g}s ...")
-        raw_sent_at, _, _ = send_traffic(iso, schedule, total, raw_sent, raw_seen)
+        with (
+            Usage(broker_pid(settings)) as usage,
+            trimming(
+                settings, lambda: {p: o for p, o in enumerate(positions[:]) if o > 0}, no_trim
+            ),
+        ):
+            raw_sent_at, _, _ = send_traffic(iso, schedule, total, raw_sent, raw_seen)
         wait_for_seen(raw_seen, len(raw_sent_at))
         stop.set()
         consumed = raw_out.get(timeout=30)
@@ -463,7 +535,7 @@ def raw_phase(
         stop.set()
         stop_process(raw)
 
-    return raw_sent_at, consumed
+    return raw_sent_at, consumed, usage
 
 
 def wait_for_seen(seen: Synchronized[int], expected: int, timeout_s: float = 10) -> None:
@@ -503,6 +575,20 @@ def report(r: dict[str, Any]) -> None:
         f"sent {r['interactions_sent_per_s']:,}/s (lower: the worker fell behind)",
     )
     table.add("probes not visible after 10 s", r["probes_lost"], "", "counted probes")
+    if r["broker_cpu_share"] is not None:
+        trimmed = (
+            f"consumed records deleted once a second ({r['records_trimmed']:,})"
+            if r["records_trimmed"]
+            else "log kept whole (--no-trim)"
+        )
+        table.add(
+            "mock broker CPU (worker phase)",
+            round(100 * r["broker_cpu_share"], 1),
+            "% of a core",
+            f"{100 * r['broker_cpu_share_raw_phase']:.1f}% in the raw phase; {trimmed}",
+        )
+    if r["worker_cpu_share"] is not None:
+        table.add("worker CPU", round(100 * r["worker_cpu_share"], 1), "% of a core")
     table.add("worker startup (to first visible)", r["worker_startup_s"], "s")
     table.print()
     print(f"target: p99 <= {TARGET_P99_MS:.0f} ms at 5,000 events/s")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import statistics
 import sys
@@ -37,6 +36,7 @@ from harness import (
     Produced,
     Table,
     WorkerProcess,
+    cpu_seconds,
     ensure_stack,
     exported_tree,
     parse_env,
@@ -48,7 +48,6 @@ from harness import (
 from streams.settings import Settings
 
 POLL_S = 0.02
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -93,12 +92,6 @@ async def _raw_consume(settings: Settings, expected: int, decode: bool) -> Consu
         return ConsumerRun(seen, last - first)
     finally:
         await consumer.stop()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass
@@ -178,13 +171,13 @@ def run_worker(
                 count = int(client.get(stats_key) or 0)
                 if count and not first_t:
                     first_t, first_count = now, count
-                    cpu_first = _cpu_seconds(worker.pid)
+                    cpu_first = cpu_seconds(worker.pid)
                 if not t10 and count >= 0.1 * interactions:
                     t10 = now
                 if not t90 and count >= 0.9 * interactions:
                     t90 = now
                 if count >= interactions:
-                    cpu_last = _cpu_seconds(worker.pid)
+                    cpu_last = cpu_seconds(worker.pid)
                     break
                 if not worker.alive():
                     raise RuntimeError(f"worker {label} exited; log:\n{worker.tail()}")

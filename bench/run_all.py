@@ -53,7 +53,7 @@ def n(value: float | int) -> str:
 def ingest_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     clean = [w for w in r["workers"] if w["label"].startswith("worker (this tree)")]
     rate = statistics.median(w["events_per_s"] for w in clean)
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "ingest, one worker",
             f">= {n(TARGET_INGEST)} events/s",

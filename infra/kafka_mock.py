@@ -6,7 +6,10 @@ on 127.0.0.1, prints/writes its bootstrap address, and accepts control commands 
 Unix socket, because the mock cannot create topics through the Kafka API (CreateTopics).
 
 It is a stand-in, not a production broker: one process, memory only, no retention or
-compaction, no topic configs. See README "Production notes".
+compaction, no topic configs. See README "Production notes". The control socket also
+deletes a partition's records below an offset (`delete_records`): the benchmarks use it
+to drop what they have consumed, because the mock walks a partition's whole list of
+produce batches to find a fetch offset, so its fetches get slower as the log grows.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def _load_librdkafka() -> ctypes.CDLL:
         ctypes.c_int,
     ]
     lib.rd_kafka_mock_group_initial_rebalance_delay_ms.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    lib.rd_kafka_mock_partition_delete_records.restype = ctypes.c_int
+    lib.rd_kafka_mock_partition_delete_records.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_int32,
+        ctypes.c_int64,
+    ]
     lib.rd_kafka_err2str.restype = ctypes.c_char_p
     lib.rd_kafka_err2str.argtypes = [ctypes.c_int]
     return lib
@@ -104,6 +114,15 @@ class MockCluster:
                 "partitions": partitions,
             }
 
+    def delete_records(self, name: str, partition: int, before_offset: int) -> dict[str, Any]:
+        """Drop a partition's records below `before_offset`, as retention would."""
+        err = self._lib.rd_kafka_mock_partition_delete_records(
+            self._mc, name.encode(), partition, before_offset
+        )
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR:
+            return {"ok": False, "error": self._lib.rd_kafka_err2str(err).decode()}
+        return {"ok": True}
+
 
 def _serve(cluster: MockCluster, control_path: Path) -> socketserver.UnixStreamServer:
     class Handler(socketserver.StreamRequestHandler):
@@ -131,6 +150,10 @@ def _dispatch(cluster: MockCluster, request: dict[str, Any]) -> dict[str, Any]:
     if op == "create_topic":
         return cluster.create_topic(
             str(request["name"]), int(request["partitions"]), int(request.get("replication", 1))
+        )
+    if op == "delete_records":
+        return cluster.delete_records(
+            str(request["name"]), int(request["partition"]), int(request["before_offset"])
         )
     if op == "list_topics":
         return {"ok": True, "topics": dict(cluster.topics)}
