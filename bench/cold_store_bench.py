@@ -5,11 +5,14 @@ Measures, in its own keyspace (created, migrated and dropped here):
 - flush: `write_snapshots` in calls of `--flush-batch` users (as the worker flushes ended
   sessions), per `--strategy` (default: all, alternated over `--rounds` rounds; the median
   round is reported):
-  - `per-partition`: the previous plan, one unlogged batch per (user, type, day) partition
-    and one snapshot batch per user (the baseline, kept here only);
-  - `grouped`: the store's plan, history rows of many users per batch, then snapshots;
+  - `rows`: the previous history layout (the baseline, kept here only): one row per
+    interaction in `interactions_by_user` (migration 0001, dropped by 0003; this bench
+    creates it in its own keyspace), 100 rows of many users per unlogged batch, then the
+    store's snapshots;
+  - `blocks`: the store's plan, one history row per (user, type, day) holding the
+    flush's items of that day (`history_by_user`), many users per batch, then snapshots;
   for two user shapes: `5x10` (5 types x 10 items) and `realistic` (~20 views, 5 clicks,
-  2 carts, 1 wishlist, an order for some), in users/s and history rows/s;
+  2 carts, 1 wishlist, an order for some), in users/s and CQL rows/s (history + snapshot);
 - returning users: the realistic users flushed again after a short new session, with and
   without `stored=` (the snapshots loaded at re-hydration): rows that are already history
   are not rewritten;
@@ -21,7 +24,7 @@ Prints a table and writes bench/results/cold_store.json. Targets: flush >= 2,000
 re-hydration p99 <= 20 ms. The machine is shared: compare figures within one run only.
 
     .venv/bin/python bench/cold_store_bench.py [--users N] [--flush-batch N] [--samples N]
-        [--strategy all|grouped|per-partition] [--rounds N]
+        [--strategy all|rows|blocks] [--rounds N]
 """
 
 from __future__ import annotations
@@ -39,30 +42,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cassandra import ConsistencyLevel
-from cassandra.query import (
-    BatchStatement,
-    BatchType,
-    BoundStatement,
-    PreparedStatement,
-    Statement,
-)
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from infra.migrate import apply_migrations  # noqa: E402
 from schemas.events import EventType  # noqa: E402
-from sinks.cold_store import CqlColdStore  # noqa: E402
+from sinks.cold_store import CqlColdStore, _BatchEntry, _raw_batch  # noqa: E402
 from sinks.cql import connect, driver_name  # noqa: E402
-from streams.logic.cold_layout import (  # noqa: E402
-    chunks,
-    encode_items,
-    group_by_day,
-    newest_time_ms,
-    snapshot_version,
-)
+from streams.logic.cold_layout import batched, day_of, history_blocks, unstored_items  # noqa: E402
 from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
 from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
 
@@ -83,7 +71,19 @@ REALISTIC = {
     EventType.WISHLIST: 1,
 }
 ORDER_SHARE = 0.3
-STRATEGIES = ("per-partition", "grouped")
+STRATEGIES = ("rows", "blocks")
+#: The previous layout's table (migration 0001), for the `rows` baseline.
+LEGACY_TABLE = """
+CREATE TABLE IF NOT EXISTS interactions_by_user (
+    user_id text, event_type text, day int, event_time timestamp, product_id text,
+    PRIMARY KEY ((user_id, event_type, day), event_time, product_id)
+) WITH CLUSTERING ORDER BY (event_time DESC, product_id ASC)
+"""
+LEGACY_INSERT = (
+    "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
+    "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+)
+LEGACY_BATCH_ROWS = 100
 
 
 def snapshots(count: int, tag: str, seed: int = 11) -> list[UserLastK]:
@@ -141,77 +141,54 @@ def next_session(users: list[UserLastK], seed: int = 17) -> list[UserLastK]:
     return out
 
 
-def history_rows(users: list[UserLastK], stored: dict[str, UserLastK] | None = None) -> int:
-    """History rows a flush of `users` writes (all items, or only those not in `stored`)."""
+def cql_rows(
+    users: list[UserLastK], strategy: str, stored: dict[str, UserLastK] | None = None
+) -> int:
+    """CQL rows a flush of `users` writes: history (per item, or per block) + snapshots."""
     total = 0
     for user in users:
         before = stored.get(user.user_id) if stored else None
         for event_type, items in user.items.items():
-            known = set(before.items.get(event_type, [])) if before else set()
-            total += sum(1 for item in items if item not in known)
+            new = unstored_items(items, before.items.get(event_type) if before else None)
+            total += len(new) if strategy == "rows" else len(history_blocks(new))
+            total += 1 if items else 0
     return total
 
 
-class PerPartitionColdStore(CqlColdStore):
-    """The previous write plan, for the same-run baseline: one unlogged batch per
-    (user, type, day) partition of history, then one snapshot batch per user, each row a
-    `BoundStatement` of pre-encoded values, history and snapshots interleaved."""
+class RowPerInteractionColdStore(CqlColdStore):
+    """The previous history layout, for the same-run baseline: one row per interaction,
+    `LEGACY_BATCH_ROWS` rows of many users per unlogged batch, pre-encoded as the store
+    encoded them; then the store's own snapshot writes."""
 
-    async def write_snapshots(
-        self, snapshots: Any, stored: Any = None
-    ) -> None:  # stored: ignored, the old plan rewrote everything
+    def __init__(self, session: Any, **options: Any) -> None:
+        super().__init__(session, **options)
+        session.execute(LEGACY_TABLE)
+        self._legacy = session.prepare(LEGACY_INSERT)
+
+    async def write_snapshots(self, snapshots: Any, stored: Any = None) -> None:
         st = await self._statements()
-        await self._run((statement, None) for statement in self._legacy_writes(st, snapshots))
+        rows = batched(self._legacy_rows(snapshots, stored), LEGACY_BATCH_ROWS)
+        await self._run((_raw_batch(batch), None) for batch in rows)
+        await self._run((batch, None) for batch in self._snapshot_writes(st, snapshots))
 
-    def _legacy_writes(self, st: Any, snapshots: list[UserLastK]) -> Any:
+    def _legacy_rows(self, snapshots: list[UserLastK], stored: dict[str, UserLastK] | None) -> Any:
+        query_id = self._legacy.query_id
         ttl = _INT(self._ttl_s)
         for snapshot in snapshots:
             user = snapshot.user_id.encode()
-            rows: list[list[bytes]] = []
-            for event_type, items in snapshot.items.items():
-                if not items:
-                    continue
+            before = stored.get(snapshot.user_id) if stored else None
+            for event_type, last_k in snapshot.items.items():
+                items = unstored_items(last_k, before.items.get(event_type) if before else None)
                 type_name = EventType(event_type).value.encode()
-                for day, day_items in group_by_day(items).items():
-                    day_b = _INT(day)
-                    for chunk in chunks(day_items, 50):
-                        yield _one_partition(
-                            st.insert_history,
-                            [
-                                [user, type_name, day_b, _BIGINT(at), product.encode(), ttl]
-                                for product, at in chunk
-                            ],
-                        )
-                rows.append(
-                    [
-                        user,
-                        type_name,
-                        encode_items(items),
-                        _BIGINT(newest_time_ms(items)),
-                        ttl,
-                        _BIGINT(snapshot_version(items)),
-                    ]
-                )
-            if rows:
-                yield _one_partition(st.insert_snapshot, rows)
+                for product, at in items:
+                    day = _INT(day_of(at))
+                    values = (user, type_name, day, _BIGINT(at), product.encode(), ttl)
+                    entry: _BatchEntry = (True, query_id, values)
+                    yield entry
 
 
 _INT = struct.Struct(">i").pack
 _BIGINT = struct.Struct(">q").pack
-
-
-def _one_partition(statement: PreparedStatement, rows: list[list[bytes]]) -> Statement:
-    if len(rows) == 1:
-        bound = BoundStatement(statement)
-        bound.values = rows[0]
-        return bound
-    batch = BatchStatement(BatchType.UNLOGGED, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
-    batch.is_idempotent = True
-    for values in rows:
-        bound = BoundStatement(statement)
-        bound.values = values
-        batch.add(bound)
-    return batch
 
 
 async def flush_rate(
@@ -322,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"users={args.users} per shape and round, {args.flush_batch} users per call, "
         f"median of {args.rounds} alternated rounds, max_in_flight={settings.cql_max_in_flight}; "
-        "rows/s = history rows written; targets: flush >= 2,000 users/s, "
+        "rows/s = CQL rows written (history + snapshot); targets: flush >= 2,000 users/s, "
         "re-hydration p99 <= 20 ms"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -340,37 +317,39 @@ def run(session: Any, settings: Settings, tag: str, args: argparse.Namespace) ->
             "history_ttl_s": settings.cold_history_ttl_s,
             "max_in_flight": settings.cql_max_in_flight,
         }
-        stores = {
-            "per-partition": PerPartitionColdStore(session, **options),
-            "grouped": CqlColdStore(session, **options),
+        stores: dict[str, CqlColdStore] = {
+            "rows": RowPerInteractionColdStore(session, **options),
+            "blocks": CqlColdStore(session, **options),
         }
         # Fresh users for every (shape, strategy, round): no run rewrites another's rows.
         rates: dict[str, dict[str, list[float]]] = {
             shape: {s: [] for s in strategies} for shape in shapes
         }
-        rows_per_user: dict[str, float] = {}
+        rows_per_user: dict[str, dict[str, float]] = {shape: {} for shape in shapes}
         for round_ in range(args.rounds):
             for shape, make in shapes.items():
                 order = strategies if round_ % 2 == 0 else tuple(reversed(strategies))
                 for strategy in order:
                     users = make(args.users, f"{tag}{shape[0]}{strategy[0]}{round_}", seed=round_)
-                    rows_per_user[shape] = history_rows(users) / len(users)
+                    rows_per_user[shape][strategy] = cql_rows(users, strategy) / len(users)
                     rate = await flush_rate(stores[strategy], users, args.flush_batch)
                     rates[shape][strategy].append(rate)
         flush = {
             shape: {
                 strategy: {
                     "users_per_s": round(statistics.median(samples)),
-                    "rows_per_s": round(statistics.median(samples) * rows_per_user[shape]),
+                    "rows_per_s": round(statistics.median(samples) * per_user[strategy]),
+                    "cql_rows_per_user": round(per_user[strategy], 2),
                     "rounds_users_per_s": [round(r) for r in samples],
                 }
                 for strategy, samples in per_strategy.items()
             }
             for shape, per_strategy in rates.items()
+            for per_user in [rows_per_user[shape]]
         }
 
         # Returning users: flushed once, re-hydrated, a short session, flushed again.
-        store = stores["grouped"]
+        store = stores["blocks"]
         first = realistic(args.users, f"{tag}ret")
         await flush_rate(store, first, args.flush_batch)
         loaded = await store.load_last_k([u.user_id for u in first])
@@ -383,11 +362,11 @@ def run(session: Any, settings: Settings, tag: str, args: argparse.Namespace) ->
                 samples[case].append(await flush_rate(store, again, args.flush_batch, stored))
         for case, case_rates in samples.items():
             stored = loaded if case.startswith("stored") else None
-            per_user = history_rows(again, stored) / len(again)
+            per_user = cql_rows(again, "blocks", stored) / len(again)
             returning[case] = {
                 "users_per_s": round(statistics.median(case_rates)),
                 "rows_per_s": round(statistics.median(case_rates) * per_user),
-                "history_rows_per_user": round(per_user, 2),
+                "cql_rows_per_user": round(per_user, 2),
             }
 
         everyone = [u.user_id for u in first]
@@ -397,7 +376,6 @@ def run(session: Any, settings: Settings, tag: str, args: argparse.Namespace) ->
         await store.close()
         return {
             "flush": flush,
-            "history_rows_per_user": {k: round(v, 2) for k, v in rows_per_user.items()},
             "returning": returning,
             "rehydrate": percentiles(rehydrate),
             "bulk_load_users_per_s": round(bulk),

@@ -56,6 +56,7 @@ from sinks.cold_store import CqlColdStore
 from sinks.hot_sessions import EndedSession
 from sinks.hot_store import RedisHotStore
 from streams.bootstrap import build_hot_store, build_redis, build_session_keeper
+from streams.logic.cold_layout import day_of
 from streams.logic.lastk import Interaction, active_key, hot_key, version_key
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
@@ -75,6 +76,7 @@ class Population:
     partition: dict[str, int]
     items: int  # interactions held in the hot tier
     types: int  # (user, type) sets held
+    blocks: int = 0  # (user, type, day) history blocks a flush writes
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -121,6 +123,7 @@ async def populate(
             pop.partition[user] = partition
             pop.items += len(rows)
             pop.types += len(shape)
+            pop.blocks += len({(r.event_type, day_of(r.event_time_ms)) for r in rows})
         await store.record(batch, activity)
     return pop
 
@@ -263,7 +266,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any
         read_s = await read_snapshots(keeper, pop)
         print("flush ...", flush=True)
         flush_s = await flush_all(keeper, pop)
-        rows = pop.items + pop.types  # a history row per item, a snapshot row per type
+        rows = pop.blocks + pop.types  # a history row per block, a snapshot row per type
         print(f"re-hydrating {args.rehydrate:,} users one at a time ...", flush=True)
         ours, floor = await rehydrate(keeper, store, pop, args.rehydrate)
     finally:

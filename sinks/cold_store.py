@@ -3,12 +3,13 @@
 When a session ends the worker moves the user's hot last-k here (`write_snapshots`) and
 evicts the user from Redis only once this returns; a returning user is re-hydrated from
 here (`load_last_k`), and the feed service reads it for users not in Redis. The layout
-(day buckets, the snapshot blob, write timestamps, which items are new history) is pure:
-`streams.logic.cold_layout`.
+(day buckets, history blocks, the blobs, write timestamps, which items are new history)
+is pure: `streams.logic.cold_layout`.
 
-A flush is throughput-bound (thousands of users a second), so its rows travel in few,
-large unlogged batches of many users' rows, built straight in the driver's wire format;
-see `HISTORY_BATCH_ROWS` and `_raw_batch` for the trade-offs.
+A flush is throughput-bound (thousands of users a second), so its rows are few (history
+in blocks, not a row per interaction) and travel in few, large unlogged batches of many
+users' rows, built straight in the driver's wire format; see `HISTORY_BATCH_BYTES` and
+`_raw_batch` for the trade-offs.
 
 The driver is callback based and runs its own I/O thread; every call here bridges
 `ResponseFuture` callbacks to the asyncio loop with `call_soon_threadsafe`, so the
@@ -42,15 +43,15 @@ from cassandra.query import (
 
 from schemas.events import EventType
 from streams.logic.cold_layout import (
-    DAY_MS,
-    batched,
     decode_items,
     encode_items,
+    history_blocks,
     newest_time_ms,
     packed,
     snapshot_version,
     unstored_items,
     window_days,
+    window_items,
 )
 from streams.logic.lastk import Item, UserLastK
 
@@ -67,19 +68,18 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
     IsBootstrappingErrorMessage,
 )
 
-#: History rows per CQL batch. Batches are unlogged and span partitions (many users):
+#: Approximate value bytes of history block rows per CQL batch (~10 realistic users; a
+#: user's blocks are never split). Batches are unlogged and span partitions (many users):
 #: the per-request cost (driver CPU, a response, a callback) dominated a flush, and one
 #: request per (user, type, day) partition capped it at ~250 users/s here. The price of a
 #: multi-partition batch is paid by the coordinator, which splits it into one mutation per
-#: partition and forwards those it does not own, so keep it modest: 100 rows of short ids
-#: are ~3.2 KiB as Cassandra counts them (under its 5 KiB warning; Scylla warns from
-#: 128 KiB, fails at 1 MiB). 200 rows measured a little faster (within the noise of this
-#: shared machine) but trips Cassandra's warning; 50 was clearly slower.
+#: partition and forwards those it does not own, so keep it modest (Scylla warns from
+#: 128 KiB, fails at 1 MiB; Cassandra 2.1 warns from 5 KiB, raised locally to 128 KiB).
 #: On a multi-node cluster such a batch is not token-aware (Scylla: not shard-aware):
 #: grouping rows by replica (`cluster.metadata.token_map` + murmur3 of each partition
 #: key, then routing each batch by one of its keys) would restore that; not done, as the
 #: local single node cannot measure it.
-HISTORY_BATCH_ROWS = 100
+HISTORY_BATCH_BYTES = 16 * 1024
 #: Approximate value bytes of snapshot rows per CQL batch (~12 realistic users). A user's
 #: snapshot rows (one per type) are never split, so each user's snapshot stays one atomic
 #: single-partition mutation. Above Cassandra 2.1's 5 KiB warning (the stand-in logs a WARN
@@ -103,8 +103,8 @@ _INT = struct.Struct(">i").pack
 _BIGINT = struct.Struct(">q").pack
 
 _INSERT_HISTORY = (
-    "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
-    "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+    "INSERT INTO history_by_user (user_id, event_type, day, newest_ms, block_id, items) "
+    "VALUES (?, ?, ?, ?, ?, ?) USING TTL ?"
 )
 _INSERT_SNAPSHOT = (
     "INSERT INTO lastk_by_user (user_id, event_type, items, updated_ms) "
@@ -113,11 +113,11 @@ _INSERT_SNAPSHOT = (
 _SELECT_USER = "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id = ?"
 _SELECT_USERS = "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id IN ?"
 _SELECT_SNAPSHOT = "SELECT items FROM lastk_by_user WHERE user_id = ? AND event_type = ?"
-# The timestamp comes back as bigint ms, not as a datetime built only to be converted back.
+# Every block of the day that ends at or after the window's start; items outside the
+# window are dropped after decoding (`window_items`).
 _SELECT_WINDOW = (
-    "SELECT product_id, blobAsBigint(timestampAsBlob(event_time)) AS event_time_ms "
-    "FROM interactions_by_user WHERE user_id = ? AND event_type = ? AND day = ? "
-    "AND event_time >= ? AND event_time <= ? LIMIT ?"
+    "SELECT items FROM history_by_user WHERE user_id = ? AND event_type = ? AND day = ? "
+    "AND newest_ms >= ?"
 )
 
 #: What to do with a request's rows (None: only its success matters).
@@ -185,13 +185,14 @@ class _Prepared:
         # Every statement may be retried or speculatively re-sent: writes are upserts of
         # the same values (and snapshot timestamps are explicit).
         statement.is_idempotent = True
-        # No paging: snapshot partitions hold one row per type and window reads carry a
-        # LIMIT, so every result is one response and callbacks see all of it.
+        # No paging: snapshot partitions hold one row per type and a window reads one
+        # day's blocks (one per flush), so every result is one response and callbacks
+        # see all of it.
         statement.fetch_size = None
         return statement
 
 
-_HISTORY_TYPES = ("text", "text", "int", "timestamp", "text", "int")
+_HISTORY_TYPES = ("text", "text", "int", "bigint", "bigint", "blob", "int")
 _SNAPSHOT_TYPES = ("text", "text", "blob", "bigint", "int", "bigint")
 
 
@@ -300,29 +301,29 @@ class CqlColdStore:
     ) -> list[Item]:
         """Walks day buckets from `end_ms` back to `start_ms`, a few at a time, until `limit`.
 
-        Within a bucket rows come in table order: newest first, equal times by product id.
-        Raises ValueError for a window wider than the TTL span (MAX_WINDOW_DAYS at least):
-        each day is a read, and older rows have expired anyway.
+        Newest first, equal times by product id; each day's blocks that end at or after
+        `start_ms` are read whole and filtered here. Raises ValueError for a window wider
+        than the TTL span (MAX_WINDOW_DAYS at least): each day is a read, and older rows
+        have expired anyway.
         """
         days = window_days(start_ms, end_ms, self._max_window_days)
         st = await self._statements()
         type_name = EventType(event_type).value
         found: list[Item] = []
         for offset in range(0, len(days), WINDOW_PARALLEL_DAYS):
-            wanted = limit - len(found)
-            if wanted <= 0:
+            if len(found) >= limit:
                 break
             group = days[offset : offset + WINDOW_PARALLEL_DAYS]
-            per_day: dict[int, list[Item]] = {day: [] for day in group}
+            per_day: dict[int, list[bytes]] = {day: [] for day in group}
             await self._run(
                 (
-                    st.select_window.bind((user_id, type_name, day, start_ms, end_ms, wanted)),
-                    _collect_into(per_day[day]),
+                    st.select_window.bind((user_id, type_name, day, start_ms)),
+                    _collect_blobs_into(per_day[day]),
                 )
                 for day in group
             )
-            for day in group:
-                found.extend(per_day[day])
+            for day in group:  # days do not overlap in time: newest day first is in order
+                found.extend(window_items(per_day[day], start_ms, end_ms))
         return found[: max(limit, 0)]
 
     async def close(self) -> None:
@@ -348,14 +349,11 @@ class CqlColdStore:
         snapshots: Sequence[UserLastK],
         stored: Mapping[str, UserLastK] | None,
     ) -> Iterator[Statement]:
-        """History rows of every user, `HISTORY_BATCH_ROWS` per unlogged batch, built lazily.
-
-        Rows of one (user, type) are consecutive, so a batch holds few partitions and the
-        server merges each partition's rows into one mutation.
-        """
+        """Every user's history blocks, packed per `HISTORY_BATCH_BYTES` into unlogged
+        batches, built lazily."""
         return (
             _raw_batch(rows)
-            for rows in batched(self._history_rows(st, snapshots, stored), HISTORY_BATCH_ROWS)
+            for rows in packed(self._history_rows(st, snapshots, stored), HISTORY_BATCH_BYTES)
         )
 
     def _history_rows(
@@ -363,30 +361,39 @@ class CqlColdStore:
         st: _Prepared,
         snapshots: Sequence[UserLastK],
         stored: Mapping[str, UserLastK] | None,
-    ) -> Iterator[_BatchEntry]:
+    ) -> Iterator[tuple[int, list[_BatchEntry]]]:
+        """Per user: (approximate bytes, that user's history block rows)."""
         query_id = st.insert_history.query_id
         ttl = _INT(self._ttl_s)
         for snapshot in snapshots:
             user = snapshot.user_id.encode()
             before = stored.get(snapshot.user_id) if stored else None
+            rows: list[_BatchEntry] = []
+            size = 0
             for event_type, last_k in snapshot.items.items():
                 items: Sequence[Item] = last_k
                 if before is not None:
                     items = unstored_items(last_k, before.items.get(event_type))
-                if not items:
-                    continue
                 type_name = _TYPE_BYTES[event_type]
-                day = -1
-                day_b = b""
-                for product, at in items:
-                    if at // DAY_MS != day:  # newest first: the day changes rarely
-                        day = at // DAY_MS
-                        day_b = _INT(day)
-                    yield (
-                        True,
-                        query_id,
-                        (user, type_name, day_b, _BIGINT(at), product.encode(), ttl),
+                for block in history_blocks(items):
+                    rows.append(
+                        (
+                            True,
+                            query_id,
+                            (
+                                user,
+                                type_name,
+                                _INT(block.day),
+                                _BIGINT(block.newest_ms),
+                                _BIGINT(block.block_id),
+                                block.items_blob,
+                                ttl,
+                            ),
+                        )
                     )
+                    size += len(user) + len(block.items_blob) + 40
+            if rows:
+                yield size, rows
 
     def _snapshot_writes(
         self, st: _Prepared, snapshots: Sequence[UserLastK]
@@ -532,8 +539,8 @@ def _raw_batch(entries: list[_BatchEntry]) -> BatchStatement:
     return batch
 
 
-def _collect_into(found: list[Item]) -> Callable[[list[Any]], None]:
+def _collect_blobs_into(found: list[bytes]) -> Callable[[list[Any]], None]:
     def on_rows(rows: list[Any]) -> None:
-        found.extend((product_id, int(event_time_ms)) for product_id, event_time_ms in rows)
+        found.extend(items for (items,) in rows)
 
     return on_rows

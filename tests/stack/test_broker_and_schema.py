@@ -30,18 +30,22 @@ def test_migrations_are_idempotent_on_the_cql_server(isolated_settings: Settings
         assert apply_migrations(session, isolated_settings) == [m.version for m in migrations()]
         assert apply_migrations(session, isolated_settings) == []
         session.execute(
-            "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            ("u1", "view", 20000, 1_728_000_000_000, "p1"),
+            "INSERT INTO history_by_user (user_id, event_type, day, newest_ms, block_id, items) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            ("u1", "view", 20000, 1_728_000_000_000, 7, b'[["p1",1728000000000]]'),
         )
         rows = list(
             session.execute(
-                "SELECT product_id FROM interactions_by_user "
-                "WHERE user_id=%s AND event_type=%s AND day=%s",
-                ("u1", "view", 20000),
+                "SELECT items FROM history_by_user "
+                "WHERE user_id=%s AND event_type=%s AND day=%s AND newest_ms >= %s",
+                ("u1", "view", 20000, 1_728_000_000_000),
             )
         )
-        assert [r.product_id for r in rows] == ["p1"]
+        cluster.refresh_schema_metadata()
+        tables = cluster.metadata.keyspaces[isolated_settings.cql_keyspace].tables
+        assert "history_by_user" in tables
+        assert "interactions_by_user" not in tables  # replaced by history_by_user (0003)
+        assert [r.items for r in rows] == [b'[["p1",1728000000000]]']
     finally:
         session.execute(f"DROP KEYSPACE IF EXISTS {isolated_settings.cql_keyspace}")
         cluster.shutdown()

@@ -16,7 +16,7 @@ from cassandra.query import BatchStatement
 from infra.migrate import apply_migrations
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from sinks.cold_store import (
-    HISTORY_BATCH_ROWS,
+    HISTORY_BATCH_BYTES,
     SNAPSHOT_BATCH_BYTES,
     TRANSIENT_CQL_ERRORS,
     USERS_PER_READ,
@@ -25,7 +25,7 @@ from sinks.cold_store import (
 from sinks.cql import connect
 from sinks.retry import transient_errors
 from streams.bootstrap import build_cold_store
-from streams.logic.cold_layout import DAY_MS
+from streams.logic.cold_layout import DAY_MS, decode_items
 from streams.logic.lastk import Item, UserLastK, merge_items
 from streams.settings import Settings
 from tests.conftest import free_port
@@ -69,13 +69,22 @@ def random_snapshot(rnd: random.Random, user_id: str, per_type: int = 10) -> Use
     return snapshot
 
 
-def history(session: Any, keyspace: str, user_id: str) -> list[tuple[Any, ...]]:
-    """All of a user's history rows (a full scan: the keyspace is the test's own)."""
+def history_rows(session: Any, keyspace: str, user_id: str) -> list[tuple[Any, ...]]:
+    """A user's history block rows as stored (a full scan: the keyspace is the test's own)."""
     rows = session.execute(
-        "SELECT user_id, event_type, day, event_time, product_id "
-        f"FROM {keyspace}.interactions_by_user"
+        "SELECT user_id, event_type, day, newest_ms, block_id, items "
+        f"FROM {keyspace}.history_by_user"
     )
     return sorted(tuple(r[1:]) for r in rows if r[0] == user_id)
+
+
+def history(session: Any, keyspace: str, user_id: str) -> list[tuple[str, int, int, str]]:
+    """A user's history items: (type, day, event time, product), each block decoded."""
+    return sorted(
+        (event_type, day, at, product)
+        for event_type, day, _newest, _block, items in history_rows(session, keyspace, user_id)
+        for product, at in decode_items(items)
+    )
 
 
 def test_write_then_load_round_trips_many_users(cql: tuple[Settings, Any]) -> None:
@@ -135,12 +144,20 @@ def test_writing_the_same_snapshot_twice_changes_nothing(cql: tuple[Settings, An
 
     first = with_store(session, write_once)
     cells_once = list(session.execute(snapshot_cells))
-    history_once = history(session, keyspace, "u1")
+    blocks_once = history_rows(session, keyspace, "u1")
     second = with_store(session, write_once)
     assert second == first
     assert list(session.execute(snapshot_cells)) == cells_once
-    assert history(session, keyspace, "u1") == history_once
-    assert len(history_once) == sum(len(items) for items in snapshot.items.values())
+    assert history_rows(session, keyspace, "u1") == blocks_once  # the same rows, no more
+    assert sorted(history(session, keyspace, "u1")) == sorted(
+        (t.value, at // DAY_MS, at, product)
+        for t, items in snapshot.items.items()
+        for product, at in items
+    )
+    # One row per (type, day) block, not one per interaction.
+    assert len(blocks_once) == len(
+        {(t, at // DAY_MS) for t, items in snapshot.items.items() for _p, at in items}
+    )
 
 
 def test_a_stale_snapshot_written_late_does_not_win(cql: tuple[Settings, Any]) -> None:
@@ -214,14 +231,15 @@ def test_writes_carry_the_history_ttl_setting(cql: tuple[Settings, Any]) -> None
     settings, session = cql
     snapshot = UserLastK("u1", {EventType.VIEW: [("p1", NOW_MS)]})
     with_store(session, lambda store: store.write_snapshots([snapshot]), history_ttl_s=1000)
-    ttl = session.execute(
-        f"SELECT TTL(items) FROM {settings.cql_keyspace}.lastk_by_user WHERE user_id = 'u1'"
-    ).one()[0]
-    assert 990 <= ttl <= 1000  # the setting, not the table default (180 days)
+    for table in ("lastk_by_user", "history_by_user"):
+        ttls = [
+            row[0]
+            for row in session.execute(f"SELECT TTL(items) FROM {settings.cql_keyspace}.{table}")
+        ]
+        assert ttls and all(990 <= ttl <= 1000 for ttl in ttls)  # not the 180-day default
 
 
 def test_history_rows_expire_with_the_setting(cql: tuple[Settings, Any]) -> None:
-    # History rows are all key columns, so TTL() cannot be read: watch them expire instead.
     _settings, session = cql
     snapshot = UserLastK("u1", {EventType.VIEW: [("p2", NOW_MS + 1), ("p1", NOW_MS)]})
 
@@ -289,8 +307,8 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
     loaded = with_store(counting, body, max_in_flight=8)
     assert {u: s.items for u, s in loaded.items()} == {s.user_id: s.items for s in snapshots}
     assert 1 < counting.most <= 8
-    # Rows of many users share a request: history rows in full batches, then snapshots.
-    history_rows = sum(len(items) for s in snapshots for items in s.items.values())
+    # Rows of many users share a request: history blocks in batches, then snapshots.
+    history_items = sum(len(items) for s in snapshots for items in s.items.values())
     reads = -(-len(snapshots) // USERS_PER_READ)
     writes = [rows for rows, _ in counting.requests[:-reads]]  # then the reads
     read_id = counting.query_id(
@@ -298,17 +316,24 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
     )
     assert all(rows[0][0] == read_id for rows, _ in counting.requests[-reads:])
     history_id = history_query_id(counting)
-    sizes = [len(rows) for rows in writes if rows[0][0] == history_id]
-    assert sum(sizes) == history_rows
-    assert sizes == [HISTORY_BATCH_ROWS] * (len(sizes) - 1) + [sizes[-1]]
+    history_batches = [rows for rows in writes if rows[0][0] == history_id]
+    assert sum(len(decode_items(v[5])) for rows in history_batches for _q, v in rows) == (
+        history_items
+    )
+    for rows in history_batches:
+        users = {values[0] for _q, values in rows}
+        # A batch holds ~HISTORY_BATCH_BYTES of blobs; only a single user may exceed it.
+        assert len(users) == 1 or sum(len(values[5]) for _q, values in rows) <= (
+            HISTORY_BATCH_BYTES
+        )
     assert len(writes) < len(snapshots) // 4  # it was ~4 requests a user
     assert reads < len(snapshots) // 16  # it was 1 read a user
 
 
 def history_query_id(counting: CountingSession) -> bytes:
     return counting.query_id(
-        "INSERT INTO interactions_by_user (user_id, event_type, day, event_time, product_id) "
-        "VALUES (?, ?, ?, ?, ?) USING TTL ?"
+        "INSERT INTO history_by_user (user_id, event_type, day, newest_ms, block_id, items) "
+        "VALUES (?, ?, ?, ?, ?, ?) USING TTL ?"
     )
 
 
@@ -371,10 +396,11 @@ def test_stored_items_are_not_rewritten_and_no_history_is_lost(
     views, orders, loaded = with_store(counting, body)
     history_id = history_query_id(counting)
     rewritten = sorted(
-        (values[4].decode(), values[3])
+        item
         for rows, _ in counting.requests
         for qid, values in rows
         if qid == history_id
+        for item in decode_items(values[5])
     )
     assert [product for product, _ in rewritten] == ["p2", "p7", "p9"]  # only the new items
     assert views == [

@@ -1,4 +1,4 @@
-"""The cold-tier layout: day buckets, window buckets, the snapshot blob, write timestamps."""
+"""The cold-tier layout: day and window buckets, blobs, history blocks, write timestamps."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 from streams.logic.cold_layout import (
     DAY_MS,
     batched,
-    chunks,
     day_of,
     decode_items,
     encode_items,
     group_by_day,
+    history_blocks,
     newest_time_ms,
     packed,
     snapshot_version,
     unstored_items,
     window_days,
+    window_items,
 )
 
 
@@ -128,10 +129,50 @@ def test_group_by_day_keeps_order_within_a_day() -> None:
     }
 
 
-def test_chunks_cover_everything_in_order() -> None:
-    rows = [(f"p{i}", i) for i in range(7)]
-    assert [list(c) for c in chunks(rows, 3)] == [rows[0:3], rows[3:6], rows[6:7]]
-    assert list(chunks([], 3)) == []
+def test_history_blocks_are_one_per_day_newest_first() -> None:
+    items = [
+        ("b", ms("2024-10-04T09:00")),
+        ("a", ms("2024-10-03T23:59")),
+        ("c", ms("2024-10-04T10:00")),
+    ]
+    blocks = history_blocks(items)
+    assert [b.day for b in blocks] == [
+        day_of(ms("2024-10-04T10:00")),
+        day_of(ms("2024-10-03T00:00")),
+    ]
+    assert [decode_items(b.items_blob) for b in blocks] == [
+        [("c", ms("2024-10-04T10:00")), ("b", ms("2024-10-04T09:00"))],
+        [("a", ms("2024-10-03T23:59"))],
+    ]
+    assert [b.newest_ms for b in blocks] == [ms("2024-10-04T10:00"), ms("2024-10-03T23:59")]
+    assert history_blocks([]) == []
+
+
+def test_a_block_id_follows_the_content_only() -> None:
+    items = [("p2", 2_000), ("p1", 1_000)]
+    (block,) = history_blocks(items)
+    (again,) = history_blocks(list(reversed(items)))  # same items, any order: the same row
+    (other,) = history_blocks([("p2", 2_000), ("p3", 1_000)])  # same times, other items
+    assert again == block
+    assert other.newest_ms == block.newest_ms and other.block_id != block.block_id
+    assert -(2**63) <= block.block_id < 2**63  # a CQL bigint
+
+
+item_lists = st.lists(
+    st.tuples(st.sampled_from(["p1", "p2", "p3", "é"]), st.integers(0, 4 * DAY_MS)), max_size=30
+)
+
+
+@given(item_lists, item_lists, st.integers(0, 4 * DAY_MS), st.integers(0, 4 * DAY_MS))
+def test_a_window_over_blocks_is_every_item_in_range_once_newest_first(
+    first: list[tuple[str, int]], second: list[tuple[str, int]], start: int, end: int
+) -> None:
+    # Two flushes whose blocks may overlap (a retried flush), read back day by day.
+    blobs = [b.items_blob for items in (first, second) for b in history_blocks(items)]
+    expected = sorted(
+        {i for i in first + second if start <= i[1] <= end}, key=lambda i: (-i[1], i[0])
+    )
+    assert window_items(blobs, start, end) == expected
 
 
 def test_unstored_items_skip_exactly_what_the_stored_snapshot_held() -> None:
