@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import platform
 import random
@@ -39,6 +40,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ from infra.migrate import apply_migrations  # noqa: E402
 from schemas.events import EventType  # noqa: E402
 from sinks.cold_store import CqlColdStore, _BatchEntry, _raw_batch  # noqa: E402
 from sinks.cql import connect, driver_name  # noqa: E402
-from streams.logic.cold_layout import batched, day_of, history_blocks, unstored_items  # noqa: E402
+from streams.logic.cold_layout import day_of, history_blocks, unstored_items  # noqa: E402
 from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
 from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
 
@@ -139,6 +141,13 @@ def next_session(users: list[UserLastK], seed: int = 17) -> list[UserLastK]:
             items[event_type] = merge_items(new, items.get(event_type, []), keep[event_type])
         out.append(UserLastK(user.user_id, items))
     return out
+
+
+def batched(rows: Iterable[_BatchEntry], size: int) -> Iterator[list[_BatchEntry]]:
+    """The previous layout's batching: consecutive lists of `size` rows (the last shorter)."""
+    remaining = iter(rows)
+    while batch := list(itertools.islice(remaining, size)):
+        yield batch
 
 
 def cql_rows(

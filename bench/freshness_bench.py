@@ -416,7 +416,9 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
             stop_process(poller)
 
     # Phase 2: the same traffic to a raw consumer (the transport floor under the worker).
-    raw_sent_at, consumed, raw_usage = raw_phase(iso, settings, events, total, args.no_trim)
+    raw_sent_at, consumed, raw_usage, raw_trimmer = raw_phase(
+        iso, settings, events, total, args.no_trim
+    )
 
     raw_counted = [n for n, t in enumerate(raw_sent_at) if t - raw_sent_at[0] >= args.warmup]
     floor = percentiles(
@@ -457,9 +459,9 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "broker_cpu_share": usage.shares[0],
         "worker_cpu_share": usage.shares[1],
         "broker_cpu_share_raw_phase": raw_usage.shares[0],
-        "mock_log_trimmed": trimmer.active,
+        "mock_log_trimmed": trimmer.active and not args.no_trim,
         "records_trimmed": trimmer.records_deleted,
-        "trim_errors": trimmer.errors[:5],
+        "trim_errors": (trimmer.errors + raw_trimmer.errors)[:5],
     }
 
 
@@ -494,7 +496,7 @@ def trimming(settings: Settings, offsets: Any, disabled: bool) -> LogTrimmer:
 
 def raw_phase(
     iso: Isolated, settings: Settings, events: list[Event], total: float, no_trim: bool
-) -> tuple[list[float], dict[int, float], Usage]:
+) -> tuple[list[float], dict[int, float], Usage, LogTrimmer]:
     """The same traffic, read by a raw aiokafka consumer: probe send times and arrivals."""
     ctx = mp.get_context("spawn")
     raw_sent, raw_seen, stop, ready = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event(), ctx.Event()
@@ -525,7 +527,7 @@ def raw_phase(
             Usage(broker_pid(settings)) as usage,
             trimming(
                 settings, lambda: {p: o for p, o in enumerate(positions[:]) if o > 0}, no_trim
-            ),
+            ) as trimmer,
         ):
             raw_sent_at, _, _ = send_traffic(iso, schedule, total, raw_sent, raw_seen)
         wait_for_seen(raw_seen, len(raw_sent_at))
@@ -535,7 +537,7 @@ def raw_phase(
         stop.set()
         stop_process(raw)
 
-    return raw_sent_at, consumed, usage
+    return raw_sent_at, consumed, usage, trimmer
 
 
 def wait_for_seen(seen: Synchronized[int], expected: int, timeout_s: float = 10) -> None:
@@ -578,9 +580,11 @@ def report(r: dict[str, Any]) -> None:
     if r["broker_cpu_share"] is not None:
         trimmed = (
             f"consumed records deleted once a second ({r['records_trimmed']:,})"
-            if r["records_trimmed"]
+            if r["mock_log_trimmed"]
             else "log kept whole (--no-trim)"
         )
+        if r["trim_errors"]:
+            trimmed += f"; trimming failed: {r['trim_errors'][0]}"
         table.add(
             "mock broker CPU (worker phase)",
             round(100 * r["broker_cpu_share"], 1),

@@ -319,7 +319,7 @@ class LogTrimmer:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(10)
+            self._thread.join()  # a round is bounded: 5 s for offsets, 5 s per control call
 
     def _run(self) -> None:
         from infra.kafka_mock import control  # noqa: PLC0415
@@ -341,7 +341,11 @@ class LogTrimmer:
                     "partition": partition,
                     "before_offset": offset,
                 }
-                reply = control(control_path, request)
+                try:
+                    reply = control(control_path, request)
+                except OSError as exc:  # the broker busy or gone: try again next round
+                    self.errors.append(f"partition {partition}: {exc}")
+                    continue
                 if reply.get("ok"):
                     self._trimmed[partition] = offset
                 else:

@@ -1,8 +1,8 @@
 """Idempotent CQL migrations for the cold tier (Cassandra 2.1 and ScyllaDB alike).
 
 Migrations are the numbered `.cql` files in `infra/cql/`, applied in order. Each applied
-version is recorded in `schema_migrations`; every statement is `IF NOT EXISTS` (or `DROP
-... IF EXISTS`), so a run that died half-way is simply run again.
+version is recorded in `schema_migrations`; every statement is `IF NOT EXISTS`, so a run
+that died half-way is simply run again.
 """
 
 from __future__ import annotations

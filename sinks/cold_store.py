@@ -74,7 +74,7 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
 #: request per (user, type, day) partition capped it at ~250 users/s here. The price of a
 #: multi-partition batch is paid by the coordinator, which splits it into one mutation per
 #: partition and forwards those it does not own, so keep it modest (Scylla warns from
-#: 128 KiB, fails at 1 MiB; Cassandra 2.1 warns from 5 KiB, raised locally to 128 KiB).
+#: 128 KiB and fails at 1 MiB; the local Cassandra's warning is raised to 128 KiB too).
 #: On a multi-node cluster such a batch is not token-aware (Scylla: not shard-aware):
 #: grouping rows by replica (`cluster.metadata.token_map` + murmur3 of each partition
 #: key, then routing each batch by one of its keys) would restore that; not done, as the
@@ -82,8 +82,7 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
 HISTORY_BATCH_BYTES = 16 * 1024
 #: Approximate value bytes of snapshot rows per CQL batch (~12 realistic users). A user's
 #: snapshot rows (one per type) are never split, so each user's snapshot stays one atomic
-#: single-partition mutation. Above Cassandra 2.1's 5 KiB warning (the stand-in logs a WARN
-#: per snapshot batch), well under Scylla's 128 KiB.
+#: single-partition mutation. Well under Scylla's 128 KiB batch warning.
 SNAPSHOT_BATCH_BYTES = 16 * 1024
 #: Users per re-hydration read (`WHERE user_id IN ?`). One request per user spent most of
 #: a worker's re-hydration CPU in the driver (a request, a response and a callback hop to
@@ -241,7 +240,7 @@ class CqlColdStore:
     async def write_snapshots(
         self, snapshots: Sequence[UserLastK], stored: Mapping[str, UserLastK] | None = None
     ) -> None:
-        """Every new item as a history row, then one snapshot row per type; all acknowledged.
+        """New items as history blocks, then one snapshot row per type; all acknowledged.
 
         `stored` maps a user id to the snapshot `load_last_k` returned when the worker
         re-hydrated that user (omit users that were not re-hydrated, or pass nothing):

@@ -69,9 +69,11 @@ class SessionKeeper:
     flush_batch: int = 500
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     counters: SessionCounters = field(default_factory=SessionCounters)
-    #: What the cold tier held for each re-hydrated user (exactly as loaded), so their
-    #: flush skips rewriting history rows that are already stored. Bounded; a missing
-    #: entry only means everything is written again (idempotent).
+    #: What the cold tier holds for a hot user: the snapshot loaded at re-hydration, or
+    #: the one this worker last wrote for a user it then could not evict (they came
+    #: back), so their next flush skips history that is already stored. Bounded; a
+    #: missing entry (after a restart or a rebalance) means the whole last-k is written
+    #: again: snapshots and reads stay exact, the history holds those items twice.
     stored: OrderedDict[str, UserLastK] = field(default_factory=OrderedDict)
     max_stored: int = 100_000
 
@@ -115,12 +117,7 @@ class SessionKeeper:
         if not returning:
             return []
         loaded = await self.cold.load_last_k(returning)
-        for user_id, snapshot in loaded.items():
-            if snapshot.items:
-                self.stored[user_id] = snapshot
-                self.stored.move_to_end(user_id)
-        while len(self.stored) > self.max_stored:
-            self.stored.popitem(last=False)
+        self._remember(snapshot for snapshot in loaded.values() if snapshot.items)
         rows = [
             Interaction(user_id, event_type, product_id, event_time_ms)
             for user_id, snapshot in loaded.items()
@@ -212,8 +209,13 @@ class SessionKeeper:
             for s in snapshots
             if s.session.user_id in self.stored
         }
-        await self.cold.write_snapshots([s.last_k for s in snapshots if s.last_k.items], known)
-        return await self._evict(snapshots)
+        written = [s.last_k for s in snapshots if s.last_k.items]
+        await self.cold.write_snapshots(written, known)
+        evicted = await self._evict(snapshots)
+        gone = {session.user_id for session in evicted}
+        # Users who came back stay hot: what was just written is now their stored state.
+        self._remember(last_k for last_k in written if last_k.user_id not in gone)
+        return evicted
 
     async def _evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
         evicted = await self.hot.evict(snapshots)
@@ -222,6 +224,13 @@ class SessionKeeper:
         self.counters.flushed_users += len(evicted)
         self.counters.flush_skipped += len(snapshots) - len(evicted)
         return evicted
+
+    def _remember(self, snapshots: Iterable[UserLastK]) -> None:
+        for snapshot in snapshots:
+            self.stored[snapshot.user_id] = snapshot
+            self.stored.move_to_end(snapshot.user_id)
+        while len(self.stored) > self.max_stored:
+            self.stored.popitem(last=False)
 
 
 def newest_by_partition(activity: Iterable[tuple[int, int]]) -> Mapping[int, int]:

@@ -11,7 +11,7 @@ everything about how a value is laid out lives here, free of I/O, and is unit te
   same block again changes nothing;
 - a window read merges the blocks of each day (`window_items`);
 - a flush writes as history only the items the stored snapshot did not already hold
-  (`unstored_items`), and packs rows into batches (`batched`, `packed`).
+  (`unstored_items`), and packs rows into batches (`packed`).
 """
 
 from __future__ import annotations
@@ -138,12 +138,7 @@ def history_blocks(items: Sequence[Item]) -> list[HistoryBlock]:
 def window_items(blobs: Iterable[bytes], start_ms: int, end_ms: int) -> list[Item]:
     """The items of some history blocks within [start_ms, end_ms]: newest first, equal
     times by product id, each (product, time) once (blocks of retried flushes overlap)."""
-    found = {
-        item
-        for blob in blobs
-        for item in decode_items(blob)
-        if start_ms <= item[1] <= end_ms
-    }
+    found = {item for blob in blobs for item in decode_items(blob) if start_ms <= item[1] <= end_ms}
     return sorted(found, key=_newest_first)
 
 
@@ -164,18 +159,6 @@ def unstored_items(items: Sequence[Item], stored: Sequence[Item] | None) -> Sequ
         return items
     known = {(product_id, event_time_ms) for product_id, event_time_ms in stored}
     return [item for item in items if item not in known]
-
-
-def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    """`rows` in consecutive lists of `size` (the last may be shorter); rows may split."""
-    batch: list[T] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def packed(groups: Iterable[tuple[int, list[T]]], max_cost: int) -> Iterator[list[T]]:
