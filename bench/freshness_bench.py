@@ -429,6 +429,15 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
     achieved = background / elapsed
     offered = sum(1 for e in events[:background] if interaction_of(e) is not None) / elapsed
     lost = sum(1 for n in counted if n not in visible)
+    # Per counted probe, in send order: (seconds after the first probe, ms to visible; None
+    # if never seen), to see when the slow ones happened.
+    probes = [
+        (
+            round(sent_at[n] - sent_at[0], 3),
+            round((visible[n] - sent_at[n]) * 1000, 1) if n in visible else None,
+        )
+        for n in counted
+    ]
     return {
         "rate_asked": args.rate,
         "rate_achieved": round(achieved),
@@ -439,15 +448,7 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "probes_counted": len(counted),
         "probes_lost": lost,
         "freshness": fresh,
-        # Per counted probe, in send order: (seconds after the first probe, ms to visible;
-        # None if never seen), to see when the slow ones happened.
-        "probes": [
-            (
-                round(sent_at[n] - sent_at[0], 3),
-                round((visible[n] - sent_at[n]) * 1000, 1) if n in visible else None,
-            )
-            for n in counted
-        ],
+        "probes": probes,
         "transport_floor": floor,
         "worker_startup_s": round(startup_s, 2),
         "target_p99_ms": TARGET_P99_MS,
@@ -456,6 +457,8 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         # Share of one core while sending: the mock broker and the worker in phase 1, the
         # broker alone in phase 2 (the raw consumer is not measured).
+        "worker_rss_mb": usage.rss_mb[1],
+        "per_minute": per_minute(probes),
         "broker_cpu_share": usage.shares[0],
         "worker_cpu_share": usage.shares[1],
         "broker_cpu_share_raw_phase": raw_usage.shares[0],
@@ -466,19 +469,25 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
 
 
 class Usage:
-    """CPU share of one core used by some processes over a `with` block (None: not local)."""
+    """CPU share of one core used by some processes over a `with` block, and their resident
+    memory (MB) at its start and end (None: not a local process)."""
 
     def __init__(self, *pids: int | None) -> None:
         self._pids = pids
         self._began: list[float | None] = []
         self._started = 0.0
         self.shares: list[float | None] = []
+        self.rss_mb: list[tuple[float | None, float | None]] = []
 
     def _now(self) -> list[float | None]:
         return [cpu_seconds(pid) if pid else None for pid in self._pids]
 
+    def _rss(self) -> list[float | None]:
+        return [rss_mb(pid) if pid else None for pid in self._pids]
+
     def __enter__(self) -> Usage:
         self._started, self._began = time.monotonic(), self._now()
+        self._rss_began = self._rss()
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -487,6 +496,24 @@ class Usage:
             round((end - began) / wall, 3) if began is not None and end is not None else None
             for began, end in zip(self._began, self._now(), strict=True)
         ]
+        self.rss_mb = list(zip(self._rss_began, self._rss(), strict=True))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def per_minute(probes: list[tuple[float, float | None]]) -> list[dict[str, Any]]:
+    """p50/p99 of the counted probes per minute of the run (does the tail drift?)."""
+    minutes: dict[int, list[float]] = {}
+    for at_s, latency_ms in probes:
+        if latency_ms is not None:
+            minutes.setdefault(int(at_s // 60), []).append(latency_ms)
+    return [{"minute": m + 1, **percentiles(samples)} for m, samples in sorted(minutes.items())]
 
 
 def trimming(settings: Settings, offsets: Any, disabled: bool) -> LogTrimmer:
@@ -593,6 +620,16 @@ def report(r: dict[str, Any]) -> None:
         )
     if r["worker_cpu_share"] is not None:
         table.add("worker CPU", round(100 * r["worker_cpu_share"], 1), "% of a core")
+        began, ended = r["worker_rss_mb"]
+        table.add("worker resident memory", ended, "MB", f"{began} MB when the traffic started")
+    if len(r["per_minute"]) > 1:
+        for minute in r["per_minute"]:
+            table.add(
+                f"minute {minute['minute']}: p99 (p50)",
+                minute["p99_ms"],
+                "ms",
+                f"p50 {minute['p50_ms']:.1f} ms, {minute['n']} probes",
+            )
     table.add("worker startup (to first visible)", r["worker_startup_s"], "s")
     table.print()
     print(f"target: p99 <= {TARGET_P99_MS:.0f} ms at 5,000 events/s")
