@@ -128,9 +128,10 @@ def build_app(
 class IngestPipeline:
     """What happens to a batch: admit, dead-letter, re-hydrate, apply; and the flush.
 
-    Batches and flushes take turns (one lock), so a user is never re-hydrated and
-    flushed at the same time. Every store call goes through `until_applied`: a service
-    that is down is retried with backoff and the caller does not move on (or commit).
+    A batch and a flush's evictions take turns (`SessionKeeper.turn`), so a user is never
+    evicted between a batch's hot check and its write; the rest of a flush runs beside
+    the batches. Every store call goes through `until_applied`: a service that is down is
+    retried with backoff and the caller does not move on (or commit).
     """
 
     def __init__(
@@ -149,7 +150,7 @@ class IngestPipeline:
         self._dead_letters = dead_letters
         self._stopping = stopping
         self._clock_ms = clock_ms
-        self._turn = asyncio.Lock()
+        self._turn = sessions.turn
         # Dead letters since the last warning about them (see `_dead_letter`).
         self._unreported: dict[str, int] = {}
         self._reported_at = -DEAD_LETTER_LOG_EVERY_S
@@ -227,7 +228,7 @@ class IngestPipeline:
             done = time.perf_counter()
             if done - waited > SLOW_BATCH_S:
                 log.warning(
-                    "slow batch of %d events, %d users: waited %.0f ms for a flush, "
+                    "slow batch of %d events, %d users: waited %.0f ms for an eviction, "
                     "re-hydration %.0f ms (%d rows), write %.0f ms",
                     prepared.size,
                     len(users),
@@ -245,13 +246,12 @@ class IngestPipeline:
         """Move ended sessions of these (owned) partitions to the cold tier."""
         if not partitions:
             return 0
-        async with self._turn:
-            self.sessions.forget_except(partitions)
-            await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
-            moved: int = await self._until_applied(
-                self.sessions.flush_ended, self._clock_ms(), partitions
-            )
-            return moved
+        self.sessions.forget_except(partitions)
+        await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
+        moved: int = await self._until_applied(
+            self.sessions.flush_ended, self._clock_ms(), partitions
+        )
+        return moved
 
     async def _until_applied(
         self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any

@@ -10,8 +10,12 @@ sequences the I/O so that nothing is ever lost:
   (`sinks.hot_sessions` checks the user's version and last activity);
 - every step is idempotent, so a crash anywhere means the step runs again later.
 
-The worker runs batches and flushes under one lock, so within a worker a user is never
-re-hydrated and flushed at the same time.
+Within a worker a batch (hot check, re-hydration, write) and a flush's eviction never
+overlap (`SessionKeeper.turn`): otherwise a user evicted between a batch's hot check and
+its write would get their new events without their history. The rest of a flush (the
+Redis reads and the cold writes, most of its time) runs beside the batches, so a flush
+does not hold up ingest: a batch that writes to a user meanwhile changes their version,
+and that user is then not evicted.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class SessionKeeper:
     #: again: snapshots and reads stay exact, the history holds those items twice.
     stored: OrderedDict[str, UserLastK] = field(default_factory=OrderedDict)
     max_stored: int = 100_000
+    #: Held by a batch from its hot check to its write, and by each eviction.
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def observe(self, partition: int, newest_event_ms: int, wall_ms: int) -> None:
         """A batch delivered events of `partition` up to this event time."""
@@ -218,7 +224,8 @@ class SessionKeeper:
         return evicted
 
     async def _evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
-        evicted = await self.hot.evict(snapshots)
+        async with self.turn:
+            evicted = await self.hot.evict(snapshots)
         for session in evicted:
             self.stored.pop(session.user_id, None)
         self.counters.flushed_users += len(evicted)
