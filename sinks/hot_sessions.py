@@ -180,8 +180,15 @@ class RedisSessions:
     async def evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
         """Remove users whose data is safely in the cold tier; returns those evicted.
 
-        Call only after the cold write of exactly these snapshots was acknowledged.
+        Call only after the cold write of exactly these snapshots was acknowledged, and
+        with no batch writing meanwhile (the worker's `SessionKeeper.turn`). A user is
+        evicted only if both their last activity (read by `ended`) and their version (read
+        by `snapshots`, later) are unchanged: activity in between (new events after
+        `ended`) keeps them hot, even when the snapshot already holds those events;
+        otherwise the keys would go while the user stays in the active set, and their next
+        batch would not re-hydrate them.
         """
+        snapshots = await self._still_idle(snapshots)
         if not snapshots:
             return []
         groups = by_slot(self._redis, snapshots, lambda s: self.version_key(s.session.user_id))
@@ -213,6 +220,24 @@ class RedisSessions:
             ]
         )
         return evicted
+
+    async def _still_idle(self, snapshots: Sequence[HotSnapshot]) -> list[HotSnapshot]:
+        """The snapshots whose user's active-set score is still the one `ended` read."""
+        by_partition: dict[int, list[HotSnapshot]] = {}
+        for snapshot in snapshots:
+            by_partition.setdefault(snapshot.session.partition, []).append(snapshot)
+        if not by_partition:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition, group in by_partition.items():
+                pipe.zmscore(self.active_key(partition), [s.session.user_id for s in group])
+            replies = await pipe.execute()
+        return [
+            snapshot
+            for group, scores in zip(by_partition.values(), replies, strict=True)
+            for snapshot, score in zip(group, scores, strict=True)
+            if score is not None and int(score) == snapshot.session.last_activity_ms
+        ]
 
     def _user_keys(self, user_id: str) -> list[str]:
         """The version key, then the last-k keys in `_TYPES` order (the scripts' layout)."""

@@ -14,8 +14,9 @@ Within a worker a batch (hot check, re-hydration, write) and a flush's eviction 
 overlap (`SessionKeeper.turn`): otherwise a user evicted between a batch's hot check and
 its write would get their new events without their history. The rest of a flush (the
 Redis reads and the cold writes, most of its time) runs beside the batches, so a flush
-does not hold up ingest: a batch that writes to a user meanwhile changes their version,
-and that user is then not evicted.
+does not hold up ingest: a batch that writes to a user meanwhile changes their last
+activity or their version (every write changes the version), and the eviction, which
+checks both under the lock, then leaves that user hot.
 """
 
 from __future__ import annotations

@@ -111,6 +111,36 @@ def test_a_user_active_again_after_the_snapshot_is_not_evicted(
     run(scenario())
 
 
+def test_a_user_active_between_ended_and_the_snapshot_stays_hot_and_findable(
+    client: HotRedis, backend_settings: Settings
+) -> None:
+    """The flush reads who ended, then (later, another read) their sets and version. New
+    events in between are in the snapshot, but the user is active again: keep them hot,
+    never delete their keys while leaving them in the active set."""
+
+    async def scenario() -> None:
+        _, sessions = await seed(
+            client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
+        )
+        ended = await sessions.ended(1, T0 + 100, 10)
+        await seed(client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p2", T0 + 50)])
+        [snapshot] = await sessions.snapshots(ended)
+        assert len(snapshot.last_k.items[EventType.VIEW]) == 2  # the new event is in it
+        assert await sessions.evict([snapshot]) == []
+        assert await sessions.hot_users({1: ["u1"]}) == {"u1"}
+        assert await client.exists(sessions.version_key("u1")) == 1
+        key = hot_key(backend_settings.redis_key_prefix, "u1", EventType.VIEW)
+        assert await client.zcard(key) == 2
+        # The next pass sees the newer activity and moves the user out completely.
+        [later] = await sessions.snapshots(await sessions.ended(1, T0 + 200, 10))
+        assert await sessions.evict([later]) == [later.session]
+        assert await sessions.hot_users({1: ["u1"]}) == set()
+        assert await client.exists(sessions.version_key("u1"), key) == 0
+        await client.aclose()
+
+    run(scenario())
+
+
 def test_a_flush_interrupted_after_deleting_keys_completes_on_the_next_pass(
     client: HotRedis, backend_settings: Settings
 ) -> None:
