@@ -9,16 +9,13 @@ Redis layout (documented in the README, readable from any language):
 
 Users are marked active (and their versions bumped) by the batch write itself
 (`RedisHotStore.record` with `activity`), in the same round trip as their last-k.
-A user is *hot* exactly when their version key exists. The active set is the
-per-partition index ordered by last activity: finding ended sessions is one
+A user is *hot* exactly when they are in their partition's active set. The active set is
+the per-partition index ordered by last activity: finding ended sessions is one
 `ZRANGEBYSCORE` from the oldest end, never a scan of all users.
 
 Eviction is conditional on both sides, so it can never throw away data it has not moved:
 the user's keys are deleted only if their version is still the one whose data was written
 to the cold tier, and the user leaves the active set only if their score is unchanged.
-The two steps are separate calls (on a cluster the active set is on another slot), so a
-crash between them leaves a user in the active set without keys: cold, since the version
-key is gone (their next batch re-hydrates them), and the next flush pass removes them.
 """
 
 from __future__ import annotations
@@ -55,18 +52,8 @@ end
 return out
 """
 
-# KEYS = version keys of users of one slot. Returns 1/0 per user: is the user hot?
-_VERSIONS_EXIST = """
-local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call('EXISTS', KEYS[i])
-end
-return out
-"""
-
-# Same KEYS as _READ_USERS; ARGV = the version each user was read at. Deletes a user's
-# keys only if the version is unchanged (nothing written since the snapshot). Returns 1/0
-# per user.
+# Same KEYS; ARGV = the version each user was read at. Deletes a user's keys only if the
+# version is unchanged (nothing written since the snapshot). Returns 1/0 per user.
 _EVICT_USERS = f"""
 local out = {{}}
 for i = 1, #KEYS, {_WIDTH} do
@@ -122,7 +109,6 @@ class RedisSessions:
         self._redis = client
         self._prefix = prefix
         self._read_script = SlotScript(client, _READ_USERS)
-        self._exist_script = SlotScript(client, _VERSIONS_EXIST)
         self._evict_script = SlotScript(client, _EVICT_USERS)
         self._leave_script = SlotScript(client, _LEAVE_ACTIVE)
 
@@ -133,25 +119,18 @@ class RedisSessions:
         return version_key(self._prefix, user_id)
 
     async def hot_users(self, users_by_partition: Mapping[int, Sequence[str]]) -> set[str]:
-        """Which of these users are in the hot tier now: their version key exists (one
-        script call per slot, one round trip per node).
-
-        Not active-set membership: a flush interrupted between deleting a user's keys and
-        leaving the active set must not make that user look hot, or their next batch would
-        skip re-hydration and their hot last-k would lack their history."""
-        users = list(dict.fromkeys(u for group in users_by_partition.values() for u in group))
-        if not users:
+        """Which of these users are in the hot tier now (one round trip)."""
+        order = [(p, list(users)) for p, users in users_by_partition.items() if users]
+        if not order:
             return set()
-        groups = by_slot(self._redis, users, self.version_key)
-        replies = await self._exist_script.run(
-            [([self.version_key(user) for user in group], []) for group in groups]
-        )
-        return {
-            user
-            for group, flags in zip(groups, replies, strict=True)
-            for user, exists in zip(group, flags, strict=True)
-            if exists
-        }
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition, users in order:
+                pipe.zmscore(self.active_key(partition), users)
+            replies = await pipe.execute()
+        hot: set[str] = set()
+        for (_partition, users), scores in zip(order, replies, strict=True):
+            hot.update(user for user, score in zip(users, scores, strict=True) if score is not None)
+        return hot
 
     async def ended(self, partition: int, before_ms: int, limit: int) -> list[EndedSession]:
         """Sessions in this partition whose last activity is strictly before `before_ms`."""

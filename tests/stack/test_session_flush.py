@@ -1,6 +1,5 @@
-"""`SessionKeeper` against real Redis and the real CQL server: what a user's history holds
-when their flush could not evict them because they came back, and a user returning after
-a flush that a crash interrupted."""
+"""The flush through `SessionKeeper` against real Redis and the real CQL server: what a
+user's history holds when their flush could not evict them because they came back."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from schemas.events import EventType
 from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions
 from streams.bootstrap import build_cold_store, build_hot_store, build_redis
 from streams.logic.cold_layout import decode_items
-from streams.logic.lastk import Interaction, UserLastK, hot_key
+from streams.logic.lastk import Interaction
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
@@ -77,39 +76,6 @@ def test_a_user_who_came_back_gets_only_new_items_in_the_next_flush(
     history = asyncio.run(scenario())
     # Every item once: the second flush skipped what the first one had written.
     assert sorted(history) == [("p1", T0), ("p2", T0 + 1), ("p3", T0 + 2)]
-
-
-def test_a_user_back_after_an_interrupted_eviction_is_re_hydrated(provisioned: Settings) -> None:
-    settings = provisioned
-
-    async def scenario() -> list[tuple[str, int]]:
-        client = build_redis(settings)
-        store = build_hot_store(settings, client)
-        cold = build_cold_store(settings)
-        sessions = RedisSessions(client, settings.redis_key_prefix)
-        keeper = SessionKeeper(hot=sessions, cold=cold, gap_ms=GAP_MS, idle_grace_ms=10**9)
-        views = [("p2", T0 + 1), ("p1", T0)]
-        try:
-            await store.record(
-                [Interaction("u1", EventType.VIEW, p, at) for p, at in views],
-                {PARTITION: {"u1": T0 + 1}},
-            )
-            await cold.write_snapshots([UserLastK("u1", {EventType.VIEW: views})])
-            # The eviction deleted the keys, then the worker died before the active set.
-            prefix = settings.redis_key_prefix
-            await client.delete(hot_key(prefix, "u1", EventType.VIEW), sessions.version_key("u1"))
-            # The user comes back after the restart, before any flush pass.
-            history = await keeper.hydrate([(PARTITION, "u1")])
-            await store.record(
-                [*history, Interaction("u1", EventType.VIEW, "p3", T0 + 9)],
-                {PARTITION: {"u1": T0 + 9}},
-            )
-            return await store.last_k("u1", EventType.VIEW, 10)
-        finally:
-            await cold.close()
-            await client.aclose()
-
-    assert asyncio.run(scenario()) == [("p3", T0 + 9), ("p2", T0 + 1), ("p1", T0)]
 
 
 def stored_history(settings: Settings) -> list[tuple[str, int]]:
