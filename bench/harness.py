@@ -282,10 +282,11 @@ class LogTrimmer:
     broker (`rd_kafka_mock_partition_delete_records`, as retention would). No-op on Kafka.
 
     Why: the mock finds a fetch's offset by walking the partition's list of produce
-    batches from the oldest (librdkafka `rd_kafka_mock_msgset_find`, marked "FIXME:
-    Maintain an index"), so every fetch costs more as the log grows: at 5k events/s one
-    tailing consumer took the mock from 6% to 61% of a core in 60 s, and to a flat 5-6%
-    with trimming. Kafka looks offsets up in an index, so the cost there does not grow.
+    batches from the oldest (librdkafka `rd_kafka_mock_msgset_find`, whose source notes
+    that an index is still to be written), so every fetch costs more as the log grows:
+    at 5k events/s one tailing consumer took the mock from 6% to 61% of a core in 60 s,
+    and to a flat 5-6% with trimming. Kafka looks offsets up in an index, so the cost
+    there does not grow.
     `offsets()` returns {partition: first offset still needed}; nothing below it is read
     again by the bench, so trimming loses nothing.
     """

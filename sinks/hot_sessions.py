@@ -120,17 +120,26 @@ class RedisSessions:
 
     async def hot_users(self, users_by_partition: Mapping[int, Sequence[str]]) -> set[str]:
         """Which of these users are in the hot tier now (one round trip)."""
+        scores = await self._active_scores(users_by_partition)
+        return {user for (_partition, user), score in scores.items() if score is not None}
+
+    async def _active_scores(
+        self, users_by_partition: Mapping[int, Sequence[str]]
+    ) -> dict[tuple[int, str], float | None]:
+        """Each user's score in their partition's active set (None: not in it), one
+        ZMSCORE per partition, all in one round trip."""
         order = [(p, list(users)) for p, users in users_by_partition.items() if users]
         if not order:
-            return set()
+            return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for partition, users in order:
                 pipe.zmscore(self.active_key(partition), users)
             replies = await pipe.execute()
-        hot: set[str] = set()
-        for (_partition, users), scores in zip(order, replies, strict=True):
-            hot.update(user for user, score in zip(users, scores, strict=True) if score is not None)
-        return hot
+        return {
+            (partition, user): score
+            for (partition, users), scores in zip(order, replies, strict=True)
+            for user, score in zip(users, scores, strict=True)
+        }
 
     async def ended(self, partition: int, before_ms: int, limit: int) -> list[EndedSession]:
         """Sessions in this partition whose last activity is strictly before `before_ms`."""
@@ -223,20 +232,14 @@ class RedisSessions:
 
     async def _still_idle(self, snapshots: Sequence[HotSnapshot]) -> list[HotSnapshot]:
         """The snapshots whose user's active-set score is still the one `ended` read."""
-        by_partition: dict[int, list[HotSnapshot]] = {}
-        for snapshot in snapshots:
-            by_partition.setdefault(snapshot.session.partition, []).append(snapshot)
-        if not by_partition:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for partition, group in by_partition.items():
-                pipe.zmscore(self.active_key(partition), [s.session.user_id for s in group])
-            replies = await pipe.execute()
+        scores = await self._active_scores(
+            group_by_partition((s.session.partition, s.session.user_id) for s in snapshots)
+        )
         return [
             snapshot
-            for group, scores in zip(by_partition.values(), replies, strict=True)
-            for snapshot, score in zip(group, scores, strict=True)
-            if score is not None and int(score) == snapshot.session.last_activity_ms
+            for snapshot in snapshots
+            if (score := scores[(snapshot.session.partition, snapshot.session.user_id)]) is not None
+            and int(score) == snapshot.session.last_activity_ms
         ]
 
     def _user_keys(self, user_id: str) -> list[str]:
