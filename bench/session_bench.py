@@ -54,7 +54,7 @@ from harness import (
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from sinks.cold_store import CqlColdStore
 from sinks.hot_sessions import EndedSession
-from sinks.hot_store import RedisHotStore
+from sinks.hot_store import HotUsers, RedisHotStore
 from streams.bootstrap import build_hot_store, build_redis, build_session_keeper
 from streams.logic.cold_layout import day_of
 from streams.logic.lastk import Interaction, active_key, hot_key, version_key
@@ -207,11 +207,13 @@ async def rehydrate(
         partition = pop.partition[user]
         now_ms = int(time.time() * 1000)
         started = time.perf_counter()
-        history = await keeper.hydrate([(partition, user)])
+        hydration = await keeper.hydrate([(partition, user)])
+        history = hydration.history
         await store.record(
             [*history, Interaction(user, EventType.VIEW, "p-new", now_ms)],
             {partition: {user: now_ms}},
             counted=1,
+            hot=HotUsers(hydration.hot, keeper.rehydrate),
         )
         took = (time.perf_counter() - started) * 1000
         if not history:

@@ -9,9 +9,11 @@ Redis layout (documented in the README, readable from any language):
 
 Users are marked active (and their versions bumped) by the batch write itself
 (`RedisHotStore.record` with `activity`), in the same round trip as their last-k.
-A user is *hot* exactly when they are in their partition's active set. The active set is
-the per-partition index ordered by last activity: finding ended sessions is one
-`ZRANGEBYSCORE` from the oldest end, never a scan of all users.
+A batch treats a user as *hot* when they are in their partition's active set (one ZMSCORE
+per partition); its write then checks that each of them still has a version key, which an
+eviction interrupted between its two steps leaves behind (`sinks.hot_store.HotUsers`).
+The active set is the per-partition index ordered by last activity: finding ended
+sessions is one `ZRANGEBYSCORE` from the oldest end, never a scan of all users.
 
 Eviction is conditional on both sides, so it can never throw away data it has not moved:
 the user's keys are deleted only if their version is still the one whose data was written
@@ -119,7 +121,7 @@ class RedisSessions:
         return version_key(self._prefix, user_id)
 
     async def hot_users(self, users_by_partition: Mapping[int, Sequence[str]]) -> set[str]:
-        """Which of these users are in the hot tier now (one round trip)."""
+        """Which of these users are in their partition's active set now (one round trip)."""
         scores = await self._active_scores(users_by_partition)
         return {user for (_partition, user), score in scores.items() if score is not None}
 

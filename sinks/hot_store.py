@@ -8,7 +8,9 @@ one round trip per node the batch touches.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis.asyncio as aioredis
@@ -25,8 +27,27 @@ from streams.logic.lastk import (
     version_key,
 )
 
+log = logging.getLogger(__name__)
+
 #: Partition -> user -> newest event time of that user in a batch.
 Activity = Mapping[int, Mapping[str, int]]
+#: Loads these users' cold last-k, as interactions to write (re-hydration).
+Rehydrate = Callable[[Collection[str]], Awaitable[Sequence[Interaction]]]
+
+
+@dataclass(frozen=True, slots=True)
+class HotUsers:
+    """The users of a batch its caller found hot (so it loaded no history for them), and
+    how to load their history if their keys turn out to be gone.
+
+    Found hot means in the partition's active set; the keys can still be gone when an
+    eviction deleted them and a crash came before it left the active set (or when the
+    TTL removed them). The write checks, in the same script call, that each of these
+    users still has a version key.
+    """
+
+    users: Collection[str]
+    rehydrate: Rehydrate
 
 
 class HotStore(Protocol):
@@ -38,6 +59,7 @@ class HotStore(Protocol):
         activity: Activity | None = None,
         *,
         counted: int | None = None,
+        hot: HotUsers | None = None,
     ) -> int:
         """Apply a batch idempotently; returns how many interactions were counted."""
         ...
@@ -76,6 +98,7 @@ class RedisHotStore:
         activity: Activity | None = None,
         *,
         counted: int | None = None,
+        hot: HotUsers | None = None,
     ) -> int:
         """Apply a batch in one round trip (one per node on a cluster).
 
@@ -84,51 +107,102 @@ class RedisHotStore:
         is never in the hot tier without being findable by the session flush. `counted`
         is what the applied counter grows by (default: every interaction; re-hydrated
         history is written but not counted).
+
+        `hot` users must still have their keys: a script call (the whole batch on a single
+        Redis, one slot on a cluster) that finds one of them without a version key writes
+        nothing; those users are re-hydrated through `hot.rehydrate` and the batch is
+        applied again with their history. The check is one EXISTS per hot user inside the
+        script: no extra round trip.
         """
+        applied = len(interactions) if counted is None else counted
+        expected = set(hot.users) if hot is not None else set()
+        rows, count = interactions, applied
+        while True:
+            # Only `hot` users are checked, so without them nothing is ever missing.
+            missing = await self._apply(rows, activity or {}, expected, count)
+            if not missing or hot is None:
+                return applied
+            log.warning(
+                "%d users were in the active set without their keys (an eviction a crash "
+                "interrupted, or the TTL): re-hydrating them before applying their events",
+                len(missing),
+            )
+            history = await hot.rehydrate(missing)
+            rows = [*history, *rows]
+            expected -= missing
+            if not self._one_slot:
+                count = 0  # the cluster's counter went beside the refused calls: counted
+
+    async def _apply(
+        self,
+        interactions: Sequence[Interaction],
+        activity: Activity,
+        expected: Collection[str],
+        applied: int,
+    ) -> set[str]:
+        """One attempt; returns the expected-hot users whose keys were gone (their script
+        calls wrote nothing)."""
         writes = plan_writes(interactions, self._prefix, self._last_k)
-        versions: list[str] = []
-        for partition, latest in (activity or {}).items():
+        versions: list[_Version] = []
+        for partition, latest in activity.items():
             if latest:
                 writes.append(
                     KeyWrite(key=active_key(self._prefix, partition), keep=0, members=dict(latest))
                 )
-                versions.extend(version_key(self._prefix, user_id) for user_id in latest)
-        applied = len(interactions) if counted is None else counted
+                versions.extend(
+                    _Version(version_key(self._prefix, user_id), user_id, user_id in expected)
+                    for user_id in latest
+                )
         if not writes and not versions:
-            return 0
+            return set()
         if self._one_slot:
             # One script call for the whole batch: with a pipeline, redis-py's per-command
             # cost (3 commands per key, packed and parsed in Python) was most of the write.
-            keys, args = self._script_call(writes, versions, self.stats_key, applied)
-            await self._script(keys=keys, args=args)
-        else:
-            await self._record_on_cluster(writes, versions, applied)
-        return applied
+            keys, args, owners = self._script_call(writes, versions, self.stats_key, applied)
+            refused = await self._script(keys=keys, args=args)
+            return _missing_users(refused, owners)
+        return await self._apply_on_cluster(writes, versions, applied)
 
-    async def _record_on_cluster(
-        self, writes: Sequence[KeyWrite], versions: Sequence[str], applied: int
-    ) -> None:
+    async def _apply_on_cluster(
+        self, writes: Sequence[KeyWrite], versions: Sequence[_Version], applied: int
+    ) -> set[str]:
         """A script may only touch one slot: one call per slot (a user's hash tag or a
         partition's), all in one pipeline; the counter (another slot) goes beside them."""
-        by_slot: dict[int, tuple[list[KeyWrite], list[str]]] = {}
+        by_slot: dict[int, tuple[list[KeyWrite], list[_Version]]] = {}
         for write in writes:
             by_slot.setdefault(key_slot(write.key.encode()), ([], []))[0].append(write)
         for version in versions:
-            by_slot.setdefault(key_slot(version.encode()), ([], []))[1].append(version)
-        calls = []
+            by_slot.setdefault(key_slot(version.key.encode()), ([], []))[1].append(version)
+        calls: list[ScriptCall] = []
+        owners: dict[str, str] = {}
         for group, group_versions in by_slot.values():
             # The first key only routes the call; with a count of 0 it is left alone.
-            router = group[0].key if group else group_versions[0]
-            calls.append(self._script_call(group, group_versions, router, 0))
+            router = group[0].key if group else group_versions[0].key
+            keys, args, group_owners = self._script_call(group, group_versions, router, 0)
+            calls.append((keys, args))
+            owners.update(group_owners)
         counter = [("INCRBY", self.stats_key, applied)] if applied else []
-        await self._cluster_script.run(calls, extra=counter)
+        results = await self._cluster_script.run(calls, extra=counter)
+        return {user for refused in results for user in _missing_users(refused, owners)}
 
     def _script_call(
-        self, writes: Sequence[KeyWrite], versions: Sequence[str], counter: str, applied: int
-    ) -> ScriptCall:
-        keys = [counter, *(write.key for write in writes), *versions]
-        batch = [self._ttl_s, applied, [(write.keep, write.members) for write in writes]]
-        return keys, [_compact_json(batch)]
+        self, writes: Sequence[KeyWrite], versions: Sequence[_Version], counter: str, applied: int
+    ) -> tuple[list[str], list[str | int], dict[str, str]]:
+        """KEYS, ARGV, and the owner of each version key that must exist."""
+        checked = [version for version in versions if version.must_exist]
+        keys = [
+            counter,
+            *(write.key for write in writes),
+            *(version.key for version in checked),
+            *(version.key for version in versions if not version.must_exist),
+        ]
+        batch = [
+            self._ttl_s,
+            applied,
+            [(write.keep, write.members) for write in writes],
+            len(checked),
+        ]
+        return keys, [_compact_json(batch)], {v.key: v.user_id for v in checked}
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
         key = hot_key(self._prefix, user_id, event_type)
@@ -148,7 +222,9 @@ class RedisHotStore:
 #: One batch in one round trip. KEYS[1] is the applied counter (left alone when the count
 #: is 0; on a cluster it is just the call's first key, for routing), then one key per
 #: sorted-set write, then version keys. ARGV[1] is JSON: [ttl, applied count,
-#: [[keep, {member: score, ...}], ...]] with one entry per write key, in KEYS order. One
+#: [[keep, {member: score, ...}], ...], checked] with one entry per write key, in KEYS
+#: order; the first `checked` version keys belong to users the caller found hot: if any
+#: of them is missing, the script writes nothing and returns the missing ones. One
 #: JSON argument instead of one argument per member and score: redis-py packs every
 #: argument in Python (~1 us each), which was a fifth of a worker's CPU; cjson decodes the
 #: batch in C. Scores are event times in ms (13 digits until the year 2286), which Lua's
@@ -158,10 +234,20 @@ class RedisHotStore:
 #: (event time), refresh the TTL. Per active set (keep = 0): ZADD GT only (a session's end
 #: never moves back). Per version key: INCR and refresh the TTL. At most 1000 pairs per
 #: ZADD (Lua's unpack limit). Idempotent except the version bump, which only has to change.
+#: Returns the missing version keys (an empty list when the batch was written).
 _APPLY_LUA = """
 local batch = cjson.decode(ARGV[1])
 local ttl = batch[1]
 local writes = batch[3]
+local missing = {}
+for i = #writes + 2, #writes + 1 + batch[4] do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    missing[#missing + 1] = KEYS[i]
+  end
+end
+if #missing > 0 then
+  return missing
+end
 local args = {}
 for i = 1, #writes do
   local key = KEYS[i + 1]
@@ -191,8 +277,22 @@ end
 if batch[2] > 0 then
   redis.call('INCRBY', KEYS[1], batch[2])
 end
-return #writes
+return missing
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """A version key a batch bumps; `must_exist` when its user was found hot."""
+
+    key: str
+    user_id: str
+    must_exist: bool
+
+
+def _missing_users(refused: object, owners: Mapping[str, str]) -> set[str]:
+    """The users whose version keys a script call reported missing."""
+    return {owners[_text(key)] for key in cast("list[bytes | str]", refused or [])}
 
 
 _compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

@@ -32,7 +32,7 @@ from mode import Service
 
 from schemas.codec import decode_event
 from schemas.events import Event, InvalidEvent
-from sinks.hot_store import HotStore
+from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from streams.logic.admission import Limits, check_size, check_time, dead_letter_headers
 from streams.logic.lastk import Interaction, interaction_of
@@ -217,13 +217,18 @@ class IngestPipeline:
         waited = time.perf_counter()
         async with self._turn:
             began = time.perf_counter()
-            history = await self._until_applied(self.sessions.hydrate, users)
+            hydration = await self._until_applied(self.sessions.hydrate, users)
+            history = hydration.history
             hydrated = time.perf_counter()
             await self._until_applied(
                 self.hot_store.record,
                 history + prepared.interactions if history else prepared.interactions,
                 prepared.activity,
                 counted=len(prepared.interactions),
+                hot=HotUsers(
+                    hydration.hot,
+                    functools.partial(self._until_applied, self.sessions.rehydrate),
+                ),
             )
             done = time.perf_counter()
             if done - waited > SLOW_BATCH_S:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +61,14 @@ class SessionCounters:
     flushed_users: int = 0
     flush_skipped: int = 0  # users active again between snapshot and eviction
     flush_passes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Hydration:
+    """A batch's re-hydration: history to write with it, and the users found hot."""
+
+    history: list[Interaction]
+    hot: set[str]
 
 
 @dataclass
@@ -110,19 +118,23 @@ class SessionKeeper:
             if newest is not None:
                 self.observe(partition, newest, wall_ms)
 
-    async def hydrate(self, activity: Iterable[tuple[int, str]]) -> list[Interaction]:
+    async def hydrate(self, activity: Iterable[tuple[int, str]]) -> Hydration:
         """Cold history of the users in a batch who are not in the hot tier.
 
         Returned as interactions to be written with the batch, so history and new events
-        land in one Redis write and trimming keeps the newest k of both.
+        land in one Redis write and trimming keeps the newest k of both; with the users
+        found hot, whose keys that write checks (`sinks.hot_store.HotUsers`).
         """
         by_partition = group_by_partition(activity)
         if not by_partition:
-            return []
+            return Hydration([], set())
         hot = await self.hot.hot_users(by_partition)
         returning = [u for users in by_partition.values() for u in users if u not in hot]
-        if not returning:
-            return []
+        return Hydration(await self.rehydrate(returning) if returning else [], hot)
+
+    async def rehydrate(self, user_ids: Collection[str]) -> list[Interaction]:
+        """These users' cold last-k as interactions to write, whatever the hot check said."""
+        returning = list(user_ids)
         loaded = await self.cold.load_last_k(returning)
         self._remember(snapshot for snapshot in loaded.values() if snapshot.items)
         rows = [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 import pytest
 
 from schemas.events import EventType
 from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
-from sinks.hot_store import RedisHotStore
+from sinks.hot_store import HotUsers, RedisHotStore
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction, hot_key
@@ -163,3 +164,59 @@ def test_a_flush_interrupted_after_deleting_keys_completes_on_the_next_pass(
 def test_group_by_partition_keeps_first_seen_order_without_duplicates() -> None:
     pairs = [(1, "a"), (0, "b"), (1, "a"), (1, "c")]
     assert group_by_partition(pairs) == {1: ["a", "c"], 0: ["b"]}
+
+
+def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first(
+    client: HotRedis, backend_settings: Settings
+) -> None:
+    """An eviction deleted u1's keys and a crash came before u1 left the active set, so
+    the hot check still says hot. The write sees u1's version key gone, writes nothing,
+    asks for u1's history and applies the batch again with it; u2 (intact) is counted
+    once; a later write with every key present asks for nothing."""
+
+    async def scenario() -> None:
+        store, sessions = await seed(
+            client,
+            backend_settings,
+            2,
+            [
+                Interaction("u1", EventType.VIEW, "p1", T0),
+                Interaction("u2", EventType.VIEW, "p5", T0),
+            ],
+        )
+        prefix = backend_settings.redis_key_prefix
+        await client.delete(hot_key(prefix, "u1", EventType.VIEW), sessions.version_key("u1"))
+        asked: list[set[str]] = []
+
+        async def rehydrate(users: Collection[str]) -> list[Interaction]:
+            asked.append(set(users))
+            return [
+                Interaction("u1", EventType.VIEW, "p1", T0),
+                Interaction("u1", EventType.VIEW, "p0", T0 - 1),
+            ]
+
+        hot = await sessions.hot_users({2: ["u1", "u2"]})
+        assert hot == {"u1", "u2"}  # the active set alone cannot tell
+        before = await store.applied_count()
+        batch = [
+            Interaction("u1", EventType.VIEW, "p2", T0 + 10),
+            Interaction("u2", EventType.VIEW, "p6", T0 + 10),
+        ]
+        await store.record(batch, {2: {"u1": T0 + 10, "u2": T0 + 10}}, hot=HotUsers(hot, rehydrate))
+        assert asked == [{"u1"}]
+        assert await store.last_k("u1", EventType.VIEW, 10) == [
+            ("p2", T0 + 10),
+            ("p1", T0),
+            ("p0", T0 - 1),
+        ]
+        assert await store.last_k("u2", EventType.VIEW, 10) == [("p6", T0 + 10), ("p5", T0)]
+        assert await store.applied_count() - before == len(batch)
+        assert await client.exists(sessions.version_key("u1")) == 1
+
+        later = [Interaction("u1", EventType.VIEW, "p3", T0 + 20)]
+        await store.record(later, {2: {"u1": T0 + 20}}, hot=HotUsers({"u1"}, rehydrate))
+        assert asked == [{"u1"}]
+        assert (await store.last_k("u1", EventType.VIEW, 1)) == [("p3", T0 + 20)]
+        await client.aclose()
+
+    run(scenario())

@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
-from sinks.events_producer import EventProducer
+from sinks.events_producer import DeliveryReport, EventProducer
 from sinks.interaction_reader import InteractionReader
 from streams.bootstrap import build_interaction_reader
-from streams.logic.lastk import Item, reference_last_k
+from streams.logic.lastk import Item, active_key, reference_last_k
 from streams.settings import Settings
 from tests.conftest import TcpProxy, on_backend, wait_for
 
@@ -152,13 +153,22 @@ def streams(draw: st.DrawFn, users: int = 4, products: int = 8) -> Stream:
     return Stream(built)
 
 
-def send_phase(settings: Settings, events: list[Event]) -> list[Event]:
-    """Send one phase with times relative to now; returns the events as sent."""
+def send_phase(
+    settings: Settings, events: list[Event], on_delivery: set[int] | None = None
+) -> list[Event]:
+    """Send one phase with times relative to now; returns the events as sent (and adds
+    the partitions they landed on to `on_delivery`)."""
     now_ms = int(time.time() * 1000)
     sent = [_at(event, now_ms + event.event_time_ms - RELATIVE) for event in events]
+    landed = on_delivery if on_delivery is not None else set()
+
+    def delivered(report: DeliveryReport) -> None:
+        if report.partition is not None:
+            landed.add(report.partition)
+
     with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
         for event in sent:
-            producer.send(event)
+            producer.send(event, delivered)
     return sent
 
 
@@ -394,6 +404,42 @@ def test_the_read_client_answers_from_both_tiers_on_a_cluster_too(
             settle(store, sent, running.log_text)
     finally:
         store.close()
+
+
+def test_a_user_back_after_an_eviction_a_crash_interrupted_gets_their_history(
+    session_settings: Settings, isolated_env: dict[str, str], store: Store, worker: Callable
+) -> None:
+    """An eviction deletes the user's keys, then leaves the active set; a crash between the
+    two leaves the user indexed without keys, and the worker's hot check (the active set)
+    says hot. Their next event must still bring their history back with it."""
+    history = [
+        Event(f"h-{i}", "h-u1", EventType.VIEW, RELATIVE - 10 + i, product_id=f"p{i}")
+        for i in range(3)
+    ]
+    partitions: set[int] = set()
+    with worker(isolated_env) as running:
+        sent = send_phase(session_settings, history, on_delivery=partitions)
+        settle(store, sent, running.log_text)
+        all_cold(store, {"h-u1"}, running.log_text)
+        [partition] = partitions
+        # The interrupted eviction: keys gone (the flush did that), still in the active set.
+        with redis.Redis.from_url(session_settings.redis_url) as client:
+            client.zadd(
+                active_key(session_settings.redis_key_prefix, partition),
+                {"h-u1": int(time.time() * 1000)},
+            )
+        back = [Event("h-back", "h-u1", EventType.VIEW, RELATIVE, product_id="p-new")]
+        sent += send_phase(session_settings, back)
+        wait_for(
+            lambda: store.tiers({"h-u1"}) == {"h-u1": "hot"},
+            10,
+            "the returning user to be hot",
+            on_fail=running.log_text,
+        )
+        # Hot again, in one write with their history: never the new event alone.
+        expected = reference_last_k(sent, session_settings.last_k)
+        assert store.state({"h-u1"}) == expected, _difference(store, expected, {"h-u1"})
+        assert "re-hydrating them" in running.log_text()
 
 
 def test_a_cold_tier_outage_blocks_flushes_and_returns_but_loses_nothing(
