@@ -10,8 +10,9 @@ Redis layout (documented in the README, readable from any language):
 Users are marked active (and their versions bumped) by the batch write itself
 (`RedisHotStore.record` with `activity`), in the same round trip as their last-k.
 A batch treats a user as *hot* when they are in their partition's active set (one ZMSCORE
-per partition); its write then checks that each of them still has a version key, which an
-eviction interrupted between its two steps leaves behind (`sinks.hot_store.HotUsers`).
+per partition); its write then checks that each of them still has a version key, since
+an eviction interrupted between its two steps (keys deleted, then leaving the active set)
+leaves the user in the set without keys (`sinks.hot_store.HotUsers`).
 The active set is the per-partition index ordered by last activity: finding ended
 sessions is one `ZRANGEBYSCORE` from the oldest end, never a scan of all users.
 

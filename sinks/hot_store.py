@@ -7,11 +7,12 @@ one round trip per node the batch touches.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
@@ -34,20 +35,36 @@ Activity = Mapping[int, Mapping[str, int]]
 #: Loads these users' cold last-k, as interactions to write (re-hydration).
 Rehydrate = Callable[[Collection[str]], Awaitable[Sequence[Interaction]]]
 
+T = TypeVar("T")
+
+
+class Retry(Protocol):
+    """Runs a call until it succeeds (the worker's `until_applied`), or just once."""
+
+    def __call__(self, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def run_once(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
+
 
 @dataclass(frozen=True, slots=True)
 class HotUsers:
     """The users of a batch its caller found hot (so it loaded no history for them), and
     how to load their history if their keys turn out to be gone.
 
-    Found hot means in the partition's active set; the keys can still be gone when an
-    eviction deleted them and a crash came before it left the active set (or when the
-    TTL removed them). The write checks, in the same script call, that each of these
-    users still has a version key.
+    Found hot means in the partition's active set. Their keys can still be gone: an
+    eviction deletes a user's keys, then removes them from the active set, and a crash or
+    an error between the two steps leaves them in the set without keys (so does their
+    version key's TTL). The write checks, in the same script call, that each of these
+    users still has a version key. Every one of them must be in the batch's activity.
+    `retry` runs the history load and the second write: the first write's effects (the
+    applied counter on a cluster) must not be repeated by a retry of the whole call.
     """
 
     users: Collection[str]
     rehydrate: Rehydrate
+    retry: Retry = run_once
 
 
 class HotStore(Protocol):
@@ -115,23 +132,29 @@ class RedisHotStore:
         script: no extra round trip.
         """
         applied = len(interactions) if counted is None else counted
+        activity = activity or {}
+        if not interactions and not any(activity.values()):
+            return 0
         expected = set(hot.users) if hot is not None else set()
+        missing = await self._apply(interactions, activity, expected, applied)
         rows, count = interactions, applied
-        while True:
-            # Only `hot` users are checked, so without them nothing is ever missing.
-            missing = await self._apply(rows, activity or {}, expected, count)
-            if not missing or hot is None:
-                return applied
+        # Only `hot` users are checked, so without them nothing is ever missing.
+        while missing and hot is not None:
             log.warning(
-                "%d users were in the active set without their keys (an eviction a crash "
-                "interrupted, or the TTL): re-hydrating them before applying their events",
+                "%d users were in the active set without their keys (an eviction that was "
+                "interrupted, or an expired version key): re-hydrating them before "
+                "applying their events",
                 len(missing),
             )
-            history = await hot.rehydrate(missing)
+            history = await hot.retry(functools.partial(hot.rehydrate, missing))
             rows = [*history, *rows]
             expected -= missing
             if not self._one_slot:
                 count = 0  # the cluster's counter went beside the refused calls: counted
+            missing = await hot.retry(
+                functools.partial(self._apply, rows, activity, expected, count)
+            )
+        return applied
 
     async def _apply(
         self,

@@ -225,10 +225,7 @@ class IngestPipeline:
                 history + prepared.interactions if history else prepared.interactions,
                 prepared.activity,
                 counted=len(prepared.interactions),
-                hot=HotUsers(
-                    hydration.hot,
-                    functools.partial(self._until_applied, self.sessions.rehydrate),
-                ),
+                hot=HotUsers(hydration.hot, self.sessions.rehydrate, retry=self._until_applied),
             )
             done = time.perf_counter()
             if done - waited > SLOW_BATCH_S:

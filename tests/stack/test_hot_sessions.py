@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +17,7 @@ from streams.logic.lastk import Interaction, hot_key
 from streams.settings import Settings
 
 T0 = 1_760_000_000_000
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -171,8 +173,9 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
 ) -> None:
     """An eviction deleted u1's keys and a crash came before u1 left the active set, so
     the hot check still says hot. The write sees u1's version key gone, writes nothing,
-    asks for u1's history and applies the batch again with it; u2 (intact) is counted
-    once; a later write with every key present asks for nothing."""
+    asks for u1's history (through `retry`: the first load fails) and applies the batch
+    again with it; u2 (intact) is counted once; a later write with every key present asks
+    for nothing."""
 
     async def scenario() -> None:
         store, sessions = await seed(
@@ -187,9 +190,12 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
         prefix = backend_settings.redis_key_prefix
         await client.delete(hot_key(prefix, "u1", EventType.VIEW), sessions.version_key("u1"))
         asked: list[set[str]] = []
+        retried: list[str] = []
 
         async def rehydrate(users: Collection[str]) -> list[Interaction]:
             asked.append(set(users))
+            if len(asked) == 1:
+                raise ConnectionError("the cold tier is away for a moment")
             return [
                 Interaction("u1", EventType.VIEW, "p1", T0),
                 Interaction("u1", EventType.VIEW, "p0", T0 - 1),
@@ -202,8 +208,20 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
             Interaction("u1", EventType.VIEW, "p2", T0 + 10),
             Interaction("u2", EventType.VIEW, "p6", T0 + 10),
         ]
-        await store.record(batch, {2: {"u1": T0 + 10, "u2": T0 + 10}}, hot=HotUsers(hot, rehydrate))
-        assert asked == [{"u1"}]
+
+        async def retry(call: Callable[[], Awaitable[T]]) -> T:
+            """Like the worker's `until_applied`: only this step runs again."""
+            while True:
+                try:
+                    return await call()
+                except ConnectionError as exc:
+                    retried.append(str(exc))
+
+        await store.record(
+            batch, {2: {"u1": T0 + 10, "u2": T0 + 10}}, hot=HotUsers(hot, rehydrate, retry)
+        )
+        assert asked == [{"u1"}, {"u1"}]
+        assert retried == ["the cold tier is away for a moment"]
         assert await store.last_k("u1", EventType.VIEW, 10) == [
             ("p2", T0 + 10),
             ("p1", T0),
@@ -214,8 +232,8 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
         assert await client.exists(sessions.version_key("u1")) == 1
 
         later = [Interaction("u1", EventType.VIEW, "p3", T0 + 20)]
-        await store.record(later, {2: {"u1": T0 + 20}}, hot=HotUsers({"u1"}, rehydrate))
-        assert asked == [{"u1"}]
+        await store.record(later, {2: {"u1": T0 + 20}}, hot=HotUsers({"u1"}, rehydrate, retry))
+        assert len(asked) == 2
         assert (await store.last_k("u1", EventType.VIEW, 1)) == [("p3", T0 + 20)]
         await client.aclose()
 

@@ -422,11 +422,12 @@ def test_a_user_back_after_an_eviction_a_crash_interrupted_gets_their_history(
         settle(store, sent, running.log_text)
         all_cold(store, {"h-u1"}, running.log_text)
         [partition] = partitions
-        # The interrupted eviction: keys gone (the flush did that), still in the active set.
+        # The interrupted eviction: keys gone (the flush did that), still in the active
+        # set; with a score a minute ahead, so no flush pass completes the eviction first.
         with redis.Redis.from_url(session_settings.redis_url) as client:
             client.zadd(
                 active_key(session_settings.redis_key_prefix, partition),
-                {"h-u1": int(time.time() * 1000)},
+                {"h-u1": int(time.time() * 1000) + 60_000},
             )
         back = [Event("h-back", "h-u1", EventType.VIEW, RELATIVE, product_id="p-new")]
         sent += send_phase(session_settings, back)
