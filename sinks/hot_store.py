@@ -11,7 +11,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -166,66 +166,76 @@ class RedisHotStore:
         """One attempt; returns the expected-hot users whose keys were gone (their script
         calls wrote nothing)."""
         writes = plan_writes(interactions, self._prefix, self._last_k)
-        versions: list[_Version] = []
+        versions = _Versions()
+        owners: dict[str, str] = {}  # checked version key -> user
         for partition, latest in activity.items():
             if latest:
                 writes.append(
                     KeyWrite(key=active_key(self._prefix, partition), keep=0, members=dict(latest))
                 )
-                versions.extend(
-                    _Version(version_key(self._prefix, user_id), user_id, user_id in expected)
-                    for user_id in latest
-                )
-        if not writes and not versions:
+                for user_id in latest:
+                    key = version_key(self._prefix, user_id)
+                    if user_id in expected:
+                        versions.checked.append(key)
+                        owners[key] = user_id
+                    else:
+                        versions.unchecked.append(key)
+        if not writes:
             return set()
         if self._one_slot:
             # One script call for the whole batch: with a pipeline, redis-py's per-command
             # cost (3 commands per key, packed and parsed in Python) was most of the write.
-            keys, args, owners = self._script_call(writes, versions, self.stats_key, applied)
+            keys, args = self._script_call(writes, versions, self.stats_key, applied)
             refused = await self._script(keys=keys, args=args)
             return _missing_users(refused, owners)
-        return await self._apply_on_cluster(writes, versions, applied)
+        return await self._apply_on_cluster(writes, versions, owners, applied)
 
     async def _apply_on_cluster(
-        self, writes: Sequence[KeyWrite], versions: Sequence[_Version], applied: int
+        self,
+        writes: Sequence[KeyWrite],
+        versions: _Versions,
+        owners: Mapping[str, str],
+        applied: int,
     ) -> set[str]:
         """A script may only touch one slot: one call per slot (a user's hash tag or a
         partition's), all in one pipeline; the counter (another slot) goes beside them."""
-        by_slot: dict[int, tuple[list[KeyWrite], list[_Version]]] = {}
+        by_slot: dict[int, tuple[list[KeyWrite], _Versions]] = {}
+
+        def group_of(key: str) -> tuple[list[KeyWrite], _Versions]:
+            slot = key_slot(key.encode())
+            group = by_slot.get(slot)
+            if group is None:
+                group = by_slot[slot] = ([], _Versions())
+            return group
+
         for write in writes:
-            by_slot.setdefault(key_slot(write.key.encode()), ([], []))[0].append(write)
-        for version in versions:
-            by_slot.setdefault(key_slot(version.key.encode()), ([], []))[1].append(version)
-        calls: list[ScriptCall] = []
-        owners: dict[str, str] = {}
+            group_of(write.key)[0].append(write)
+        for key in versions.checked:
+            group_of(key)[1].checked.append(key)
+        for key in versions.unchecked:
+            group_of(key)[1].unchecked.append(key)
+        calls = []
         for group, group_versions in by_slot.values():
             # The first key only routes the call; with a count of 0 it is left alone.
-            router = group[0].key if group else group_versions[0].key
-            keys, args, group_owners = self._script_call(group, group_versions, router, 0)
-            calls.append((keys, args))
-            owners.update(group_owners)
+            router = (
+                group[0].key if group else [*group_versions.checked, *group_versions.unchecked][0]
+            )
+            calls.append(self._script_call(group, group_versions, router, 0))
         counter = [("INCRBY", self.stats_key, applied)] if applied else []
         results = await self._cluster_script.run(calls, extra=counter)
         return {user for refused in results for user in _missing_users(refused, owners)}
 
     def _script_call(
-        self, writes: Sequence[KeyWrite], versions: Sequence[_Version], counter: str, applied: int
-    ) -> tuple[list[str], list[str | int], dict[str, str]]:
-        """KEYS, ARGV, and the owner of each version key that must exist."""
-        checked = [version for version in versions if version.must_exist]
-        keys = [
-            counter,
-            *(write.key for write in writes),
-            *(version.key for version in checked),
-            *(version.key for version in versions if not version.must_exist),
-        ]
+        self, writes: Sequence[KeyWrite], versions: _Versions, counter: str, applied: int
+    ) -> ScriptCall:
+        keys = [counter, *(write.key for write in writes), *versions.checked, *versions.unchecked]
         batch = [
             self._ttl_s,
             applied,
             [(write.keep, write.members) for write in writes],
-            len(checked),
+            len(versions.checked),
         ]
-        return keys, [_compact_json(batch)], {v.key: v.user_id for v in checked}
+        return keys, [_compact_json(batch)]
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
         key = hot_key(self._prefix, user_id, event_type)
@@ -304,13 +314,13 @@ return missing
 """
 
 
-@dataclass(frozen=True, slots=True)
-class _Version:
-    """A version key a batch bumps; `must_exist` when its user was found hot."""
+@dataclass(slots=True)
+class _Versions:
+    """The version keys a batch bumps: of users found hot (checked: they must exist) and
+    of the others."""
 
-    key: str
-    user_id: str
-    must_exist: bool
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
 
 def _missing_users(refused: object, owners: Mapping[str, str]) -> set[str]:
