@@ -56,8 +56,11 @@ class HotUsers:
     Found hot means in the partition's active set. Their keys can still be gone: an
     eviction deletes a user's keys, then removes them from the active set, and a crash or
     an error between the two steps leaves them in the set without keys (so does their
-    version key's TTL). The write checks, in the same script call, that each of these
-    users still has a version key. Every one of them must be in the batch's activity.
+    version key's TTL). And during a rebalance the partition's previous owner, still
+    flushing, can evict a user between this worker's hot check and its write (the lock
+    that orders them is per worker). The write checks, in the same script call, that each
+    of these users still has a version key. Every one of them must be in the batch's
+    activity.
     `retry` runs the history load and the second write: the first write's effects (the
     applied counter on a cluster) must not be repeated by a retry of the whole call.
     """
@@ -141,9 +144,9 @@ class RedisHotStore:
         # Only `hot` users are checked, so without them nothing is ever missing.
         while missing and hot is not None:
             log.warning(
-                "%d users were in the active set without their keys (an eviction that was "
-                "interrupted, or an expired version key): re-hydrating them before "
-                "applying their events",
+                "%d users were in the active set without their keys (an interrupted "
+                "eviction, another worker's eviction during a rebalance, or an expired "
+                "version key): re-hydrating them before applying their events",
                 len(missing),
             )
             history = await hot.retry(functools.partial(hot.rehydrate, missing))
