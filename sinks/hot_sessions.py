@@ -4,8 +4,10 @@ Redis layout (documented in the README, readable from any language):
 
     <prefix>:active:{p<N>}   sorted set per events-topic partition N:
                              member = user id, score = newest event time (ms) of the session
-    <prefix>:{<user>}:v      string, the user's write version: +1 on every batch that
-                             touched the user (same hash tag as the user's last-k keys)
+    <prefix>:{<user>}:v      string, the user's write version: starts at the server's
+                             clock in microseconds (never repeats after an eviction),
+                             +1 on every batch that touched the user (same hash tag as
+                             the user's last-k keys)
 
 Users are marked active (and their versions bumped) by the batch write itself
 (`RedisHotStore.record` with `activity`), in the same round trip as their last-k.

@@ -183,6 +183,9 @@ class RedisHotStore:
                         owners[key] = user_id
                     else:
                         versions.unchecked.append(key)
+        if len(owners) != len(expected):
+            # A hot user outside the activity would go unchecked: a caller's mistake.
+            raise ValueError("every user in `hot` must be in the batch's activity")
         if not writes:
             return set()
         if self._one_slot:
@@ -268,7 +271,10 @@ class RedisHotStore:
 #: Per last-k key (keep > 0): ZADD GT (a redelivered or late event never moves a product
 #: back in time; new members are always added), keep only the newest `keep` by score
 #: (event time), refresh the TTL. Per active set (keep = 0): ZADD GT only (a session's end
-#: never moves back). Per version key: INCR and refresh the TTL. At most 1000 pairs per
+#: never moves back). Per version key: INCR and refresh the TTL; a new one starts at the
+#: server's clock in microseconds, so a user's version never repeats after an eviction (an
+#: eviction retried with the version of before, e.g. by the client after a lost reply,
+#: must not match the keys a new session wrote since). At most 1000 pairs per
 #: ZADD (Lua's unpack limit). Idempotent except the version bump, which only has to change.
 #: Returns the missing version keys (an empty list when the batch was written).
 _APPLY_LUA = """
@@ -307,7 +313,10 @@ for i = 1, #writes do
   end
 end
 for i = #writes + 2, #KEYS do
-  redis.call('INCR', KEYS[i])
+  if redis.call('INCR', KEYS[i]) == 1 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[i], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
+  end
   redis.call('EXPIRE', KEYS[i], ttl)
 end
 if batch[2] > 0 then

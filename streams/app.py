@@ -128,10 +128,12 @@ def build_app(
 class IngestPipeline:
     """What happens to a batch: admit, dead-letter, re-hydrate, apply; and the flush.
 
-    A batch and a flush's evictions take turns (`SessionKeeper.turn`), so a user is never
-    evicted between a batch's hot check and its write; the rest of a flush runs beside
-    the batches. Every store call goes through `until_applied`: a service that is down is
-    retried with backoff and the caller does not move on (or commit).
+    A batch and a flush's evictions take turns (`SessionKeeper.turn`), so this worker
+    never evicts a user between a batch's hot check and its write (another worker's
+    eviction there is caught by the write: `sinks.hot_store.HotUsers`); the rest of a
+    flush runs beside the batches. Every store call goes through `until_applied`: a
+    service that is down is retried with backoff and the caller does not move on (or
+    commit).
     """
 
     def __init__(
@@ -225,7 +227,9 @@ class IngestPipeline:
                 history + prepared.interactions if history else prepared.interactions,
                 prepared.activity,
                 counted=len(prepared.interactions),
-                hot=HotUsers(hydration.hot, self.sessions.rehydrate, retry=self._until_applied),
+                hot=HotUsers(
+                    hydration.hot, self.sessions.rehydrate_unkeyed, retry=self._until_applied
+                ),
             )
             done = time.perf_counter()
             if done - waited > SLOW_BATCH_S:

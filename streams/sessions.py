@@ -11,8 +11,10 @@ sequences the I/O so that nothing is ever lost:
 - every step is idempotent, so a crash anywhere means the step runs again later.
 
 Within a worker a batch (hot check, re-hydration, write) and a flush's eviction never
-overlap (`SessionKeeper.turn`): otherwise a user evicted between a batch's hot check and
-its write would get their new events without their history. The rest of a flush (the
+overlap (`SessionKeeper.turn`), so a user is not evicted between a batch's hot check and
+its write. Across workers (a rebalance, with the old owner still flushing) the write
+itself catches that case: it refuses users found hot whose keys are gone, and they are
+re-hydrated (`rehydrate_unkeyed`; `sinks.hot_store.HotUsers`). The rest of a flush (the
 Redis reads and the cold writes, most of its time) runs beside the batches, so a flush
 does not hold up ingest: a batch that writes to a user meanwhile changes their last
 activity or their version (every write changes the version), and the eviction, which
@@ -60,6 +62,7 @@ class SessionCounters:
     hydrated_items: int = 0
     flushed_users: int = 0
     flush_skipped: int = 0  # users active again between snapshot and eviction
+    hot_without_keys: int = 0  # found hot, keys gone at the write: re-hydrated
     flush_passes: int = 0
 
 
@@ -131,6 +134,13 @@ class SessionKeeper:
         hot = await self.hot.hot_users(by_partition)
         returning = [u for users in by_partition.values() for u in users if u not in hot]
         return Hydration(await self.rehydrate(returning) if returning else [], hot)
+
+    async def rehydrate_unkeyed(self, user_ids: Collection[str]) -> list[Interaction]:
+        """`rehydrate` for users found hot whose keys the write found gone (an interrupted
+        or another worker's eviction), counted apart so operators can see it happen."""
+        rows = await self.rehydrate(user_ids)
+        self.counters.hot_without_keys += len(user_ids)
+        return rows
 
     async def rehydrate(self, user_ids: Collection[str]) -> list[Interaction]:
         """These users' cold last-k as interactions to write, whatever the hot check said."""

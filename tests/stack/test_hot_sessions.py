@@ -82,7 +82,7 @@ def test_snapshot_then_evict_moves_a_user_out_completely(
             EventType.VIEW: [("p2", T0 + 1), ("p1", T0)],
             EventType.ORDER: [("p2", T0 + 2)],
         }
-        assert snapshot.version == "1"
+        assert int(snapshot.version) > 1_700_000_000 * 10**6  # began at the server clock, us
         evicted = await sessions.evict([snapshot])
         assert evicted == [snapshot.session]
         assert await sessions.hot_users({0: ["u1"]}) == set()
@@ -235,6 +235,51 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
         await store.record(later, {2: {"u1": T0 + 20}}, hot=HotUsers({"u1"}, rehydrate, retry))
         assert len(asked) == 2
         assert (await store.last_k("u1", EventType.VIEW, 1)) == [("p3", T0 + 20)]
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_an_eviction_sent_again_with_the_old_version_never_deletes_a_new_session(
+    client: HotRedis, backend_settings: Settings
+) -> None:
+    """A version starts at the server's clock, so it never repeats after an eviction: an
+    eviction sent again with the version of before (the client retrying after a lost
+    reply, say) does not match the keys of a session that began since."""
+
+    async def scenario() -> None:
+        store, sessions = await seed(
+            client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
+        )
+        [snapshot] = await sessions.snapshots(await sessions.ended(1, T0 + 100, 10))
+        assert await sessions.evict([snapshot]) == [snapshot.session]
+        # A new session, one batch like the old one.
+        await seed(client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p2", T0 + 200)])
+        assert await client.get(sessions.version_key("u1")) != snapshot.version.encode()
+        await sessions.evict([snapshot])  # the old eviction, again
+        assert await store.last_k("u1", EventType.VIEW, 10) == [("p2", T0 + 200)]
+        assert await sessions.hot_users({1: ["u1"]}) == {"u1"}
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_hot_users_outside_the_batch_activity_are_refused(
+    client: HotRedis, backend_settings: Settings
+) -> None:
+    async def rehydrate(users: Collection[str]) -> list[Interaction]:
+        raise AssertionError(f"not expected: {users}")
+
+    async def scenario() -> None:
+        store, _ = await seed(
+            client, backend_settings, 1, [Interaction("u1", EventType.VIEW, "p1", T0)]
+        )
+        with pytest.raises(ValueError, match="must be in the batch's activity"):
+            await store.record(
+                [Interaction("u1", EventType.VIEW, "p2", T0 + 1)],
+                {1: {"u1": T0 + 1}},
+                hot=HotUsers({"u1", "u2"}, rehydrate),
+            )
         await client.aclose()
 
     run(scenario())

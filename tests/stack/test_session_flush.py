@@ -113,9 +113,9 @@ def test_a_user_evicted_by_another_worker_after_the_hot_check_is_re_hydrated(
                 [Interaction("u1", EventType.VIEW, "p3", at)],
                 {PARTITION: {"u1": at}},
                 counted=1,
-                hot=HotUsers(hydration.hot, new_owner.rehydrate),
+                hot=HotUsers(hydration.hot, new_owner.rehydrate_unkeyed),
             )
-            assert new_owner.counters.hydrated_users == 1
+            assert new_owner.counters.hot_without_keys == 1
             return await store.last_k("u1", EventType.VIEW, 10)
         finally:
             await cold.close()
