@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -28,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dotenv import dotenv_values
 from harness import ROOT, Table, ensure_stack, write_results
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
@@ -36,7 +34,7 @@ from sinks.hot_store import HotUsers, RedisHotStore
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction
-from streams.settings import Settings, stack_env_file
+from streams.settings import Settings, stack_cluster_url
 
 #: Events per batch: about what a 5k/s stream delivers per fetch, and an ingest catch-up.
 BATCH_SIZES = (500, 5_000)
@@ -123,14 +121,6 @@ async def cleanup(client: HotRedis, prefix: str) -> None:
             await pipe.execute()
 
 
-def cluster_url() -> str | None:
-    env_file = stack_env_file()
-    from_file = (
-        dotenv_values(env_file).get("SIGNALS_REDIS_CLUSTER_URL") if env_file.exists() else None
-    )
-    return os.environ.get("SIGNALS_REDIS_CLUSTER_URL") or from_file
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=100, help="batches per size (default 100)")
@@ -142,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_stack(say=print)
     base = Settings.load()
     backends = {"single Redis": base.model_copy(update={"redis_key_prefix": _prefix()})}
-    url = cluster_url()
+    url = stack_cluster_url()
     if url:
         backends["Redis Cluster"] = base.model_copy(
             update={"redis_url": url, "redis_cluster": True, "redis_key_prefix": _prefix()}

@@ -224,7 +224,7 @@ class RedisHotStore:
         for group, group_versions in by_slot.values():
             # The first key only routes the call; with a count of 0 it is left alone.
             router = (
-                group[0].key if group else [*group_versions.checked, *group_versions.unchecked][0]
+                group[0].key if group else (group_versions.checked or group_versions.unchecked)[0]
             )
             calls.append(self._script_call(group, group_versions, router, 0))
         counter = [("INCRBY", self.stats_key, applied)] if applied else []

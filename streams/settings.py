@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +36,16 @@ def state_dir() -> Path:
 
 def stack_env_file() -> Path:
     return state_dir() / "stack.env"
+
+
+def stack_cluster_url() -> str | None:
+    """The local stack's Redis Cluster (tests, benchmarks); a real variable wins over the
+    env file, as in Settings. None when neither has one."""
+    env_file = stack_env_file()
+    from_file = (
+        dotenv_values(env_file).get("SIGNALS_REDIS_CLUSTER_URL") if env_file.exists() else None
+    )
+    return os.environ.get("SIGNALS_REDIS_CLUSTER_URL") or from_file
 
 
 class Settings(BaseSettings):

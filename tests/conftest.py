@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dotenv import dotenv_values
 
-from streams.settings import Settings, stack_env_file
+from streams.settings import Settings, stack_cluster_url, stack_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,13 +147,9 @@ def free_port() -> int:
 
 def cluster_url() -> str:
     """The stack's Redis Cluster; a real variable wins over the env file, as in Settings."""
-    env_file = stack_env_file()
-    from_file = (
-        dotenv_values(env_file).get("SIGNALS_REDIS_CLUSTER_URL") if env_file.exists() else None
-    )
-    url = os.environ.get("SIGNALS_REDIS_CLUSTER_URL") or from_file
+    url = stack_cluster_url()
     if not url:
-        pytest.fail(f"no SIGNALS_REDIS_CLUSTER_URL in the environment or {env_file}")
+        pytest.fail(f"no SIGNALS_REDIS_CLUSTER_URL in the environment or {stack_env_file()}")
     return url
 
 
