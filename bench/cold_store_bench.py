@@ -41,6 +41,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ if str(ROOT) not in sys.path:
 from infra.migrate import apply_migrations  # noqa: E402
 from schemas.events import EventType  # noqa: E402
 from sinks.cold_store import CqlColdStore, _BatchEntry, _raw_batch  # noqa: E402
-from sinks.cql import connect, driver_name  # noqa: E402
+from sinks.cql import connect  # noqa: E402
 from streams.logic.cold_layout import day_of, history_blocks, unstored_items  # noqa: E402
 from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
 from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
@@ -402,7 +403,7 @@ def run(session: Any, settings: Settings, tag: str, args: argparse.Namespace) ->
         "sync_read": sync,
         "targets": {"flush_users_per_s": 2000, "rehydrate_p99_ms": 20},
         "cql_server": f"{settings.cql_hosts}:{settings.cql_port}",
-        "driver": driver_name(),
+        "driver": f"scylla-driver {metadata.version('scylla-driver')}",
         "python": platform.python_version(),
     }
 

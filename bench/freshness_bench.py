@@ -15,11 +15,8 @@ the producer's loop does not delay their clocks (CLOCK_MONOTONIC is system-wide)
 Probes sent in the first `--warmup` seconds are not counted (every user is new then, so
 every batch also reads the cold tier). Writes bench/results/freshness.json.
 
-On the local mock broker, each phase deletes the records its consumer has finished with
-(the worker's committed offsets, the raw consumer's positions) once a second: the mock
-walks a partition's whole log to find a fetch offset, so without this its CPU grows with
-every second of traffic and that, not the pipeline, sets the tail (see
-`harness.LogTrimmer`; `--no-trim` shows it). Kafka finds offsets through an index.
+It also reports the CPU share of the local Kafka broker (both phases) and of the worker,
+and the worker's memory at the start and end of the traffic.
 
     .venv/bin/python bench/freshness_bench.py [--rate 5000] [--seconds 30] [--warmup 5]
 """
@@ -42,9 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
     ROOT,
-    GroupCommits,
     Isolated,
-    LogTrimmer,
     Table,
     WorkerProcess,
     broker_pid,
@@ -142,13 +137,10 @@ def consume_raw(
     fetch_max_wait_ms: int,
     ready: MpEvent,
     seen: Synchronized[int],
-    positions: Any,
     stop: MpEvent,
     out: mp.Queue[dict[int, float]],
 ) -> None:
-    """Process: a raw aiokafka consumer from the end of every partition; probe arrivals.
-
-    `positions[p]` is the next offset it needs from partition p (for the log trimmer)."""
+    """Process: a raw aiokafka consumer from the end of every partition; probe arrivals."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
 
     async def run() -> dict[int, float]:
@@ -170,12 +162,11 @@ def consume_raw(
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=100)
                 now = time.monotonic()
-                for tp, records in batches.items():
+                for records in batches.values():
                     for record in records:
                         key = record.key or b""
                         if key.startswith(b"probe-"):
                             arrivals[int(key[6:])] = now
-                    positions[tp.partition] = records[-1].offset + 1
                 seen.value = len(arrivals)
         finally:
             await consumer.stop()
@@ -325,11 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=5, help="seconds of traffic before probes count (5)"
     )
     parser.add_argument(
-        "--no-trim",
-        action="store_true",
-        help="keep every record on the local mock broker (shows its per-fetch cost growing)",
-    )
-    parser.add_argument(
         "--env",
         metavar="KEY=VALUE",
         action="append",
@@ -393,16 +379,10 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         print("encoding the background traffic ...", flush=True)
         schedule = Schedule.encode(events)
         poller.start()
-        commits = GroupCommits(
-            settings, settings.events_topic, settings.events_partitions, settings.app_id
-        )
         try:
             print(f"worker: {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
             applied_before = applied_count(iso)
-            with (
-                Usage(broker_pid(settings), worker.pid) as usage,
-                trimming(settings, commits, args.no_trim) as trimmer,
-            ):
+            with Usage(broker_pid(), worker.pid) as usage:
                 sent_at, background, elapsed = send_traffic(iso, schedule, total, sent, poll_seen)
             applied_rate = (applied_count(iso) - applied_before) / elapsed
             wait_for_seen(poll_seen, len(sent_at))
@@ -411,14 +391,11 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
             if not worker.alive():
                 raise RuntimeError(f"worker exited during the run; log:\n{worker.tail()}")
         finally:
-            commits.close()
             stop.set()
             stop_process(poller)
 
     # Phase 2: the same traffic to a raw consumer (the transport floor under the worker).
-    raw_sent_at, consumed, raw_usage, raw_trimmer = raw_phase(
-        iso, settings, events, total, args.no_trim
-    )
+    raw_sent_at, consumed, raw_usage = raw_phase(iso, settings, events, total)
 
     raw_counted = [n for n, t in enumerate(raw_sent_at) if t - raw_sent_at[0] >= args.warmup]
     floor = percentiles(
@@ -455,16 +432,13 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "partitions": settings.events_partitions,
         "worker_settings": args.worker_env,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        # Share of one core while sending: the mock broker and the worker in phase 1, the
+        # Share of one core while sending: the Kafka broker and the worker in phase 1, the
         # broker alone in phase 2 (the raw consumer is not measured).
         "worker_rss_mb": usage.rss_mb[1],
         "per_minute": per_minute(probes),
         "broker_cpu_share": usage.shares[0],
         "worker_cpu_share": usage.shares[1],
         "broker_cpu_share_raw_phase": raw_usage.shares[0],
-        "mock_log_trimmed": trimmer.active and not args.no_trim,
-        "records_trimmed": trimmer.records_deleted,
-        "trim_errors": (trimmer.errors + raw_trimmer.errors)[:5],
     }
 
 
@@ -516,18 +490,12 @@ def per_minute(probes: list[tuple[float, float | None]]) -> list[dict[str, Any]]
     return [{"minute": m + 1, **percentiles(samples)} for m, samples in sorted(minutes.items())]
 
 
-def trimming(settings: Settings, offsets: Any, disabled: bool) -> LogTrimmer:
-    """A trimmer for the isolated topic; `--no-trim` gives one with nothing to trim."""
-    return LogTrimmer(settings, dict if disabled else offsets)
-
-
 def raw_phase(
-    iso: Isolated, settings: Settings, events: list[Event], total: float, no_trim: bool
-) -> tuple[list[float], dict[int, float], Usage, LogTrimmer]:
+    iso: Isolated, settings: Settings, events: list[Event], total: float
+) -> tuple[list[float], dict[int, float], Usage]:
     """The same traffic, read by a raw aiokafka consumer: probe send times and arrivals."""
     ctx = mp.get_context("spawn")
     raw_sent, raw_seen, stop, ready = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event(), ctx.Event()
-    positions = ctx.Array("q", settings.events_partitions)
     raw_out: mp.Queue[dict[int, float]] = ctx.Queue()
     raw = ctx.Process(
         target=consume_raw,
@@ -538,7 +506,6 @@ def raw_phase(
             "fetch_max_wait_ms": settings.fetch_max_wait_ms,
             "ready": ready,
             "seen": raw_seen,
-            "positions": positions,
             "stop": stop,
             "out": raw_out,
         },
@@ -550,12 +517,7 @@ def raw_phase(
         print("encoding the background traffic again ...", flush=True)
         schedule = Schedule.encode(events)
         print(f"raw consumer: the same traffic for {total:g}s ...")
-        with (
-            Usage(broker_pid(settings)) as usage,
-            trimming(
-                settings, lambda: {p: o for p, o in enumerate(positions[:]) if o > 0}, no_trim
-            ) as trimmer,
-        ):
+        with Usage(broker_pid()) as usage:
             raw_sent_at, _, _ = send_traffic(iso, schedule, total, raw_sent, raw_seen)
         wait_for_seen(raw_seen, len(raw_sent_at))
         stop.set()
@@ -564,7 +526,7 @@ def raw_phase(
         stop.set()
         stop_process(raw)
 
-    return raw_sent_at, consumed, usage, trimmer
+    return raw_sent_at, consumed, usage
 
 
 def wait_for_seen(seen: Synchronized[int], expected: int, timeout_s: float = 10) -> None:
@@ -605,18 +567,11 @@ def report(r: dict[str, Any]) -> None:
     )
     table.add("probes not visible after 10 s", r["probes_lost"], "", "counted probes")
     if r["broker_cpu_share"] is not None:
-        trimmed = (
-            f"consumed records deleted once a second ({r['records_trimmed']:,})"
-            if r["mock_log_trimmed"]
-            else "log kept whole (--no-trim)"
-        )
-        if r["trim_errors"]:
-            trimmed += f"; trimming failed: {r['trim_errors'][0]}"
         table.add(
-            "mock broker CPU (worker phase)",
+            "Kafka broker CPU (worker phase)",
             round(100 * r["broker_cpu_share"], 1),
             "% of a core",
-            f"{100 * r['broker_cpu_share_raw_phase']:.1f}% in the raw phase; {trimmed}",
+            f"{100 * r['broker_cpu_share_raw_phase']:.1f}% in the raw phase",
         )
     if r["worker_cpu_share"] is not None:
         table.add("worker CPU", round(100 * r["worker_cpu_share"], 1), "% of a core")

@@ -10,9 +10,7 @@ One script per measurement (`bench/*_bench.py`) builds on these:
 - `live_traffic()`, `retime()` synthetic events generated up front, then shifted to start
                               now, for benches that send each event when its time comes
 - `percentiles()`             p50/p95/p99/max of latency samples
-- `cpu_seconds()`, `broker_pid()` CPU time of a process; the local mock broker's pid
-- `LogTrimmer`, `GroupCommits` delete what a consumer has finished with from the mock
-                              broker's partitions while a bench runs (see `LogTrimmer`)
+- `cpu_seconds()`, `broker_pid()` CPU time of a process; the local Kafka broker's pid
 - `WorkerProcess`             `signals worker` as a subprocess with the isolated environment,
                               optionally from another source tree (a git ref, for before/after)
 - `exported_tree()`           a git ref exported to a temporary folder
@@ -40,7 +38,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -122,7 +119,7 @@ def _stack_answers() -> bool:
 class Isolated:
     """A benchmark's own topics, consumer group, Redis keys and keyspace on the shared stack.
 
-    `cleanup()` deletes the Redis keys and drops the keyspace; it also runs at interpreter
+    `cleanup()` deletes the Redis keys, the keyspace and the topics; it also runs at interpreter
     exit for anything a bench did not clean up (a failed run leaves nothing behind).
     """
 
@@ -172,16 +169,19 @@ class Isolated:
             cluster.shutdown()
 
     def cleanup(self) -> None:
-        """Delete the Redis keys and drop the keyspace (topics: in-memory mock). Removes the
-        exit hook that would otherwise do it."""
+        """Delete the Redis keys, drop the keyspace and delete the topics. Removes the exit
+        hook that would otherwise do it."""
+        from infra.topics import delete_topics  # noqa: PLC0415
+
         self.cleanup_redis()
         self.drop_keyspace()
+        delete_topics(self.settings)
         atexit.unregister(self.cleanup_in_subprocess)
 
     def cleanup_in_subprocess(self) -> None:
         """The exit hook: `cleanup()` in a fresh interpreter, because at exit the CQL
         driver can no longer start its threads (no new futures after shutdown begins)."""
-        print(f"cleaning up {self.tag} (Redis keys, keyspace) ...", flush=True)
+        print(f"cleaning up {self.tag} (Redis keys, keyspace, topics) ...", flush=True)
         subprocess.run(
             [sys.executable, __file__, "cleanup"],
             cwd=ROOT,
@@ -244,113 +244,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def broker_pid(settings: Settings) -> int | None:
-    """The local mock broker's process id; None on a real Kafka cluster."""
-    if not settings.kafka_mock_control:
-        return None
-    from infra.kafka_mock import control  # noqa: PLC0415
+def broker_pid() -> int | None:
+    """The local stack's Kafka broker's process id; None when it is not ours (a remote
+    cluster, or a stack some other way)."""
+    from infra.kafka_server import KafkaService  # noqa: PLC0415
+    from infra.stack import load_config  # noqa: PLC0415
 
-    reply = control(settings.kafka_mock_control, {"op": "ping"})
-    return int(reply["pid"]) if reply.get("ok") else None
-
-
-class GroupCommits:
-    """A consumer group's committed offsets on a topic, read without joining the group."""
-
-    def __init__(self, settings: Settings, topic: str, partitions: int, group: str) -> None:
-        from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
-
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": group,
-                "enable.auto.commit": False,
-            }
-        )
-        self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
-
-    def __call__(self) -> dict[int, int]:
-        committed = self._consumer.committed(self._partitions, timeout=5)
-        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-class LogTrimmer:
-    """Once a second, delete the records a consumer has finished with from the local mock
-    broker (`rd_kafka_mock_partition_delete_records`, as retention would). No-op on Kafka.
-
-    Why: the mock finds a fetch's offset by walking the partition's list of produce
-    batches from the oldest (librdkafka `rd_kafka_mock_msgset_find`, whose source notes
-    that an index is still to be written), so every fetch costs more as the log grows:
-    at 5k events/s one tailing consumer took the mock from 6% to 61% of a core in 60 s,
-    and to a flat 5-6% with trimming. Kafka looks offsets up in an index, so the cost
-    there does not grow.
-    `offsets()` returns {partition: first offset still needed}; nothing below it is read
-    again by the bench, so trimming loses nothing.
-    """
-
-    def __init__(
-        self, settings: Settings, offsets: Callable[[], dict[int, int]], every_s: float = 1.0
-    ) -> None:
-        self._control = settings.kafka_mock_control
-        self._topic = settings.events_topic
-        self._offsets = offsets
-        self._every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-trimmer", daemon=True)
-        self._trimmed: dict[int, int] = {}
-        self.errors: list[str] = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self._control)
-
-    @property
-    def records_deleted(self) -> int:
-        """Records deleted so far (the topic is the bench's own, so it began at offset 0)."""
-        return sum(self._trimmed.values())
-
-    def __enter__(self) -> LogTrimmer:
-        if self.active:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()  # a round is bounded: 5 s for offsets, 5 s per control call
-
-    def _run(self) -> None:
-        from infra.kafka_mock import control  # noqa: PLC0415
-
-        control_path = self._control
-        assert control_path, "started only on the mock broker"
-        while not self._stop.wait(self._every_s):
-            try:
-                offsets = self._offsets()
-            except Exception as exc:  # a slow read skips one round; the bench goes on
-                self.errors.append(f"offsets: {exc}")
-                continue
-            for partition, offset in offsets.items():
-                if offset <= self._trimmed.get(partition, 0):
-                    continue
-                request = {
-                    "op": "delete_records",
-                    "name": self._topic,
-                    "partition": partition,
-                    "before_offset": offset,
-                }
-                try:
-                    reply = control(control_path, request)
-                except OSError as exc:  # the broker busy or gone: try again next round
-                    self.errors.append(f"partition {partition}: {exc}")
-                    continue
-                if reply.get("ok"):
-                    self._trimmed[partition] = offset
-                else:
-                    self.errors.append(f"partition {partition}: {reply.get('error')}")
+    return KafkaService(load_config()).pid()
 
 
 @dataclass

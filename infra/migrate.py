@@ -1,4 +1,4 @@
-"""Idempotent CQL migrations for the cold tier (Cassandra 2.1 and ScyllaDB alike).
+"""Idempotent CQL migrations for the cold tier (ScyllaDB and Cassandra 5 alike).
 
 Migrations are the numbered `.cql` files in `infra/cql/`, applied in order. Each applied
 version is recorded in `schema_migrations`; every statement is `IF NOT EXISTS`, so a run

@@ -1,17 +1,20 @@
 """`signals-stack`: the local stack of real services, without Docker.
 
-    up       start Redis, a 3-master Redis Cluster, the mock Kafka broker and Cassandra 2.1
-             (idempotent), write the env file, create the declared topics and apply the
-             CQL migrations
+    up       start Redis, a 3-master Redis Cluster, Apache Kafka 4 (KRaft) and Apache
+             Cassandra 5.0 (idempotent; the two JVM servers are fetched from Maven Central
+             the first time), write the env file, create the declared topics and apply
+             the CQL migrations
     down     stop exactly the processes `up` started (by PID)
     status   what is up and where
-    topics   apply the topic spec to the configured broker (mock or real Kafka)
-    migrate  apply the CQL migrations to the configured CQL server (Cassandra or ScyllaDB)
+    topics   apply the topic spec to the configured Kafka (admin API)
+    migrate  apply the CQL migrations to the configured CQL server (ScyllaDB or Cassandra)
 
 Everything lives under one folder (SIGNALS_STATE_DIR, default ./.state). Ports can be
 moved with SIGNALS_STACK_REDIS_PORT, SIGNALS_STACK_REDIS_CLUSTER_PORTS (comma-separated,
-one per master; each also uses port + 10000 for the cluster bus), SIGNALS_STACK_CQL_PORT,
-SIGNALS_STACK_CQL_STORAGE_PORT.
+one per master; each also uses port + 10000 for the cluster bus), SIGNALS_STACK_KAFKA_PORT,
+SIGNALS_STACK_KAFKA_CONTROLLER_PORT, SIGNALS_STACK_CQL_PORT, SIGNALS_STACK_CQL_STORAGE_PORT.
+Heaps: SIGNALS_STACK_KAFKA_HEAP (512m), SIGNALS_STACK_CASSANDRA_HEAP (1g); the JVM:
+SIGNALS_STACK_JAVA (default `java` on the PATH).
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ import sys
 import time
 from collections.abc import Callable
 
+from infra.cassandra_server import CassandraService
+from infra.kafka_server import KafkaService
 from infra.services import (
     CLUSTER_BUS_OFFSET,
-    CassandraService,
-    KafkaMockService,
     RedisClusterService,
     RedisService,
     Service,
     StackConfig,
     StackError,
 )
+from infra.vendor import VendorError
 from streams.settings import Settings, state_dir
 
 PROG = "signals-stack"
@@ -53,9 +57,13 @@ def load_config() -> StackConfig:
             if cluster_ports is None
             else parse_cluster_ports("SIGNALS_STACK_REDIS_CLUSTER_PORTS", cluster_ports)
         ),
+        kafka_port=env_int("SIGNALS_STACK_KAFKA_PORT", 19092),
+        kafka_controller_port=env_int("SIGNALS_STACK_KAFKA_CONTROLLER_PORT", 19093),
+        kafka_heap=os.environ.get("SIGNALS_STACK_KAFKA_HEAP", "512m"),
         cql_port=env_int("SIGNALS_STACK_CQL_PORT", 19042),
         cql_storage_port=env_int("SIGNALS_STACK_CQL_STORAGE_PORT", 17000),
         cassandra_heap=os.environ.get("SIGNALS_STACK_CASSANDRA_HEAP", "1g"),
+        java=os.environ.get("SIGNALS_STACK_JAVA", "java"),
         ready_timeout_s=float(os.environ.get("SIGNALS_STACK_READY_TIMEOUT_S", "120")),
     )
 
@@ -90,10 +98,22 @@ def services(config: StackConfig) -> list[Service]:
     # Cassandra first: it is the slowest to become ready, so it starts while the others do.
     return [
         CassandraService(config),
+        KafkaService(config),
         RedisService(config),
         RedisClusterService(config),
-        KafkaMockService(config),
     ]
+
+
+def install_servers(stack: list[Service], say: Callable[[str], None]) -> None:
+    """Fetch the JVM servers from Maven Central into the state folder, once each."""
+    for service in stack:
+        if isinstance(service, KafkaService | CassandraService) and not service.is_installed():
+            say(
+                f"{service.name}: fetching {service.bundle.name} from Maven Central "
+                "(once; cached under the state folder)"
+            )
+            size, seconds = service.install()
+            say(f"{service.name}: {size / 1e6:.0f} MB of jars in {seconds:.0f}s")
 
 
 def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
@@ -105,10 +125,11 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
 
     started: list[Service] = []
     try:
+        try:
+            install_servers(to_start, say)
+        except VendorError as exc:
+            raise StackError(str(exc)) from None
         for service in to_start:
-            if isinstance(service, CassandraService) and not service.home.is_dir():
-                say("cassandra: fetching Apache Cassandra 2.1 from the npm registry (once)")
-                service.install()
             service.start()
             started.append(service)
         for service in stack:

@@ -1,14 +1,15 @@
 """The topic specification: every topic the pipeline uses, including Faust's internal ones.
 
-Applied to the local mock broker through its control socket (the mock cannot create
-topics over the Kafka API) and to a real Kafka with the admin client. Faust runs with
-`topic_allow_declare=False`, so this is the only place topics come from.
+Applied to Kafka with the admin API (CreateTopics), locally and in production alike; the
+brokers never create topics on their own (`auto.create.topics.enable=false`). Faust runs
+with `topic_allow_declare=False`, so this is the only place topics come from.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from streams.settings import Settings
 
@@ -22,9 +23,15 @@ class TopicSpec:
     cleanup_policy: Literal["delete", "compact"]
     retention_ms: int
     purpose: str
+    #: How old the open segment may get before Kafka rolls it; retention deletes whole
+    #: closed segments only. None keeps the broker's default (7 days).
+    segment_ms: int | None = None
 
     def kafka_config(self) -> dict[str, str]:
-        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        config = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        if self.segment_ms is not None:
+            config["segment.ms"] = str(self.segment_ms)
+        return config
 
 
 def faust_leader_topic(settings: Settings) -> str:
@@ -66,44 +73,8 @@ class TopicResult:
 
 
 def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[TopicResult]:
+    """Create the missing topics; report, never change, one whose partitions differ."""
     specs = declared_topics(settings) if specs is None else specs
-    if settings.kafka_mock_control:
-        return _apply_to_mock(settings.kafka_mock_control, specs)
-    return _apply_to_kafka(settings, specs)
-
-
-def _apply_to_mock(control_path: str, specs: list[TopicSpec]) -> list[TopicResult]:
-    from infra.kafka_mock import control  # noqa: PLC0415
-
-    results = []
-    for spec in specs:
-        reply = control(
-            control_path,
-            {
-                "op": "create_topic",
-                "name": spec.name,
-                "partitions": spec.partitions,
-                "replication": 1,
-            },
-        )
-        if not reply["ok"]:
-            raise RuntimeError(f"mock broker refused topic {spec.name}: {reply['error']}")
-        if reply["created"]:
-            results.append(TopicResult(spec, "created"))
-        elif reply["partitions"] != spec.partitions:
-            results.append(
-                TopicResult(
-                    spec,
-                    "mismatch",
-                    f"has {reply['partitions']} partitions, spec says {spec.partitions}",
-                )
-            )
-        else:
-            results.append(TopicResult(spec, "exists"))
-    return results
-
-
-def _apply_to_kafka(settings: Settings, specs: list[TopicSpec]) -> list[TopicResult]:
     # NewTopic is re-exported from the C extension, which mypy cannot see.
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
@@ -138,4 +109,42 @@ def _apply_to_kafka(settings: Settings, specs: list[TopicSpec]) -> list[TopicRes
         for spec in missing:
             futures[spec.name].result()
             results.append(TopicResult(spec, "created"))
+        _wait_for_leaders(admin, missing)
     return results
+
+
+def _wait_for_leaders(admin: Any, specs: list[TopicSpec], timeout_s: float = 30.0) -> None:
+    """CreateTopics answers once the controller has the topic; a client that asks the broker
+    right after can still find no leader. Return once every partition has one."""
+    deadline = time.monotonic() + timeout_s
+    waiting = {spec.name: spec.partitions for spec in specs}
+    while waiting:
+        topics = admin.list_topics(timeout=10).topics
+        for name, partitions in list(waiting.items()):
+            meta = topics.get(name)
+            if (
+                meta is not None
+                and meta.error is None
+                and len(meta.partitions) == partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())
+            ):
+                del waiting[name]
+        if waiting and time.monotonic() > deadline:
+            raise RuntimeError(f"topics without a leader after {timeout_s:.0f}s: {sorted(waiting)}")
+        if waiting:
+            time.sleep(0.05)
+
+
+def delete_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Delete the spec's topics that exist (tests and benchmarks clean up their own, since
+    a real broker keeps them on disk). Returns the names deleted."""
+    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+    specs = declared_topics(settings) if specs is None else specs
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = admin.list_topics(timeout=15).topics
+    names = [spec.name for spec in specs if spec.name in existing]
+    if names:
+        for future in admin.delete_topics(names, request_timeout=30).values():
+            future.result()
+    return names

@@ -1,37 +1,19 @@
-"""Connecting to the CQL cold tier (ScyllaDB in production, Cassandra 2.1 locally).
+"""Connecting to the CQL cold tier: scylla-driver, against ScyllaDB in production and
+Apache Cassandra 5.0 locally.
 
-Both `scylla-driver` (production: shard-aware) and DataStax `cassandra-driver` (the only
-one that can talk to the local Cassandra 2.1) install the same `cassandra` module with
-the same API, so this is the only place that knows which one is present.
+scylla-driver is the shard-aware fork of the DataStax driver (the importable module is
+`cassandra`). With no protocol pinned it negotiates the newest native protocol both
+sides speak: v5 with Cassandra 5.0, v4 with ScyllaDB.
 """
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session
 
     from streams.settings import Settings
-
-
-class CqlDriverMissing(RuntimeError):
-    pass
-
-
-def driver_name() -> str:
-    """Which distribution provides `cassandra`: 'scylla-driver' or 'cassandra-driver'."""
-    for dist in ("scylla-driver", "cassandra-driver"):
-        try:
-            metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        return dist
-    raise CqlDriverMissing(
-        "no CQL driver installed: `pip install .[scylla]` for ScyllaDB (production) "
-        "or `.[local]` for the local Cassandra 2.1 stack"
-    )
 
 
 def connect_cluster(
@@ -47,7 +29,6 @@ def connect_cluster(
     `row_factory` (for example `cassandra.query.tuple_factory`) replaces the driver's
     default named tuples for callers that read rows by position.
     """
-    driver_name()
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile  # noqa: PLC0415
     from cassandra.policies import (  # noqa: PLC0415
         DCAwareRoundRobinPolicy,

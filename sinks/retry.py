@@ -49,17 +49,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 @functools.cache
 def transient_errors() -> tuple[type[BaseException], ...]:
-    """TRANSIENT_ERRORS plus the CQL driver's transient errors when the driver is installed.
+    """TRANSIENT_ERRORS plus the CQL driver's transient errors.
 
-    Imported on first use, so importing this module needs neither the driver nor its
-    import time (the driver always comes with the [local] / [scylla] extras in practice).
+    Imported on first use, so importing this module does not pay the driver's import time.
     """
-    try:
-        from sinks.cold_store import TRANSIENT_CQL_ERRORS  # noqa: PLC0415
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("cassandra"):
-            raise
-        return TRANSIENT_ERRORS
+    from sinks.cold_store import TRANSIENT_CQL_ERRORS  # noqa: PLC0415
+
     return TRANSIENT_ERRORS + TRANSIENT_CQL_ERRORS
 
 

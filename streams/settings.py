@@ -54,9 +54,6 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
     kafka_replication_factor: int = Field(1, ge=1, description="for topics created on real Kafka")
-    kafka_mock_control: str | None = Field(
-        None, description="control socket of the local mock broker; unset on real Kafka"
-    )
     events_topic: str = "signals.events"
     events_partitions: int = Field(8, ge=1)
     dead_letter_topic: str = Field("signals.events.dlq", description="rejected events + reason")
@@ -81,12 +78,9 @@ class Settings(BaseSettings):
         0.5, ge=0, description="seconds between offset commits of applied batches"
     )
     # aiokafka fetch settings; its defaults (1 MiB per partition, 50 MiB per fetch) are kept
-    # apart from the wait. Real Kafka answers a fetch as soon as there is data, so the wait
-    # only paces fetches of an idle topic (20 ms: 50 small requests a second per broker).
-    # librdkafka's mock broker holds a fetch that finds no new data for the whole wait,
-    # which adds the wait to freshness locally: p99 at 5k events/s was 182 ms with 100 ms,
-    # 66 ms with 20 ms (bench/freshness_bench.py). At ~80 B per event, 1 MiB per partition
-    # is ~13k events, well above a batch.
+    # apart from the wait. Kafka answers a fetch as soon as there is data, so the wait only
+    # paces fetches of an idle topic (20 ms: 50 small requests a second per broker).
+    # At ~80 B per event, 1 MiB per partition is ~13k events, well above a batch.
     fetch_max_wait_ms: int = Field(20, ge=0, description="broker waits this long to fill a fetch")
     fetch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="per fetch request")
     max_partition_fetch_bytes: int = Field(
@@ -116,7 +110,11 @@ class Settings(BaseSettings):
     cql_hosts: str = "127.0.0.1"
     cql_port: int = 9042
     cql_keyspace: str = Field("feedsignals", pattern=r"^[a-z][a-z0-9_]*$")
-    cql_protocol_version: int | None = Field(None, description="pin for old servers (2.1 -> 3)")
+    # Unset: the driver negotiates the newest version both sides speak (v5 with
+    # Cassandra 5.0, v4 with ScyllaDB). Set it only to pin one.
+    cql_protocol_version: int | None = Field(
+        None, ge=3, le=5, description="native protocol pin; unset negotiates"
+    )
     cql_replication_factor: int = Field(1, ge=1)
     cql_datacenter: str | None = Field(
         None, description="set in production: NetworkTopologyStrategy in this DC"

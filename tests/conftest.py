@@ -59,10 +59,17 @@ def isolated_env(stack: None) -> dict[str, str]:
 
 
 @pytest.fixture
-def isolated_settings(isolated_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def isolated_settings(
+    isolated_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """The test's settings; afterwards its topics are deleted (Kafka keeps them on disk)."""
+    from infra.topics import delete_topics  # noqa: PLC0415
+
     for key, value in isolated_env.items():
         monkeypatch.setenv(key, value)
-    return Settings.load()
+    settings = Settings.load()
+    yield settings
+    delete_topics(settings)
 
 
 @pytest.fixture

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from infra.migrate import apply_migrations, migrations
 from infra.topics import apply_topics, declared_topics
-from sinks.cql import connect, driver_name
+from sinks.cql import connect
 from streams.settings import Settings
 
 
@@ -47,5 +50,15 @@ def test_migrations_are_idempotent_on_the_cql_server(isolated_settings: Settings
         cluster.shutdown()
 
 
-def test_local_stack_uses_the_driver_that_can_reach_cassandra_21() -> None:
-    assert driver_name() == "cassandra-driver"
+def test_scylla_driver_negotiates_protocol_v5_with_cassandra_5(isolated_settings: Settings) -> None:
+    """One CQL driver everywhere: scylla-driver, at the newest protocol the server speaks."""
+    assert metadata.version("scylla-driver")
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version("cassandra-driver")
+    cluster, session = connect(isolated_settings)
+    try:
+        release = session.execute("SELECT release_version FROM system.local").one()
+        assert release.release_version.startswith("5.0.")
+        assert cluster.protocol_version == 5
+    finally:
+        cluster.shutdown()

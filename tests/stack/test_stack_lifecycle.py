@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.cassandra_server import cassandra_bundle
 from infra.process import is_running
 from infra.services import CLUSTER_BUS_OFFSET
 from tests.conftest import ROOT, free_port
@@ -44,18 +46,20 @@ def free_cluster_ports(count: int = 3) -> list[int]:
 
 @pytest.fixture
 def private_stack_env(stack: None) -> Iterator[dict[str, str]]:
-    # A short path: the broker's control socket must fit in a Unix socket address.
     state = Path(tempfile.mkdtemp(prefix="stk", dir="/tmp"))
     shared_vendor = Path(os.environ.get("SIGNALS_STATE_DIR", ROOT / ".state")).resolve() / "vendor"
-    (state / "vendor").symlink_to(shared_vendor)  # reuse the Cassandra the main stack fetched
+    (state / "vendor").symlink_to(shared_vendor)  # reuse the servers the main stack fetched
     env = {
         **os.environ,
         "SIGNALS_STATE_DIR": str(state),
         "SIGNALS_STACK_REDIS_PORT": str(free_port()),
         CLUSTER_PORTS_ENV: ",".join(str(port) for port in free_cluster_ports()),
+        "SIGNALS_STACK_KAFKA_PORT": str(free_port()),
+        "SIGNALS_STACK_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "SIGNALS_STACK_KAFKA_HEAP": "256m",
         "SIGNALS_STACK_CQL_PORT": str(free_port()),
         "SIGNALS_STACK_CQL_STORAGE_PORT": str(free_port()),
-        "SIGNALS_STACK_CASSANDRA_HEAP": "384m",
+        "SIGNALS_STACK_CASSANDRA_HEAP": "512m",
     }
     # Real variables win over the env file, so drop the main stack's addresses.
     for key in [
@@ -162,7 +166,7 @@ def test_missing_java_is_reported_before_anything_starts(
     state = Path(private_stack_env["SIGNALS_STATE_DIR"])
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("redis-server", "npm"):
+    for tool in ("redis-server", "mvn"):
         found = subprocess.run(
             ["which", tool], capture_output=True, text=True, check=False
         ).stdout.strip()
@@ -171,5 +175,38 @@ def test_missing_java_is_reported_before_anything_starts(
     result = stack_cli({**private_stack_env, "PATH": str(bin_dir)}, "up")
     assert result.returncode == 1
     assert "signals-stack: error: cassandra: java not found" in result.stderr
+    assert "signals-stack: error: kafka: java not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert pids(state) == {}
+
+
+def test_maven_central_unreachable_is_one_clear_line_and_nothing_starts(
+    private_stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A first `up` with no network: the servers cannot be fetched, so `up` says so in one
+    line per server and starts nothing. Run in a network namespace of its own (no
+    interfaces up), with an empty Maven cache, so Maven really tries and fails."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to take the network away from `up`")
+    state = Path(private_stack_env["SIGNALS_STATE_DIR"])
+    (state / "vendor").unlink()  # nothing fetched yet, as on a fresh machine
+    env = {**private_stack_env, "MAVEN_OPTS": f"-Dmaven.repo.local={tmp_path / 'm2'}"}
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-m", "infra.stack", "up"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "signals-stack: error: cassandra: Maven Central is unreachable from this machine: "
+    ), lines[0]
+    assert "Unknown host" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert pids(state) == {}
+    assert not cassandra_bundle().is_assembled(state)

@@ -1,0 +1,218 @@
+"""Apache Cassandra 5.0 for the local stack: one node on 127.0.0.1, a small heap, JDK 17.
+
+Production runs ScyllaDB; Cassandra 5.0 is the CQL server obtainable here (from Maven
+Central, `org.apache.cassandra:cassandra-all`, assembled by `infra/vendor.py`). It speaks
+native protocol v5, which scylla-driver negotiates (ScyllaDB speaks v4, which the driver
+falls back to). The jar ships no `cassandra.yaml` or `logback.xml`, so both are written
+here; the JVM flags are those of Cassandra's `conf/jvm-server.options` and
+`conf/jvm17-server.options` (cassandra-5.0 branch), with a smaller heap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from infra.process import port_free, wait_until
+from infra.services import StackConfig, StackError, java_problem, port_problem, vendor_problem
+from infra.vendor import Artifact, Bundle
+
+CASSANDRA_VERSION = os.environ.get("SIGNALS_STACK_CASSANDRA_VERSION", "5.0.9")
+
+
+def cassandra_bundle(version: str = CASSANDRA_VERSION) -> Bundle:
+    return Bundle(
+        name=f"cassandra-{version}",
+        title="cassandra",
+        artifacts=(Artifact("org.apache.cassandra", "cassandra-all", version),),
+    )
+
+
+_LOGBACK = """<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level %date{HH:mm:ss,SSS} [%thread] %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="STDOUT" /></root>
+</configuration>
+"""
+
+#: conf/jvm17-server.options (JPMS opens and exports, netty), plus the three that
+#: bin/cassandra.in.sh adds on a JDK 17 (CASSANDRA-19001), which a JRE merely warns about.
+_JDK17_FLAGS = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports=jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports=jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+]
+
+
+def jvm_flags(heap: str) -> list[str]:
+    return [
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-Xss256k",
+        "-XX:+UseG1GC",
+        "-XX:+ParallelRefProcEnabled",
+        "-XX:MaxTenuringThreshold=1",
+        "-XX:G1RSetUpdatingPauseTimePercent=5",
+        "-XX:MaxGCPauseMillis=300",
+        "-XX:InitiatingHeapOccupancyPercent=70",
+        "-XX:+UseThreadPriorities",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-XX:+PerfDisableSharedMem",
+        "-Djava.net.preferIPv4Stack=true",
+        *_JDK17_FLAGS,
+    ]
+
+
+def cassandra_config(config: StackConfig) -> dict[str, object]:
+    """A one-node cassandra.yaml bound to loopback and our ports, state under our folder."""
+    base = config.state_dir / "cassandra"
+    return {
+        "cluster_name": "feedsignals-local",
+        "num_tokens": 1,
+        "partitioner": "org.apache.cassandra.dht.Murmur3Partitioner",
+        "endpoint_snitch": "SimpleSnitch",
+        "commitlog_sync": "periodic",
+        "commitlog_sync_period": "10000ms",
+        "seed_provider": [
+            {
+                "class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
+                "parameters": [{"seeds": f"127.0.0.1:{config.cql_storage_port}"}],
+            }
+        ],
+        "listen_address": "127.0.0.1",
+        "rpc_address": "127.0.0.1",
+        "storage_port": config.cql_storage_port,
+        "native_transport_port": config.cql_port,
+        "start_native_transport": True,
+        "data_file_directories": [str(base / "data")],
+        "commitlog_directory": str(base / "commitlog"),
+        "saved_caches_directory": str(base / "saved_caches"),
+        "hints_directory": str(base / "hints"),
+        "cdc_raw_directory": str(base / "cdc_raw"),
+        "concurrent_compactors": 1,
+        "auto_snapshot": False,
+        # The flush writes modest multi-row unlogged batches (~3-16 KiB) spanning many
+        # users; Cassandra warns from 5 KiB and from 10 partitions on every one of them.
+        # These are ScyllaDB's defaults (warn at 128 KiB, fail at 1 MiB), production's.
+        "batch_size_warn_threshold": "128KiB",
+        "batch_size_fail_threshold": "1024KiB",
+        "unlogged_batch_across_partitions_warn_threshold": 1000,
+    }
+
+
+class CassandraService:
+    """Apache Cassandra 5.0 from Maven Central jars, run directly on the machine's JDK."""
+
+    name = "cassandra"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.bundle = cassandra_bundle()
+        self.dir = config.state_dir / "cassandra"
+        self.config_file = self.dir / "cassandra.yaml"
+        self.proc = config.process("cassandra", marker=str(self.config_file))
+
+    def problems(self) -> list[str]:
+        return (
+            java_problem("cassandra", self.config.java, 11, 17)
+            + vendor_problem("cassandra", self.config.state_dir, self.is_installed())
+            + port_problem("cql", self.config.cql_port)
+            + port_problem("cql_storage", self.config.cql_storage_port)
+        )
+
+    def is_installed(self) -> bool:
+        return self.bundle.is_assembled(self.config.state_dir)
+
+    def install(self) -> tuple[int, float]:
+        return self.bundle.assemble(
+            self.config.state_dir, self.config.state_dir / "logs" / "maven-cassandra.log"
+        )
+
+    def is_running(self) -> bool:
+        return self.proc.pid() is not None
+
+    def pid(self) -> int | None:
+        return self.proc.pid()
+
+    def start(self) -> None:
+        self.install()
+        settings = cassandra_config(self.config)
+        for key in ("commitlog_directory", "saved_caches_directory", "hints_directory"):
+            os.makedirs(str(settings[key]), exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # JSON is valid YAML, so the config needs no YAML library.
+        self.config_file.write_text(json.dumps(settings, indent=1))
+        logback = self.dir / "logback.xml"
+        logback.write_text(_LOGBACK)
+        self.proc.start(
+            [
+                self.config.java,
+                *jvm_flags(self.config.cassandra_heap),
+                "-Dcassandra-foreground=yes",
+                f"-Dcassandra.config=file://{self.config_file}",
+                f"-Dcassandra.logdir={self.config.state_dir / 'logs'}",
+                f"-Dcassandra.storagedir={self.dir}",
+                f"-Dlogback.configurationFile={logback}",
+                # JNA unpacks its native library here; /tmp may be mounted noexec.
+                f"-Djna.tmpdir={self.dir}",
+                "-cp",
+                self.bundle.classpath(self.config.state_dir),
+                "org.apache.cassandra.service.CassandraDaemon",
+            ],
+            cwd=self.dir,
+        )
+
+    def wait_ready(self, timeout_s: float) -> None:
+        if not wait_until(self._answers_cql, timeout_s, interval_s=0.5) or self.proc.exited_early():
+            raise StackError(
+                f"cassandra: CQL not ready on 127.0.0.1:{self.config.cql_port} after "
+                f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"
+            )
+
+    def _answers_cql(self) -> bool:
+        if self.proc.exited_early():
+            return True  # stop polling; wait_ready reports the exit
+        if port_free(self.config.cql_port):
+            return False
+        from sinks.cql import connect_cluster  # noqa: PLC0415
+
+        cluster = connect_cluster(["127.0.0.1"], self.config.cql_port)
+        try:
+            session = cluster.connect()
+            return session.execute("SELECT release_version FROM system.local").one() is not None
+        finally:
+            cluster.shutdown()
+
+    def stop(self) -> bool:
+        return self.proc.stop(timeout_s=60)
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.config.cql_port}"
+
+    def env(self) -> dict[str, str]:
+        return {"SIGNALS_CQL_HOSTS": "127.0.0.1", "SIGNALS_CQL_PORT": str(self.config.cql_port)}

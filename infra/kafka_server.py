@@ -1,0 +1,226 @@
+"""Apache Kafka 4 (KRaft) for the local stack: one node that is both broker and controller.
+
+The server is assembled from Maven Central jars (`infra/vendor.py`), its storage formatted
+once (a fresh cluster id, `kafka.tools.StorageTool format`), and started as `kafka.Kafka
+server.properties` on 127.0.0.1 with the JVM flags Kafka's own `kafka-run-class.sh` uses.
+Data lives under `<state dir>/kafka/data` and survives `down`/`up`, as on a real broker.
+Topics are never created automatically (`auto.create.topics.enable=false`, as in
+production): `infra/topics.py` creates them with the admin API.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+from infra.process import port_free, wait_until
+from infra.services import StackConfig, StackError, java_problem, port_problem, vendor_problem
+from infra.vendor import Artifact, Bundle
+
+KAFKA_VERSION = os.environ.get("SIGNALS_STACK_KAFKA_VERSION", "4.4.0")
+#: Kafka's POM leaves logging out (log4j is compile-only in its build); without an SLF4J
+#: binding the server logs nothing. kafka-clients is on SLF4J 1.7, hence the 1.x binding.
+LOG4J_VERSION = "2.26.1"
+
+
+def kafka_bundle(version: str = KAFKA_VERSION) -> Bundle:
+    return Bundle(
+        name=f"kafka-{version}",
+        title="kafka",
+        artifacts=(
+            Artifact("org.apache.kafka", "kafka_2.13", version),
+            Artifact("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
+            Artifact("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+        ),
+    )
+
+
+_LOG4J2 = """Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.common.config.AbstractConfig
+        level: WARN
+"""
+
+
+def server_properties(config: StackConfig, data_dir: Path) -> str:
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{config.kafka_controller_port}",
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{config.kafka_port},"
+            f"CONTROLLER://127.0.0.1:{config.kafka_controller_port}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{config.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        # One node: every internal topic has a single replica.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # Local workers join a group at once instead of after 3 s.
+        "group.initial.rebalance.delay.ms": "0",
+        # As in production: topics come from the topic spec, never from a client's request.
+        "auto.create.topics.enable": "false",
+        # Retention is enforced every 5 s rather than every 5 min, so a short retention
+        # shows locally (the tests check that records really go).
+        "log.retention.check.interval.ms": "5000",
+        "num.partitions": "1",
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id as Kafka makes them: 16 random bytes, URL-safe base64, no padding
+    (and, as Kafka's Uuid does, never one that starts with '-')."""
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not raw.startswith("-"):
+            return raw
+
+
+def jvm_flags(heap: str) -> list[str]:
+    """kafka-run-class.sh's defaults for the server, with a smaller fixed heap."""
+    return [
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-server",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+    ]
+
+
+class KafkaService:
+    name = "kafka"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.bundle = kafka_bundle()
+        self.dir = config.state_dir / "kafka"
+        self.data_dir = self.dir / "data"
+        self.properties = self.dir / "server.properties"
+        self.log4j = self.dir / "log4j2.yaml"
+        self.proc = config.process("kafka", marker=str(self.properties))
+
+    def problems(self) -> list[str]:
+        return (
+            java_problem("kafka", self.config.java, 17, 25)
+            + vendor_problem("kafka", self.config.state_dir, self.is_installed())
+            + port_problem("kafka", self.config.kafka_port)
+            + port_problem(
+                "kafka", self.config.kafka_controller_port, "SIGNALS_STACK_KAFKA_CONTROLLER_PORT"
+            )
+        )
+
+    def is_installed(self) -> bool:
+        return self.bundle.is_assembled(self.config.state_dir)
+
+    def install(self) -> tuple[int, float]:
+        return self.bundle.assemble(
+            self.config.state_dir, self.config.state_dir / "logs" / "maven-kafka.log"
+        )
+
+    def is_running(self) -> bool:
+        return self.proc.pid() is not None
+
+    def pid(self) -> int | None:
+        return self.proc.pid()
+
+    def start(self) -> None:
+        self.install()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.properties.write_text(server_properties(self.config, self.data_dir))
+        self.log4j.write_text(_LOG4J2)
+        if not (self.data_dir / "meta.properties").exists():
+            self._format()
+        self.proc.start(
+            [
+                self.config.java,
+                *jvm_flags(self.config.kafka_heap),
+                f"-Dlog4j2.configurationFile={self.log4j}",
+                f"-Dkafka.logs.dir={self.config.state_dir / 'logs'}",
+                "-cp",
+                self.bundle.classpath(self.config.state_dir),
+                "kafka.Kafka",
+                str(self.properties),
+            ],
+            cwd=self.dir,
+        )
+
+    def _format(self) -> None:
+        """Format the storage once: a new cluster id, this node's meta.properties."""
+        result = subprocess.run(
+            [
+                self.config.java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={self.log4j}",
+                "-cp",
+                self.bundle.classpath(self.config.state_dir),
+                "kafka.tools.StorageTool",
+                "format",
+                "--cluster-id",
+                new_cluster_id(),
+                "--config",
+                str(self.properties),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise StackError(
+                f"kafka: formatting {self.data_dir} failed: {lines[-1] if lines else 'no output'}"
+            )
+
+    def wait_ready(self, timeout_s: float) -> None:
+        if not wait_until(self._serves, timeout_s, interval_s=0.25) or self.proc.exited_early():
+            raise StackError(
+                f"kafka: not serving on 127.0.0.1:{self.config.kafka_port} after "
+                f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"
+            )
+
+    def _serves(self) -> bool:
+        if self.proc.exited_early():
+            return True  # stop polling; wait_ready reports the exit
+        if port_free(self.config.kafka_port):
+            return False
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+        admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0})
+        metadata = admin.list_topics(timeout=5)
+        return bool(metadata.brokers) and metadata.controller_id >= 0
+
+    def stop(self) -> bool:
+        return self.proc.stop(timeout_s=60)
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.config.kafka_port}"
+
+    def env(self) -> dict[str, str]:
+        return {"SIGNALS_KAFKA_BOOTSTRAP": self.address()}
