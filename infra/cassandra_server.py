@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from infra.process import port_free, wait_until
 from infra.services import StackConfig, StackError, java_problem, port_problem, vendor_problem
 from infra.vendor import Artifact, Bundle
 
 CASSANDRA_VERSION = os.environ.get("SIGNALS_STACK_CASSANDRA_VERSION", "5.0.9")
+
+
+def cassandra_dir(config: StackConfig, version: str = CASSANDRA_VERSION) -> Path:
+    """The node's folder (config, data, commit log), one per release line: `cassandra-5.0`.
+    A release line's data is not readable by an older one, and an earlier build's 2.1 data
+    (in `cassandra/`) is not readable by 5.0, so they never share a folder."""
+    return config.state_dir / ("cassandra-" + ".".join(version.split(".")[:2]))
 
 
 def cassandra_bundle(version: str = CASSANDRA_VERSION) -> Bundle:
@@ -30,7 +38,7 @@ def cassandra_bundle(version: str = CASSANDRA_VERSION) -> Bundle:
 
 _LOGBACK = """<configuration>
   <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder><pattern>%-5level %date{HH:mm:ss,SSS} [%thread] %msg%n</pattern></encoder>
+    <encoder><pattern>%-5level %d{HH:mm:ss.SSS} [%thread] %msg%n</pattern></encoder>
   </appender>
   <root level="INFO"><appender-ref ref="STDOUT" /></root>
 </configuration>
@@ -69,7 +77,7 @@ _JDK17_FLAGS = [
 ]
 
 
-def jvm_flags(heap: str) -> list[str]:
+def jvm_flags(heap: str, tmp_dir: Path) -> list[str]:
     return [
         f"-Xms{heap}",
         f"-Xmx{heap}",
@@ -84,13 +92,16 @@ def jvm_flags(heap: str) -> list[str]:
         "-XX:+ExitOnOutOfMemoryError",
         "-XX:+PerfDisableSharedMem",
         "-Djava.net.preferIPv4Stack=true",
+        # Native libraries (JNA, lz4, snappy, zstd) unpack here; /tmp may be noexec.
+        f"-Djava.io.tmpdir={tmp_dir}",
+        f"-Djna.tmpdir={tmp_dir}",
         *_JDK17_FLAGS,
     ]
 
 
 def cassandra_config(config: StackConfig) -> dict[str, object]:
     """A one-node cassandra.yaml bound to loopback and our ports, state under our folder."""
-    base = config.state_dir / "cassandra"
+    base = cassandra_dir(config)
     return {
         "cluster_name": "feedsignals-local",
         "num_tokens": 1,
@@ -117,8 +128,9 @@ def cassandra_config(config: StackConfig) -> dict[str, object]:
         "concurrent_compactors": 1,
         "auto_snapshot": False,
         # The flush writes modest multi-row unlogged batches (~3-16 KiB) spanning many
-        # users; Cassandra warns from 5 KiB and from 10 partitions on every one of them.
-        # These are ScyllaDB's defaults (warn at 128 KiB, fail at 1 MiB), production's.
+        # users (sinks/cold_store.py says why). Size thresholds: ScyllaDB's defaults (warn
+        # at 128 KiB, fail at 1 MiB), production's, not Cassandra's 5 / 50 KiB. Cassandra
+        # also warns on every unlogged batch over 10 partitions, which would fill the log.
         "batch_size_warn_threshold": "128KiB",
         "batch_size_fail_threshold": "1024KiB",
         "unlogged_batch_across_partitions_warn_threshold": 1000,
@@ -133,9 +145,10 @@ class CassandraService:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.bundle = cassandra_bundle()
-        self.dir = config.state_dir / "cassandra"
+        self.dir = cassandra_dir(config)
         self.config_file = self.dir / "cassandra.yaml"
         self.proc = config.process("cassandra", marker=str(self.config_file))
+        self._log_from = 0
 
     def problems(self) -> list[str]:
         return (
@@ -159,27 +172,43 @@ class CassandraService:
     def pid(self) -> int | None:
         return self.proc.pid()
 
+    def drift(self) -> str | None:
+        """Set when the running node was started with other settings than these."""
+        try:
+            running = self.config_file.read_text()
+        except FileNotFoundError:
+            return None
+        if running == self._yaml():
+            return None
+        return (
+            f"cassandra: running (pid {self.pid()}) with other settings than the current "
+            f"ones ({self.config_file}); `signals-stack down` then `up` applies them"
+        )
+
+    def _yaml(self) -> str:
+        # JSON is valid YAML, so the config needs no YAML library.
+        return json.dumps(cassandra_config(self.config), indent=1)
+
     def start(self) -> None:
         self.install()
         settings = cassandra_config(self.config)
         for key in ("commitlog_directory", "saved_caches_directory", "hints_directory"):
             os.makedirs(str(settings[key]), exist_ok=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # JSON is valid YAML, so the config needs no YAML library.
-        self.config_file.write_text(json.dumps(settings, indent=1))
+        tmp_dir = self.dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self._yaml())
         logback = self.dir / "logback.xml"
         logback.write_text(_LOGBACK)
+        self._log_from = self.proc.log_size()
         self.proc.start(
             [
                 self.config.java,
-                *jvm_flags(self.config.cassandra_heap),
+                *jvm_flags(self.config.cassandra_heap, tmp_dir),
                 "-Dcassandra-foreground=yes",
                 f"-Dcassandra.config=file://{self.config_file}",
                 f"-Dcassandra.logdir={self.config.state_dir / 'logs'}",
                 f"-Dcassandra.storagedir={self.dir}",
                 f"-Dlogback.configurationFile={logback}",
-                # JNA unpacks its native library here; /tmp may be mounted noexec.
-                f"-Djna.tmpdir={self.dir}",
                 "-cp",
                 self.bundle.classpath(self.config.state_dir),
                 "org.apache.cassandra.service.CassandraDaemon",
@@ -188,7 +217,13 @@ class CassandraService:
         )
 
     def wait_ready(self, timeout_s: float) -> None:
-        if not wait_until(self._answers_cql, timeout_s, interval_s=0.5) or self.proc.exited_early():
+        ready = wait_until(self._answers_cql, timeout_s, interval_s=0.5)
+        if self.proc.exited_early():
+            raise StackError(
+                f"cassandra: exited while starting: {self.proc.startup_error(self._log_from)} "
+                f"(log: {self.proc.log_file})"
+            )
+        if not ready:
             raise StackError(
                 f"cassandra: CQL not ready on 127.0.0.1:{self.config.cql_port} after "
                 f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"

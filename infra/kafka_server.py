@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -38,6 +39,8 @@ def kafka_bundle(version: str = KAFKA_VERSION) -> Bundle:
     )
 
 
+#: Warnings and errors only, but for the lines that say the server started or stopped: at
+#: INFO every topic a test creates or deletes is a dozen lines.
 _LOG4J2 = """Configuration:
   Appenders:
     Console:
@@ -46,14 +49,14 @@ _LOG4J2 = """Configuration:
         pattern: "[%d] %p %m (%c)%n"
   Loggers:
     Root:
-      level: INFO
+      level: WARN
       AppenderRef:
         - ref: STDOUT
     Logger:
-      - name: kafka.request.logger
-        level: WARN
-      - name: org.apache.kafka.common.config.AbstractConfig
-        level: WARN
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+      - name: kafka.server.BrokerServer
+        level: INFO
 """
 
 
@@ -99,8 +102,9 @@ def new_cluster_id() -> str:
             return raw
 
 
-def jvm_flags(heap: str) -> list[str]:
-    """kafka-run-class.sh's defaults for the server, with a smaller fixed heap."""
+def jvm_flags(heap: str, tmp_dir: Path) -> list[str]:
+    """kafka-run-class.sh's defaults for the server, with a smaller fixed heap; native
+    libraries (lz4, snappy, zstd) unpack under the state folder, not a maybe-noexec /tmp."""
     return [
         f"-Xms{heap}",
         f"-Xmx{heap}",
@@ -111,6 +115,7 @@ def jvm_flags(heap: str) -> list[str]:
         "-XX:+ExplicitGCInvokesConcurrent",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
+        f"-Djava.io.tmpdir={tmp_dir}",
     ]
 
 
@@ -125,6 +130,7 @@ class KafkaService:
         self.properties = self.dir / "server.properties"
         self.log4j = self.dir / "log4j2.yaml"
         self.proc = config.process("kafka", marker=str(self.properties))
+        self._log_from = 0
 
     def problems(self) -> list[str]:
         return (
@@ -150,17 +156,35 @@ class KafkaService:
     def pid(self) -> int | None:
         return self.proc.pid()
 
+    def drift(self) -> str | None:
+        """Set when the running server was started with other settings than these."""
+        try:
+            running = self.properties.read_text()
+        except FileNotFoundError:
+            return None
+        if running == server_properties(self.config, self.data_dir):
+            return None
+        return (
+            f"kafka: running (pid {self.pid()}) with other settings than the current ones "
+            f"({self.properties}); `signals-stack down` then `up` applies them"
+        )
+
     def start(self) -> None:
         self.install()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir = self.dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(server_properties(self.config, self.data_dir))
         self.log4j.write_text(_LOG4J2)
         if not (self.data_dir / "meta.properties").exists():
+            # meta.properties is written last: without it, whatever is there is the
+            # remainder of an interrupted format, with nothing of value in it.
+            shutil.rmtree(self.data_dir, ignore_errors=True)
             self._format()
+        self._log_from = self.proc.log_size()
         self.proc.start(
             [
                 self.config.java,
-                *jvm_flags(self.config.kafka_heap),
+                *jvm_flags(self.config.kafka_heap, tmp_dir),
                 f"-Dlog4j2.configurationFile={self.log4j}",
                 f"-Dkafka.logs.dir={self.config.state_dir / 'logs'}",
                 "-cp",
@@ -173,33 +197,41 @@ class KafkaService:
 
     def _format(self) -> None:
         """Format the storage once: a new cluster id, this node's meta.properties."""
-        result = subprocess.run(
-            [
-                self.config.java,
-                "-Xmx256m",
-                f"-Dlog4j2.configurationFile={self.log4j}",
-                "-cp",
-                self.bundle.classpath(self.config.state_dir),
-                "kafka.tools.StorageTool",
-                "format",
-                "--cluster-id",
-                new_cluster_id(),
-                "--config",
-                str(self.properties),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise StackError(
-                f"kafka: formatting {self.data_dir} failed: {lines[-1] if lines else 'no output'}"
+        command = [
+            self.config.java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.log4j}",
+            "-cp",
+            self.bundle.classpath(self.config.state_dir),
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            new_cluster_id(),
+            "--config",
+            str(self.properties),
+        ]
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, timeout=120
             )
+        except subprocess.TimeoutExpired:
+            raise StackError(f"kafka: formatting {self.data_dir} took over 120s") from None
+        if result.returncode != 0:
+            lines = (result.stderr + result.stdout).strip().splitlines()
+            reason = next(
+                (line.strip() for line in lines if "Exception" in line or "Error" in line),
+                lines[-1].strip() if lines else "no output",
+            )
+            raise StackError(f"kafka: formatting {self.data_dir} failed: {reason[:400]}")
 
     def wait_ready(self, timeout_s: float) -> None:
-        if not wait_until(self._serves, timeout_s, interval_s=0.25) or self.proc.exited_early():
+        ready = wait_until(self._serves, timeout_s, interval_s=0.25)
+        if self.proc.exited_early():
+            raise StackError(
+                f"kafka: exited while starting: {self.proc.startup_error(self._log_from)} "
+                f"(log: {self.proc.log_file})"
+            )
+        if not ready:
             raise StackError(
                 f"kafka: not serving on 127.0.0.1:{self.config.kafka_port} after "
                 f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"

@@ -19,6 +19,8 @@ from pathlib import Path
 #: Children started by this interpreter, kept so they are reaped (not left as zombies)
 #: and so their Popen objects do not warn about a still-running process when collected.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+#: A log file past this size is moved to `<name>.log.1` when its process starts again.
+LOG_ROTATE_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,26 @@ class ManagedProcess:
 
     def pid(self) -> int | None:
         """The PID if our process is alive, else None (and a stale PID file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+        pid = self.recorded_pid()
+        if pid is None:
             return None
         if self.marker in (_cmdline(pid) or ""):
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
+
+    def recorded_pid(self) -> int | None:
+        """The PID in the PID file, alive or not, ours or not."""
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def runs_with(self, marker: str) -> int | None:
+        """The recorded PID if that process is alive with `marker` in its command line
+        (an earlier build's process under the same name); the PID file is left alone."""
+        pid = self.recorded_pid()
+        return pid if pid is not None and marker in (_cmdline(pid) or "") else None
 
     def start(
         self, argv: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None
@@ -47,6 +61,8 @@ class ManagedProcess:
         """Start detached (own session, survives this CLI), logging to `log_file`."""
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.log_file.exists() and self.log_file.stat().st_size > LOG_ROTATE_BYTES:
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
                 list(argv),
@@ -79,6 +95,29 @@ class ManagedProcess:
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def startup_error(self, since: int) -> str:
+        """Why a process that died while starting died: the first error line it logged
+        after byte `since` of its log (a JVM's last lines are stack frames), else the tail."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(since)
+                text = log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        for line in text.splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("ERROR", "Exception", "Error:", "Caused by")) or (
+                " ERROR " in stripped or "Exception: " in stripped
+            ):
+                return stripped[:400]
+        return self.log_tail()
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -60,6 +60,7 @@ class Service(Protocol):
     name: str
 
     def problems(self) -> list[str]: ...
+    def drift(self) -> str | None: ...
     def is_running(self) -> bool: ...
     def start(self) -> None: ...
     def wait_ready(self, timeout_s: float) -> None: ...
@@ -97,6 +98,9 @@ class RedisService:
 
     def is_running(self) -> bool:
         return self.proc.pid() is not None
+
+    def drift(self) -> str | None:
+        return None  # the port is in the marker: another port is another process
 
     def pid(self) -> int | None:
         return self.proc.pid()
@@ -182,6 +186,9 @@ class RedisClusterService:
                     found += port_problem(self.name, taken, self.setting)
         return found
 
+    def drift(self) -> str | None:
+        return None  # ports are in the markers: other ports are other processes
+
     def is_running(self) -> bool:
         """Every node up and serving every slot; anything less is started over by `up`."""
         return all(proc.pid() is not None for proc in self.procs) and self._serving()
@@ -235,6 +242,8 @@ class RedisClusterService:
     def wait_ready(self, timeout_s: float) -> None:
         import redis  # noqa: PLC0415
 
+        if self._serving():  # formed already (a running cluster): nothing to do
+            return
         deadline = time.monotonic() + timeout_s
         clients: list[Any] = [
             redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)

@@ -63,9 +63,32 @@ def load_config() -> StackConfig:
         cql_port=env_int("SIGNALS_STACK_CQL_PORT", 19042),
         cql_storage_port=env_int("SIGNALS_STACK_CQL_STORAGE_PORT", 17000),
         cassandra_heap=os.environ.get("SIGNALS_STACK_CASSANDRA_HEAP", "1g"),
-        java=os.environ.get("SIGNALS_STACK_JAVA", "java"),
+        java=default_java(),
         ready_timeout_s=float(os.environ.get("SIGNALS_STACK_READY_TIMEOUT_S", "120")),
     )
+
+
+def default_java() -> str:
+    """SIGNALS_STACK_JAVA, else $JAVA_HOME/bin/java, else `java` on the PATH."""
+    if os.environ.get("SIGNALS_STACK_JAVA"):
+        return os.environ["SIGNALS_STACK_JAVA"]
+    if os.environ.get("JAVA_HOME"):
+        return os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+    return "java"
+
+
+#: Processes an earlier build of this stack started under the same PID-file names: the
+#: librdkafka mock broker and Cassandra 2.1. `up` and `down` stop them, so upgrading a
+#: checkout with its stack running leaves nothing orphaned.
+STAND_INS = (("kafka", "infra.kafka_mock"), ("cassandra", "apache-cassandra-2.1.0"))
+
+
+def stop_stand_ins(config: StackConfig, say: Callable[[str], None]) -> None:
+    for name, marker in STAND_INS:
+        proc = config.process(name, marker)
+        pid = proc.runs_with(marker)
+        if pid is not None and proc.stop():
+            say(f"{name}: stopped the stand-in an earlier version started (pid {pid})")
 
 
 def _port(name: str, raw: str) -> int:
@@ -117,9 +140,11 @@ def install_servers(stack: list[Service], say: Callable[[str], None]) -> None:
 
 
 def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
+    stop_stand_ins(config, say)
     stack = services(config)
     to_start = [service for service in stack if not service.is_running()]
     problems = [line for service in to_start for line in service.problems()]
+    problems += [line for service in stack if (line := service.drift()) is not None]
     if problems:
         raise StackError("\n".join(problems))
 
@@ -141,6 +166,8 @@ def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
                     f"(pid {service.pid()}, ready in {time.monotonic() - began:.1f}s)"
                 )
             else:
+                # Already running, perhaps still starting (another `up` at the same time).
+                service.wait_ready(config.ready_timeout_s)
                 say(f"{service.name}: already up at {service.address()} (pid {service.pid()})")
         _write_env_file(config, stack, say)
         settings = Settings.load()
@@ -202,6 +229,7 @@ def _write_env_file(config: StackConfig, stack: list[Service], say: Callable[[st
 
 
 def down(config: StackConfig, say: Callable[[str], None] = print) -> None:
+    stop_stand_ins(config, say)
     for service in reversed(services(config)):
         pid = service.pid()
         if service.stop():

@@ -8,24 +8,32 @@ is one such artifact plus whatever the server needs at run time that its POM lea
 download cache (`~/.m2/repository` unless the user's Maven settings say otherwise), so a
 second state folder on the same machine assembles in seconds without downloading.
 
-A bundle folder is complete only once its marker file exists: an interrupted download
-leaves a temporary folder that the next run discards.
+A bundle folder is complete only once its marker file exists and lists exactly the
+bundle's artifacts (a changed version assembles anew). Assembly holds a lock on the vendor
+folder, so two `up`s at once do not both run Maven, and removes what an interrupted
+assembly (killed, out of power) left behind before it starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 #: The dependency plugin pinned, so every machine copies with the same code.
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 COMPLETE_MARKER = ".complete"
+#: Longest a first download may take before `up` gives up and says so (a network that
+#: drops packets would otherwise hang it silently).
+MAVEN_TIMEOUT_S = 900
 
 
 class VendorError(RuntimeError):
@@ -61,7 +69,13 @@ class Bundle:
         return self.home(state_dir) / "lib"
 
     def is_assembled(self, state_dir: Path) -> bool:
-        return (self.home(state_dir) / COMPLETE_MARKER).exists()
+        try:
+            return (self.home(state_dir) / COMPLETE_MARKER).read_text() == self.manifest()
+        except FileNotFoundError:
+            return False
+
+    def manifest(self) -> str:
+        return "".join(f"{a.group}:{a.artifact}:{a.version}\n" for a in self.artifacts)
 
     def classpath(self, state_dir: Path) -> str:
         return str(self.lib_dir(state_dir) / "*")
@@ -91,10 +105,27 @@ class Bundle:
         home.parent.mkdir(parents=True, exist_ok=True)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f".{self.name}-", dir=home.parent) as tmp:
-            work = Path(tmp)
-            (work / "pom.xml").write_text(self.pom())
-            with log_file.open("wb") as log:
+        with _locked(home.parent / ".lock"):
+            if self.is_assembled(state_dir):  # another `up` finished it while we waited
+                return folder_bytes(home), 0.0
+            for leftover in home.parent.glob(f".{self.name}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            with tempfile.TemporaryDirectory(prefix=f".{self.name}-", dir=home.parent) as tmp:
+                work = Path(tmp)
+                self._run_maven(mvn, work, log_file)
+                staged = work / "bundle"
+                staged.mkdir()
+                (work / "lib").rename(staged / "lib")
+                (staged / "pom.xml").write_text(self.pom())
+                (staged / COMPLETE_MARKER).write_text(self.manifest())
+                shutil.rmtree(home, ignore_errors=True)  # an outdated or partial bundle
+                staged.rename(home)
+        return folder_bytes(home), time.monotonic() - began
+
+    def _run_maven(self, mvn: str, work: Path, log_file: Path) -> None:
+        (work / "pom.xml").write_text(self.pom())
+        with log_file.open("wb") as log:
+            try:
                 result = subprocess.run(
                     [
                         mvn,
@@ -111,20 +142,27 @@ class Bundle:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     check=False,
+                    timeout=MAVEN_TIMEOUT_S,
                     env={**os.environ, "MAVEN_OPTS": os.environ.get("MAVEN_OPTS", "-Xmx512m")},
                 )
-            if result.returncode != 0:
-                raise VendorError(f"{self.title}: {maven_failure(log_file)} (log: {log_file})")
-            shutil.rmtree(home, ignore_errors=True)
-            staged = work / "bundle"
-            staged.mkdir()
-            (work / "lib").rename(staged / "lib")
-            (staged / "pom.xml").write_text(self.pom())
-            (staged / COMPLETE_MARKER).write_text(
-                "\n".join(f"{a.group}:{a.artifact}:{a.version}" for a in self.artifacts) + "\n"
-            )
-            staged.rename(home)
-        return folder_bytes(home), time.monotonic() - began
+            except subprocess.TimeoutExpired:
+                raise VendorError(
+                    f"{self.title}: fetching from Maven Central took over {MAVEN_TIMEOUT_S}s; "
+                    f"is the network dropping packets? (log: {log_file})"
+                ) from None
+        if result.returncode != 0:
+            raise VendorError(f"{self.title}: {maven_failure(log_file)} (log: {log_file})")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on a file, held for the block (released if the process dies)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def maven_failure(log_file: Path) -> str:

@@ -1,4 +1,4 @@
-"""The CQL cold tier: last-k snapshots and interaction history (ScyllaDB / Cassandra 2.1).
+"""The CQL cold tier: last-k snapshots and interaction history (ScyllaDB; Cassandra 5 locally).
 
 When a session ends the worker moves the user's hot last-k here (`write_snapshots`) and
 evicts the user from Redis only once this returns; a returning user is re-hydrated from

@@ -429,9 +429,8 @@ class RecordInteractions(Service):
     async def _joined_consumer(self) -> AIOKafkaConsumer:
         """A started consumer that has joined the group, retrying a failed join.
 
-        Joining can fail on a broker that is restarting or mid-rebalance (and the local
-        mock broker sometimes answers a join with InvalidRequest); a new consumer after a
-        pause joins cleanly, so that is retried with backoff instead of crashing.
+        Joining can fail on a broker that is restarting or mid-rebalance; a new consumer
+        after a pause joins cleanly, so that is retried with backoff instead of crashing.
         """
         delay_s = 0.5
         while True:

@@ -215,8 +215,7 @@ def test_two_workers_one_killed_mid_stream_the_other_completes_the_state(
     with worker(isolated_env) as survivor:
         sent += send_phase(session_settings, burst(0, 200))
         settle(store, sent, survivor.log_text)
-        # The second worker joins a running group (the mock broker mishandles two members
-        # joining in the same instant, a real broker does not), taking half the partitions.
+        # The second worker joins a running group, taking half the partitions.
         with worker(isolated_env) as victim:
             wait_for(
                 lambda: "newly assigned partitions" in victim.log_text(),

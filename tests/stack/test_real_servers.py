@@ -9,6 +9,7 @@ would) and start it again with the same data; every other test meets it up again
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,24 +57,42 @@ def test_a_broker_restart_mid_stream_loses_and_duplicates_nothing(
     with worker(isolated_env) as running:
         sent += send_phase(session_settings, random_events(rng, "k0", users, 150))
         settle(store, sent, running.log_text)
-        during: list[Event] = []
+        during = random_events(rng, "k1", users, 150)
         with stopped(kafka):
             # The producer cannot reach the broker: it buffers and retries until it returns.
-            sender = threading.Thread(
-                target=lambda: during.extend(
-                    send_phase(session_settings, random_events(rng, "k1", users, 150))
-                )
-            )
-            sender.start()
+            sender = Background(lambda: send_phase(session_settings, during))
             time.sleep(3)
             assert running.process.poll() is None, "the worker died with its broker"
-        sender.join(timeout=120)
-        assert not sender.is_alive(), "the events sent while the broker was down never landed"
-        sent += during
+        sent += sender.result(timeout_s=120)
         sent += send_phase(session_settings, random_events(rng, "k2", users, 150))
         settle(store, sent, running.log_text)
         assert running.process.poll() is None
     assert len(sent) == 450
+
+
+class Background:
+    """A call on a thread whose result (or exception) the test gets back."""
+
+    def __init__(self, call: Callable[[], list[Event]]) -> None:
+        self._call = call
+        self._result: list[Event] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._call()
+        except BaseException as exc:  # handed to the test by result()
+            self._error = exc
+
+    def result(self, timeout_s: float) -> list[Event]:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), f"still running after {timeout_s:.0f}s"
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def test_a_cassandra_restart_during_a_flush_evicts_no_user_without_a_cold_write(
@@ -88,8 +107,9 @@ def test_a_cassandra_restart_during_a_flush_evicts_no_user_without_a_cold_write(
     settings = session_settings
     rng = random.Random(12)
     users = [f"c-u{i}" for i in range(1500)]
-    # Small flush chunks, so the flush of 1,500 users is many cold writes long.
-    env = {**isolated_env, "SIGNALS_FLUSH_BATCH": "20"}
+    # Small flush chunks, so the flush of 1,500 users is many cold writes long; a gap longer
+    # than the events' lateness (3 s), so no session has ended before every user is hot.
+    env = {**isolated_env, "SIGNALS_FLUSH_BATCH": "10", "SIGNALS_INACTIVITY_GAP_S": "6"}
     cassandra = CassandraService(load_config())
     client = redis.Redis.from_url(settings.redis_url)
 
@@ -138,40 +158,58 @@ def test_a_third_worker_joining_mid_stream_rebalances_without_loss(
         def logs() -> str:
             return first.log_text() + second.log_text()
 
+        for running in (first, second):
+            wait_for(
+                lambda running=running: assigned_events_partitions(
+                    running.log_text(), session_settings
+                ),
+                90,
+                "both first workers to own partitions of the events topic",
+                on_fail=logs,
+            )
         sent += send_phase(session_settings, random_events(rng, "g0", users, 200))
         settle(store, sent, logs)
         stop = threading.Event()
-        streamed: list[Event] = []
 
-        def stream() -> None:
+        def stream() -> list[Event]:
+            streamed: list[Event] = []
             number = 0
             while not stop.is_set():
-                streamed.extend(
-                    send_phase(session_settings, random_events(rng, f"g1-{number}", users, 25))
-                )
+                events = random_events(rng, f"g1-{number}", users, 25)
+                streamed += send_phase(session_settings, events)
                 number += 1
                 time.sleep(0.1)
+            return streamed
 
-        sender = threading.Thread(target=stream)
-        sender.start()
+        sender = Background(stream)
         try:
             with worker(isolated_env) as third:
                 wait_for(
-                    lambda: "newly assigned partitions" in third.log_text(),
+                    lambda: assigned_events_partitions(third.log_text(), session_settings),
                     90,
-                    "the third worker to be assigned partitions",
+                    "the third worker to be assigned partitions of the events topic",
                     on_fail=third.log_text,
                 )
                 time.sleep(2)  # keep streaming into the new assignment
                 stop.set()
-                sender.join(timeout=60)
+                streamed = sender.result(timeout_s=60)
                 sent += streamed
                 settle(store, sent, lambda: logs() + third.log_text())
                 assert third.process.poll() is None
         finally:
             stop.set()
-            sender.join(timeout=60)
     assert len(streamed) >= 25
+
+
+def assigned_events_partitions(log: str, settings: Settings) -> bool:
+    """The worker's latest assignment, as its log shows it, holds at least one partition of
+    the events topic. The consumer logs every assignment, an empty one too, as a table:
+    `Setting newly assigned partitions` ... `| <topic> | {1, 3} |` ... `for group <id>`."""
+    blocks = re.findall(r"Setting newly assigned partitions(.*?)for group", log, re.DOTALL)
+    if not blocks:
+        return False
+    row = re.search(rf"\|\s*{re.escape(settings.events_topic)}\s*\|\s*\{{([^}}]+)\}}", blocks[-1])
+    return row is not None
 
 
 def test_offsets_for_times_finds_the_first_record_at_or_after_a_time(

@@ -48,3 +48,34 @@ def test_port_free_sees_a_listener() -> None:
         server.wait()
         assert server.stdout is not None
         server.stdout.close()
+
+
+def test_a_stand_in_an_earlier_build_started_is_stopped_and_others_left_alone(
+    tmp_path: Path,
+) -> None:
+    """Upgrading a checkout whose stack runs the old mock broker: `up`/`down` stop it; a
+    PID file of the new servers (another marker) is not touched."""
+    from infra.services import StackConfig  # noqa: PLC0415
+    from infra.stack import stop_stand_ins  # noqa: PLC0415
+
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "infra.kafka_mock"]
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pids = tmp_path / "pids"
+        pids.mkdir()
+        (pids / "kafka.pid").write_text(f"{stand_in.pid}\n")
+        (pids / "cassandra.pid").write_text(f"{other.pid}\n")
+        said: list[str] = []
+        stop_stand_ins(StackConfig(state_dir=tmp_path), said.append)
+        assert stand_in.wait(timeout=10) is not None
+        assert said == [
+            f"kafka: stopped the stand-in an earlier version started (pid {stand_in.pid})"
+        ]
+        assert other.poll() is None
+        assert (pids / "cassandra.pid").read_text() == f"{other.pid}\n"
+    finally:
+        for process in (stand_in, other):
+            process.kill()
+            process.wait()
