@@ -77,11 +77,15 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         0.5, ge=0, description="seconds between offset commits of applied batches"
     )
-    # aiokafka fetch settings; its defaults (1 MiB per partition, 50 MiB per fetch) are kept
-    # apart from the wait. Kafka answers a fetch as soon as there is data, so the wait only
-    # paces fetches of an idle topic (20 ms: 50 small requests a second per broker).
+    # aiokafka fetch settings, its defaults (and Kafka's): 500 ms wait, 1 MiB per partition,
+    # 50 MiB per fetch. Kafka answers a fetch as soon as there is data, so the wait only
+    # paces fetches of an idle topic: on the local Kafka 4.4, 20 ms and 500 ms gave the same
+    # freshness at 5k events/s (p99 32-59 vs 27-34 ms), and an idle worker cost its broker
+    # 2.6% of a core at 20 ms, 1.3% at 500 ms (the worker itself: 2.9% and 1%).
     # At ~80 B per event, 1 MiB per partition is ~13k events, well above a batch.
-    fetch_max_wait_ms: int = Field(20, ge=0, description="broker waits this long to fill a fetch")
+    fetch_max_wait_ms: int = Field(
+        500, ge=0, description="longest the broker holds a fetch that finds no data"
+    )
     fetch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="per fetch request")
     max_partition_fetch_bytes: int = Field(
         1024 * 1024, ge=1024, description="per partition per fetch; larger messages still pass"
