@@ -14,8 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from infra.process import port_free, wait_until
-from infra.services import StackConfig, StackError, java_problem, port_problem, vendor_problem
+from infra.services import JvmServer, StackConfig, java_problem, port_problem, vendor_problem
 from infra.vendor import Artifact, Bundle
 
 CASSANDRA_VERSION = os.environ.get("SIGNALS_STACK_CASSANDRA_VERSION", "5.0.9")
@@ -137,18 +136,14 @@ def cassandra_config(config: StackConfig) -> dict[str, object]:
     }
 
 
-class CassandraService:
+class CassandraService(JvmServer):
     """Apache Cassandra 5.0 from Maven Central jars, run directly on the machine's JDK."""
 
     name = "cassandra"
 
     def __init__(self, config: StackConfig) -> None:
-        self.config = config
-        self.bundle = cassandra_bundle()
-        self.dir = cassandra_dir(config)
-        self.config_file = self.dir / "cassandra.yaml"
-        self.proc = config.process("cassandra", marker=str(self.config_file))
-        self._log_from = 0
+        home = cassandra_dir(config)
+        super().__init__(config, cassandra_bundle(), home, home / "cassandra.yaml")
 
     def problems(self) -> list[str]:
         return (
@@ -158,82 +153,31 @@ class CassandraService:
             + port_problem("cql_storage", self.config.cql_storage_port)
         )
 
-    def is_installed(self) -> bool:
-        return self.bundle.is_assembled(self.config.state_dir)
-
-    def install(self) -> tuple[int, float]:
-        return self.bundle.assemble(
-            self.config.state_dir, self.config.state_dir / "logs" / "maven-cassandra.log"
-        )
-
-    def is_running(self) -> bool:
-        return self.proc.pid() is not None
-
-    def pid(self) -> int | None:
-        return self.proc.pid()
-
-    def drift(self) -> str | None:
-        """Set when the running node was started with other settings than these."""
-        try:
-            running = self.config_file.read_text()
-        except FileNotFoundError:
-            return None
-        if running == self._yaml():
-            return None
-        return (
-            f"cassandra: running (pid {self.pid()}) with other settings than the current "
-            f"ones ({self.config_file}); `signals-stack down` then `up` applies them"
-        )
-
-    def _yaml(self) -> str:
+    def rendered_config(self) -> str:
         # JSON is valid YAML, so the config needs no YAML library.
         return json.dumps(cassandra_config(self.config), indent=1)
 
-    def start(self) -> None:
-        self.install()
+    def prepare(self) -> None:
         settings = cassandra_config(self.config)
         for key in ("commitlog_directory", "saved_caches_directory", "hints_directory"):
             os.makedirs(str(settings[key]), exist_ok=True)
-        tmp_dir = self.dir / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(self._yaml())
-        logback = self.dir / "logback.xml"
-        logback.write_text(_LOGBACK)
-        self._log_from = self.proc.log_size()
-        self.proc.start(
-            [
-                self.config.java,
-                *jvm_flags(self.config.cassandra_heap, tmp_dir),
-                "-Dcassandra-foreground=yes",
-                f"-Dcassandra.config=file://{self.config_file}",
-                f"-Dcassandra.logdir={self.config.state_dir / 'logs'}",
-                f"-Dcassandra.storagedir={self.dir}",
-                f"-Dlogback.configurationFile={logback}",
-                "-cp",
-                self.bundle.classpath(self.config.state_dir),
-                "org.apache.cassandra.service.CassandraDaemon",
-            ],
-            cwd=self.dir,
-        )
+        (self.dir / "logback.xml").write_text(_LOGBACK)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        ready = wait_until(self._answers_cql, timeout_s, interval_s=0.5)
-        if self.proc.exited_early():
-            raise StackError(
-                f"cassandra: exited while starting: {self.proc.startup_error(self._log_from)} "
-                f"(log: {self.proc.log_file})"
-            )
-        if not ready:
-            raise StackError(
-                f"cassandra: CQL not ready on 127.0.0.1:{self.config.cql_port} after "
-                f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"
-            )
+    def launch(self, tmp_dir: Path) -> list[str]:
+        return [
+            self.config.java,
+            *jvm_flags(self.config.cassandra_heap, tmp_dir),
+            "-Dcassandra-foreground=yes",
+            f"-Dcassandra.config=file://{self.config_file}",
+            f"-Dcassandra.logdir={self.config.state_dir / 'logs'}",
+            f"-Dcassandra.storagedir={self.dir}",
+            f"-Dlogback.configurationFile={self.dir / 'logback.xml'}",
+            "-cp",
+            self.bundle.classpath(self.config.state_dir),
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
 
-    def _answers_cql(self) -> bool:
-        if self.proc.exited_early():
-            return True  # stop polling; wait_ready reports the exit
-        if port_free(self.config.cql_port):
-            return False
+    def serves(self) -> bool:
         from sinks.cql import connect_cluster  # noqa: PLC0415
 
         cluster = connect_cluster(["127.0.0.1"], self.config.cql_port)
@@ -242,9 +186,6 @@ class CassandraService:
             return session.execute("SELECT release_version FROM system.local").one() is not None
         finally:
             cluster.shutdown()
-
-    def stop(self) -> bool:
-        return self.proc.stop(timeout_s=60)
 
     def address(self) -> str:
         return f"127.0.0.1:{self.config.cql_port}"

@@ -17,8 +17,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from infra.process import port_free, wait_until
-from infra.services import StackConfig, StackError, java_problem, port_problem, vendor_problem
+from infra.services import (
+    JvmServer,
+    StackConfig,
+    StackError,
+    java_problem,
+    port_problem,
+    vendor_problem,
+)
 from infra.vendor import Artifact, Bundle
 
 KAFKA_VERSION = os.environ.get("SIGNALS_STACK_KAFKA_VERSION", "4.4.0")
@@ -119,18 +125,14 @@ def jvm_flags(heap: str, tmp_dir: Path) -> list[str]:
     ]
 
 
-class KafkaService:
+class KafkaService(JvmServer):
     name = "kafka"
 
     def __init__(self, config: StackConfig) -> None:
-        self.config = config
-        self.bundle = kafka_bundle()
-        self.dir = config.state_dir / "kafka"
+        home = config.state_dir / "kafka"
+        super().__init__(config, kafka_bundle(), home, home / "server.properties")
         self.data_dir = self.dir / "data"
-        self.properties = self.dir / "server.properties"
         self.log4j = self.dir / "log4j2.yaml"
-        self.proc = config.process("kafka", marker=str(self.properties))
-        self._log_from = 0
 
     def problems(self) -> list[str]:
         return (
@@ -142,58 +144,28 @@ class KafkaService:
             )
         )
 
-    def is_installed(self) -> bool:
-        return self.bundle.is_assembled(self.config.state_dir)
+    def rendered_config(self) -> str:
+        return server_properties(self.config, self.data_dir)
 
-    def install(self) -> tuple[int, float]:
-        return self.bundle.assemble(
-            self.config.state_dir, self.config.state_dir / "logs" / "maven-kafka.log"
-        )
-
-    def is_running(self) -> bool:
-        return self.proc.pid() is not None
-
-    def pid(self) -> int | None:
-        return self.proc.pid()
-
-    def drift(self) -> str | None:
-        """Set when the running server was started with other settings than these."""
-        try:
-            running = self.properties.read_text()
-        except FileNotFoundError:
-            return None
-        if running == server_properties(self.config, self.data_dir):
-            return None
-        return (
-            f"kafka: running (pid {self.pid()}) with other settings than the current ones "
-            f"({self.properties}); `signals-stack down` then `up` applies them"
-        )
-
-    def start(self) -> None:
-        self.install()
-        tmp_dir = self.dir / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text(server_properties(self.config, self.data_dir))
+    def prepare(self) -> None:
         self.log4j.write_text(_LOG4J2)
         if not (self.data_dir / "meta.properties").exists():
             # meta.properties is written last: without it, whatever is there is the
             # remainder of an interrupted format, with nothing of value in it.
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self._format()
-        self._log_from = self.proc.log_size()
-        self.proc.start(
-            [
-                self.config.java,
-                *jvm_flags(self.config.kafka_heap, tmp_dir),
-                f"-Dlog4j2.configurationFile={self.log4j}",
-                f"-Dkafka.logs.dir={self.config.state_dir / 'logs'}",
-                "-cp",
-                self.bundle.classpath(self.config.state_dir),
-                "kafka.Kafka",
-                str(self.properties),
-            ],
-            cwd=self.dir,
-        )
+
+    def launch(self, tmp_dir: Path) -> list[str]:
+        return [
+            self.config.java,
+            *jvm_flags(self.config.kafka_heap, tmp_dir),
+            f"-Dlog4j2.configurationFile={self.log4j}",
+            f"-Dkafka.logs.dir={self.config.state_dir / 'logs'}",
+            "-cp",
+            self.bundle.classpath(self.config.state_dir),
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
 
     def _format(self) -> None:
         """Format the storage once: a new cluster id, this node's meta.properties."""
@@ -208,7 +180,7 @@ class KafkaService:
             "--cluster-id",
             new_cluster_id(),
             "--config",
-            str(self.properties),
+            str(self.config_file),
         ]
         try:
             result = subprocess.run(
@@ -224,32 +196,12 @@ class KafkaService:
             )
             raise StackError(f"kafka: formatting {self.data_dir} failed: {reason[:400]}")
 
-    def wait_ready(self, timeout_s: float) -> None:
-        ready = wait_until(self._serves, timeout_s, interval_s=0.25)
-        if self.proc.exited_early():
-            raise StackError(
-                f"kafka: exited while starting: {self.proc.startup_error(self._log_from)} "
-                f"(log: {self.proc.log_file})"
-            )
-        if not ready:
-            raise StackError(
-                f"kafka: not serving on 127.0.0.1:{self.config.kafka_port} after "
-                f"{timeout_s:.0f}s; log: {self.proc.log_tail()}"
-            )
-
-    def _serves(self) -> bool:
-        if self.proc.exited_early():
-            return True  # stop polling; wait_ready reports the exit
-        if port_free(self.config.kafka_port):
-            return False
+    def serves(self) -> bool:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
         admin = AdminClient({"bootstrap.servers": self.address(), "log_level": 0})
         metadata = admin.list_topics(timeout=5)
         return bool(metadata.brokers) and metadata.controller_id >= 0
-
-    def stop(self) -> bool:
-        return self.proc.stop(timeout_s=60)
 
     def address(self) -> str:
         return f"127.0.0.1:{self.config.kafka_port}"

@@ -7,6 +7,7 @@ Apache Kafka and Apache Cassandra, live in `kafka_server.py` and `cassandra_serv
 
 from __future__ import annotations
 
+import abc
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.process import ManagedProcess, port_free, wait_until
+from infra.vendor import Bundle
 
 CLUSTER_SLOTS = 16384
 #: Redis Cluster's node-to-node bus listens on the client port + this (Redis' default).
@@ -373,3 +375,96 @@ def vendor_problem(service: str, state_dir: Path, assembled: bool) -> list[str]:
         f"Central into {state_dir / 'vendor'}; install it with `apt-get install -y maven` "
         "(./dev setup does this)"
     ]
+
+
+class JvmServer(abc.ABC):
+    """What the stack's two JVM servers (Kafka, Cassandra) share: jars from a Maven bundle
+    (`infra/vendor.py`), one process identified by its config file, a config that must
+    match the running one, and a start that is reported by its first error line."""
+
+    name: str
+
+    def __init__(self, config: StackConfig, bundle: Bundle, home: Path, config_file: Path) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.dir = home
+        self.config_file = config_file
+        self.proc = config.process(self.name, marker=str(config_file))
+        self._log_from = 0
+
+    @abc.abstractmethod
+    def rendered_config(self) -> str:
+        """The config file's content for the current settings."""
+
+    @abc.abstractmethod
+    def launch(self, tmp_dir: Path) -> list[str]:
+        """The server's command line (config written, storage ready)."""
+
+    @abc.abstractmethod
+    def serves(self) -> bool:
+        """One readiness probe against the running server."""
+
+    def prepare(self) -> None:  # noqa: B027  (a hook: most servers need nothing)
+        """Anything to do after the config is written and before the JVM starts."""
+
+    def is_installed(self) -> bool:
+        return self.bundle.is_assembled(self.config.state_dir)
+
+    def install(self) -> tuple[int, float]:
+        return self.bundle.assemble(
+            self.config.state_dir, self.config.state_dir / "logs" / f"maven-{self.name}.log"
+        )
+
+    def is_running(self) -> bool:
+        return self.proc.pid() is not None
+
+    def pid(self) -> int | None:
+        return self.proc.pid()
+
+    def drift(self) -> str | None:
+        """Set when the running server was started with other settings than these."""
+        try:
+            running = self.config_file.read_text()
+        except FileNotFoundError:
+            return None
+        if running == self.rendered_config():
+            return None
+        return (
+            f"{self.name}: running (pid {self.pid()}) with other settings than the current "
+            f"ones ({self.config_file}); `signals-stack down` then `up` applies them"
+        )
+
+    def start(self) -> None:
+        self.install()
+        # Native libraries (JNA, lz4, snappy, zstd) unpack here, not in a maybe-noexec /tmp.
+        tmp_dir = self.dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.rendered_config())
+        self.prepare()
+        self._log_from = self.proc.log_size()
+        self.proc.start(self.launch(tmp_dir), cwd=self.dir)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        ready = wait_until(self._probe, timeout_s, interval_s=0.25)
+        if self.proc.exited_early():
+            raise StackError(
+                f"{self.name}: exited while starting: "
+                f"{self.proc.startup_error(self._log_from)} (log: {self.proc.log_file})"
+            )
+        if not ready:
+            raise StackError(
+                f"{self.name}: not serving on {self.address()} after {timeout_s:.0f}s; "
+                f"log: {self.proc.log_tail()}"
+            )
+
+    def _probe(self) -> bool:
+        if self.proc.exited_early():
+            return True  # stop polling; wait_ready reports the exit
+        host, _, port = self.address().rpartition(":")
+        return not port_free(int(port), host) and self.serves()
+
+    def stop(self) -> bool:
+        return self.proc.stop(timeout_s=60)
+
+    @abc.abstractmethod
+    def address(self) -> str: ...

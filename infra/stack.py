@@ -29,6 +29,7 @@ from infra.cassandra_server import CassandraService
 from infra.kafka_server import KafkaService
 from infra.services import (
     CLUSTER_BUS_OFFSET,
+    JvmServer,
     RedisClusterService,
     RedisService,
     Service,
@@ -130,7 +131,7 @@ def services(config: StackConfig) -> list[Service]:
 def install_servers(stack: list[Service], say: Callable[[str], None]) -> None:
     """Fetch the JVM servers from Maven Central into the state folder, once each."""
     for service in stack:
-        if isinstance(service, KafkaService | CassandraService) and not service.is_installed():
+        if isinstance(service, JvmServer) and not service.is_installed():
             say(
                 f"{service.name}: fetching {service.bundle.name} from Maven Central "
                 "(once; cached under the state folder)"

@@ -80,9 +80,12 @@ def private_stack_env(stack: None) -> Iterator[dict[str, str]]:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def stack_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def stack_cli(
+    env: dict[str, str], *args: str, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`signals-stack ARGS` in the private stack's environment (under `wrapper`, if any)."""
     return subprocess.run(
-        [sys.executable, "-m", "infra.stack", *args],
+        [*wrapper, sys.executable, "-m", "infra.stack", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -196,15 +199,7 @@ def test_maven_central_unreachable_is_one_clear_line_and_nothing_starts(
     state = Path(private_stack_env["SIGNALS_STATE_DIR"])
     (state / "vendor").unlink()  # nothing fetched yet, as on a fresh machine
     env = {**private_stack_env, "MAVEN_OPTS": f"-Dmaven.repo.local={tmp_path / 'm2'}"}
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, "-m", "infra.stack", "up"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = stack_cli(env, "up", wrapper=("unshare", "--net"))
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
