@@ -13,8 +13,9 @@ Everything lives under one folder (SIGNALS_STATE_DIR, default ./.state). Ports c
 moved with SIGNALS_STACK_REDIS_PORT, SIGNALS_STACK_REDIS_CLUSTER_PORTS (comma-separated,
 one per master; each also uses port + 10000 for the cluster bus), SIGNALS_STACK_KAFKA_PORT,
 SIGNALS_STACK_KAFKA_CONTROLLER_PORT, SIGNALS_STACK_CQL_PORT, SIGNALS_STACK_CQL_STORAGE_PORT.
-Heaps: SIGNALS_STACK_KAFKA_HEAP (512m), SIGNALS_STACK_CASSANDRA_HEAP (1g); the JVM:
-SIGNALS_STACK_JAVA (default `java` on the PATH).
+Heaps: SIGNALS_STACK_KAFKA_HEAP (512m), SIGNALS_STACK_CASSANDRA_HEAP (1g). The JVM, a Java
+17: SIGNALS_STACK_JAVA, else $JAVA_HOME/bin/java, else `java` on the PATH. Releases:
+SIGNALS_STACK_KAFKA_VERSION (4.4.0), SIGNALS_STACK_CASSANDRA_VERSION (5.0.9).
 """
 
 from __future__ import annotations
