@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from jobs.dead_letters import read_dead_letters
 from jobs.generate import bounded, paced, send_all
 from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, write_traffic
-from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
@@ -57,6 +57,13 @@ def _positive(text: str, kind: type[int] | type[float], described: str) -> float
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _user_id(text: str) -> str:
+    try:
+        return check_user_id(text)
+    except InvalidEvent as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
 
 
 def _product_type(text: str) -> EventType:
@@ -144,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a user's most recent interactions",
         description="Print a user's last-k interactions per type, newest first, from Redis.",
     )
-    last_k.add_argument("user_id", help="for example u000001")
+    last_k.add_argument("user_id", type=_user_id, help="for example u000001")
     last_k.add_argument(
         "--type",
         dest="types",

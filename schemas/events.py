@@ -6,6 +6,7 @@ Pure: no Kafka, Redis or Avro here. The wire encoding lives in `schemas.codec`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -87,6 +88,26 @@ class Event:
         return cls(**{**data, "event_type": event_type})
 
 
+#: What a user id may be: printable ASCII without spaces or braces, 1 to 128 characters.
+#: The id is part of every Redis key of the user (`<prefix>:{<user_id>}:<type>`) and its
+#: braces are the Redis Cluster hash tag, so an id with a brace could split one user's keys
+#: over several slots (one starting with `}` gives an empty tag).
+USER_ID_PATTERN = r"[\x21-\x7a\x7c\x7e]{1,128}"
+_user_id_ok = re.compile(USER_ID_PATTERN).fullmatch
+
+
+def check_user_id(user_id: str) -> str:
+    """The id itself if it is one the contract allows; InvalidEvent otherwise (readers use
+    it too: an id no event can carry has no data, and some could not even be looked up)."""
+    if type(user_id) is str and _user_id_ok(user_id):
+        return user_id
+    raise InvalidEvent(
+        "user_id",
+        "must be 1-128 printable ASCII characters without spaces, '{' or '}' "
+        f"(it is part of the Redis keys), got {str(user_id)[:40]!r}",
+    )
+
+
 def validate(event: Event) -> None:
     """Reject events no consumer could use. Raises InvalidEvent naming the field.
 
@@ -101,7 +122,7 @@ def validate(event: Event) -> None:
         type(event.event_id) is str
         and event.event_id
         and type(event.user_id) is str
-        and event.user_id
+        and _user_id_ok(event.user_id)
         and type(event_type) is EventType
         and type(time_ms) is int
         and time_ms > 0
@@ -130,6 +151,7 @@ def _explain(event: Event) -> None:
         value = getattr(event, name)
         if not isinstance(value, str) or not value:
             raise InvalidEvent(name, "must be a non-empty string")
+    check_user_id(event.user_id)
     if not isinstance(event.event_type, EventType):
         raise InvalidEvent("event_type", f"unknown type {event.event_type!r}")
     if isinstance(event.event_time_ms, bool) or not isinstance(event.event_time_ms, int):

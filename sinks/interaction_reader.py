@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.events import PRODUCT_EVENT_TYPES, EventType, check_user_id
 from sinks.redis_scripts import HotRedis
 from streams.logic.lastk import Item, UserLastK, hot_key, version_key
 
@@ -106,13 +106,16 @@ class InteractionReader:
 
     async def tier_of(self, user_id: str) -> Tier:
         """Where a user's interactions are right now."""
-        exists = await self._redis.exists(version_key(self._prefix, user_id))
+        exists = await self._redis.exists(version_key(self._prefix, check_user_id(user_id)))
         return "hot" if exists else "cold"
 
     async def _hot_read(
         self, user_id: str, types: Sequence[EventType], read: QueueRead
     ) -> Interactions | None:
-        """Run `read` per type inside MULTI with the activity check; None if not hot."""
+        """Run `read` per type inside MULTI with the activity check; None if not hot.
+        Raises InvalidEvent for an id outside the contract's alphabet (it has no data, and
+        on a Redis Cluster its keys might not share a slot)."""
+        check_user_id(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.exists(version_key(self._prefix, user_id))
             for event_type in types:

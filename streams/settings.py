@@ -79,9 +79,9 @@ class Settings(BaseSettings):
     )
     # aiokafka fetch settings, its defaults (and Kafka's): 500 ms wait, 1 MiB per partition,
     # 50 MiB per fetch. Kafka answers a fetch as soon as there is data, so the wait only
-    # paces fetches of an idle topic: on the local Kafka 4.4, 20 ms and 500 ms gave the same
-    # freshness at 5k events/s (p99 32-59 vs 27-34 ms), and an idle worker cost its broker
-    # 2.6% of a core at 20 ms, 1.3% at 500 ms (the worker itself: 2.9% and 1%).
+    # paces fetches of an idle topic: on the local Kafka 4.4, 20 ms and 500 ms gave no clear
+    # difference in freshness at 5k events/s (README, Benchmarks), and an idle worker cost
+    # its broker 2.6% of a core at 20 ms, 1.3% at 500 ms (the worker itself: 2.9% and 1%).
     # At ~80 B per event, 1 MiB per partition is ~13k events, well above a batch.
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="longest the broker holds a fetch that finds no data"

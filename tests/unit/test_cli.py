@@ -31,6 +31,7 @@ def run(
         (["last-k", "u1", "--type", "app_open"], "carry no product"),
         (["last-k", "u1", "--type", "like"], "unknown type 'like'"),
         (["last-k"], "required: user_id"),
+        (["last-k", "}u1"], "without spaces, '{' or '}'"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -93,3 +93,23 @@ def test_the_fast_path_agrees_with_the_rules(fields: dict) -> None:
             validate(event)
     else:
         validate(event)
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["}u1", "u{1}", "{u1}", "u 1", "u\n1", "u\x001", "ü1", "u" * 129],
+)
+def test_a_user_id_outside_the_key_alphabet_is_refused(user_id: str) -> None:
+    """Ids are part of Redis keys and their cluster hash tag: printable ASCII without
+    braces or spaces, 1 to 128 characters."""
+    with pytest.raises(InvalidEvent) as refused:
+        validate(Event("e1", user_id, EventType.APP_OPEN, 1_763_700_000_000))
+    assert refused.value.field == "user_id"
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["u1", "42", "a" * 128, "user@example.com", "5f0e7c1e-8c2b-4d0e-9a6f-3f1d2c3b4a5e", "a|b~c"],
+)
+def test_ordinary_user_ids_pass(user_id: str) -> None:
+    validate(Event("e1", user_id, EventType.APP_OPEN, 1_763_700_000_000))
