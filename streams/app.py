@@ -34,7 +34,13 @@ from schemas.codec import decode_event
 from schemas.events import Event, InvalidEvent
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
-from streams.logic.admission import Limits, check_size, check_time, dead_letter_headers
+from streams.logic.admission import (
+    Limits,
+    check_size,
+    check_time,
+    dead_letter_headers,
+    dead_letter_value,
+)
 from streams.logic.lastk import Interaction, interaction_of
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
@@ -156,6 +162,7 @@ class IngestPipeline:
         # Dead letters since the last warning about them (see `_dead_letter`).
         self._unreported: dict[str, int] = {}
         self._reported_at = -DEAD_LETTER_LOG_EVERY_S
+        self._dead_letter_max_bytes = settings.dead_letter_max_bytes
         self._limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future_skew_ms=settings.max_future_skew_s * 1000,
@@ -277,7 +284,8 @@ class IngestPipeline:
             headers = dead_letter_headers(
                 error, record.topic, record.partition, record.offset, now_ms
             )
-            pending.append(await self._dead_letters.send(record.key, record.value, headers))
+            value, truncated = dead_letter_value(record.value, self._dead_letter_max_bytes)
+            pending.append(await self._dead_letters.send(record.key, value, headers + truncated))
         # At most one line every DEAD_LETTER_LOG_EVERY_S, with the counts since the last
         # one: a stream of bad input must not turn the worker into a log writer (a line
         # costs ~0.8 ms of CPU here). Each message's reason is in its dead-letter headers.

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     events_partitions: int = Field(8, ge=1)
     dead_letter_topic: str = Field("signals.events.dlq", description="rejected events + reason")
     max_payload_bytes: int = Field(16384, ge=64, description="larger messages are dead-lettered")
+    # A dead letter carries the rejected bytes as they were, up to this many; a larger
+    # value goes as its first bytes plus a `dlq.truncated.from.bytes` header. Well under
+    # the worker producer's request limit (1,000,000) and the topic's message limit.
+    dead_letter_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=900_000, description="longest value a dead letter carries"
+    )
     max_future_skew_s: int = Field(300, ge=0, description="how far ahead of now event time may be")
     min_event_time_ms: int = Field(
         1_500_000_000_000, description="events before this (2017-07-14) are dead-lettered"

@@ -51,3 +51,19 @@ def dead_letter_headers(
         ("dlq.source.offset", str(offset).encode()),
         ("dlq.time.ms", str(now_ms).encode()),
     ]
+
+
+def dead_letter_value(
+    value: bytes | None, max_bytes: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """What to dead-letter for a rejected record's value, and the headers to add.
+
+    The original bytes when they fit in `max_bytes`; otherwise their first `max_bytes`,
+    with `dlq.truncated.from.bytes` = the original size. A record the broker took can be
+    larger than what the worker's producer may send (plus the dead-letter headers): sent
+    whole, it would fail every time and hold up every record behind it. The source
+    coordinates in the headers still lead to the whole record while the topic keeps it.
+    """
+    if value is None or len(value) <= max_bytes:
+        return value, []
+    return value[:max_bytes], [("dlq.truncated.from.bytes", str(len(value)).encode())]

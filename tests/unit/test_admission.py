@@ -1,7 +1,13 @@
 import pytest
 
 from schemas.events import Event, EventType, InvalidEvent
-from streams.logic.admission import Limits, check_size, check_time, dead_letter_headers
+from streams.logic.admission import (
+    Limits,
+    check_size,
+    check_time,
+    dead_letter_headers,
+    dead_letter_value,
+)
 
 LIMITS = Limits(max_payload_bytes=100, max_future_skew_ms=60_000, min_event_time_ms=1_000_000)
 NOW = 10_000_000
@@ -39,3 +45,11 @@ def test_dead_letter_headers_say_why_and_where_from() -> None:
         "dlq.source.offset": b"42",
         "dlq.time.ms": str(NOW).encode(),
     }
+
+
+def test_a_dead_letter_value_is_the_original_bytes_or_their_start_with_the_size() -> None:
+    assert dead_letter_value(b"abc", 3) == (b"abc", [])
+    assert dead_letter_value(None, 3) == (None, [])
+    value, headers = dead_letter_value(b"abcdef", 4)
+    assert value == b"abcd"
+    assert headers == [("dlq.truncated.from.bytes", b"6")]
