@@ -140,6 +140,7 @@ class CassandraService(JvmServer):
     """Apache Cassandra 5.0 from Maven Central jars, run directly on the machine's JDK."""
 
     name = "cassandra"
+    ready_poll_s = 0.5  # each probe is a whole driver connection
 
     def __init__(self, config: StackConfig) -> None:
         home = cassandra_dir(config)

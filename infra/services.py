@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.process import ManagedProcess, port_free, wait_until
-from infra.vendor import Bundle
+from infra.vendor import Bundle, java_major
 
 CLUSTER_SLOTS = 16384
 #: Redis Cluster's node-to-node bus listens on the client port + this (Redis' default).
@@ -348,8 +348,6 @@ def parse_cluster_info(raw: bytes | str | dict[str, Any]) -> dict[str, str]:
 
 def java_problem(service: str, java: str, oldest: int, newest: int) -> list[str]:
     """One line if `java` is missing or a version the server does not run on."""
-    from infra.vendor import java_major  # noqa: PLC0415
-
     if shutil.which(java) is None:
         return [
             f"{service}: java not found ({java}); install a JDK 17 runtime with "
@@ -383,6 +381,8 @@ class JvmServer(abc.ABC):
     match the running one, and a start that is reported by its first error line."""
 
     name: str
+    #: Seconds between readiness probes while the server starts.
+    ready_poll_s: float = 0.25
 
     def __init__(self, config: StackConfig, bundle: Bundle, home: Path, config_file: Path) -> None:
         self.config = config
@@ -445,7 +445,7 @@ class JvmServer(abc.ABC):
         self.proc.start(self.launch(tmp_dir), cwd=self.dir)
 
     def wait_ready(self, timeout_s: float) -> None:
-        ready = wait_until(self._probe, timeout_s, interval_s=0.25)
+        ready = wait_until(self._probe, timeout_s, interval_s=self.ready_poll_s)
         if self.proc.exited_early():
             raise StackError(
                 f"{self.name}: exited while starting: "

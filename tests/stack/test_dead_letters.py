@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import fastavro
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType
@@ -47,6 +47,29 @@ def framed(**fields: object) -> bytes:
     return b"\x00" + CURRENT_EVENT_SCHEMA_ID.to_bytes(4, "big") + body.getvalue()
 
 
+def dead_letter_reader(settings: Settings, group: str) -> Consumer:
+    """A consumer of the test's dead-letter topic from its start (close it afterwards)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([settings.dead_letter_topic])
+    return consumer
+
+
+def next_dead_letter(consumer: Consumer, timeout_s: float = 30) -> Message | None:
+    """The next dead letter, or None if none comes within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            return message
+    return None
+
+
 BAD_MESSAGES: dict[str, tuple[bytes, str]] = {
     # case: (value, dlq.field header)
     "not our framing": (b'{"event_id": "e1"}', "payload"),
@@ -72,14 +95,7 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_ones_still_a
     producer.produce(provisioned.events_topic, key=b"u-good", value=encode_event(good))
     assert producer.flush(10) == 0
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": provisioned.kafka_bootstrap,
-            "group.id": "dlq-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([provisioned.dead_letter_topic])
+    consumer = dead_letter_reader(provisioned, "dlq-reader")
     received: dict[bytes, dict[str, bytes]] = {}
     try:
         with worker(isolated_env) as running:

@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable
 
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType
 from streams.logic.lastk import hot_key
 from streams.settings import Settings
 from tests.conftest import wait_for
+from tests.stack.test_dead_letters import dead_letter_reader, next_dead_letter
 
 #: Just under what Kafka's default `message.max.bytes` (1,048,588 per batch) accepts, and
 #: over the worker producer's default request limit (1,000,000).
@@ -35,14 +36,7 @@ def test_a_record_too_large_to_dead_letter_as_is_goes_truncated_and_the_worker_g
     producer.produce(settings.events_topic, key=b"u-after", value=encode_event(good), partition=0)
     assert producer.flush(30) == 0
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "oversized-dlq-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([settings.dead_letter_topic])
+    consumer = dead_letter_reader(settings, "oversized-dlq-reader")
     client = redis.Redis.from_url(settings.redis_url)
     try:
         with worker(isolated_env) as running:
@@ -53,12 +47,7 @@ def test_a_record_too_large_to_dead_letter_as_is_goes_truncated_and_the_worker_g
                 "the event behind the oversized one to be applied",
                 on_fail=lambda: running.log_text()[-3000:],
             )
-            dead = None
-            deadline = time.monotonic() + 30
-            while dead is None and time.monotonic() < deadline:
-                message = consumer.poll(0.5)
-                if message is not None and not message.error():
-                    dead = message
+            dead = next_dead_letter(consumer)
             assert dead is not None, "the oversized record was not dead-lettered"
             assert running.process.poll() is None, "the worker stopped"
     finally:

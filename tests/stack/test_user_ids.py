@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType, InvalidEvent
@@ -18,7 +18,7 @@ from streams.logic.lastk import reference_last_k
 from streams.settings import Settings
 from tests.conftest import on_backend, wait_for
 from tests.stack.oracle import Store
-from tests.stack.test_dead_letters import framed
+from tests.stack.test_dead_letters import dead_letter_reader, framed, next_dead_letter
 
 GAP_ENV = {
     "SIGNALS_INACTIVITY_GAP_S": "1",
@@ -55,14 +55,7 @@ def test_a_user_id_the_key_layout_cannot_hold_is_dead_lettered_and_flushes_go_on
         )
     assert producer.flush(10) == 0
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "ids-dlq-reader",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([settings.dead_letter_topic])
+    consumer = dead_letter_reader(settings, "ids-dlq-reader")
     store = Store(settings)
     try:
         with worker(env) as running:
@@ -78,12 +71,7 @@ def test_a_user_id_the_key_layout_cannot_hold_is_dead_lettered_and_flushes_go_on
                 "every good user's view to be flushed to the cold tier",
                 on_fail=lambda: running.log_text()[-3000:],
             )
-            dead = None
-            deadline = time.monotonic() + 30
-            while dead is None and time.monotonic() < deadline:
-                message = consumer.poll(0.5)
-                if message is not None and not message.error():
-                    dead = message
+            dead = next_dead_letter(consumer)
             assert dead is not None, "the bad id was not dead-lettered"
             headers = dict(dead.headers() or [])
             assert dead.value() == bad_value
