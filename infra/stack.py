@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from infra.cassandra_server import CassandraService
 from infra.kafka_server import KafkaService
@@ -141,12 +141,23 @@ def install_servers(stack: list[Service], say: Callable[[str], None]) -> None:
             say(f"{service.name}: {size / 1e6:.0f} MB of jars in {seconds:.0f}s")
 
 
+def refusals(stack: Sequence[Service], to_start: Sequence[Service]) -> list[str]:
+    """Why `up` cannot go on: what keeps a stopped service from starting, and a running
+    one started with other settings (one about to start writes its config afresh, so a
+    config file left by an earlier run is no reason to refuse)."""
+    problems = [line for service in to_start for line in service.problems()]
+    return problems + [
+        line
+        for service in stack
+        if service not in to_start and (line := service.drift()) is not None
+    ]
+
+
 def up(config: StackConfig, say: Callable[[str], None] = print) -> None:
     stop_stand_ins(config, say)
     stack = services(config)
     to_start = [service for service in stack if not service.is_running()]
-    problems = [line for service in to_start for line in service.problems()]
-    problems += [line for service in stack if (line := service.drift()) is not None]
+    problems = refusals(stack, to_start)
     if problems:
         raise StackError("\n".join(problems))
 

@@ -79,3 +79,33 @@ def test_a_stand_in_an_earlier_build_started_is_stopped_and_others_left_alone(
         for process in (stand_in, other):
             process.kill()
             process.wait()
+
+
+class FakeService:
+    """Just what `infra.stack.refusals` asks of a service."""
+
+    def __init__(self, name: str, drift: str | None, problems: list[str] | None = None) -> None:
+        self.name = name
+        self._drift = drift
+        self._problems = problems or []
+
+    def drift(self) -> str | None:
+        return self._drift
+
+    def problems(self) -> list[str]:
+        return self._problems
+
+
+def test_up_refuses_drift_only_for_a_server_that_keeps_running() -> None:
+    """A stopped server about to start writes its config afresh: the file an earlier run
+    left (other settings) is no reason to refuse, as `./dev down; ./dev up` once was."""
+    from infra.stack import refusals  # noqa: PLC0415
+
+    stopped = FakeService("cassandra", drift="cassandra: running with other settings")
+    running = FakeService("kafka", drift="kafka: running with other settings")
+    blocked = FakeService("redis", drift=None, problems=["redis: port in use"])
+    assert refusals([stopped], [stopped]) == []  # type: ignore[list-item]
+    assert refusals([stopped, running, blocked], [stopped, blocked]) == [  # type: ignore[list-item]
+        "redis: port in use",
+        "kafka: running with other settings",
+    ]
