@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, Table, ensure_stack, write_results
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
-from sinks.hot_store import HotUsers, RedisHotStore
+from sinks.hot_store import HotUsers, RedisHotStore, Rehydrated
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction
@@ -43,7 +43,7 @@ TYPES = sorted(PRODUCT_EVENT_TYPES)
 T0 = 1_790_000_000_000
 
 
-async def never_missing(users: Collection[str]) -> list[Interaction]:
+async def never_missing(users: Collection[str]) -> Rehydrated:
     raise RuntimeError(f"every user has keys in this bench, yet {sorted(users)[:3]} had none")
 
 
@@ -82,7 +82,7 @@ async def measure(settings: Settings, users: int, count: int) -> dict[int, Runs]
     interleaved in pairs (which goes first alternates, so neither always meets a warmer
     Redis)."""
     client = build_redis(settings)
-    store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k, ttl_s=600)
+    store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k)
     ids = [f"u{i:07d}" for i in range(users)]
     seed_rows = [Interaction(user, EventType.VIEW, "p0", T0) for user in ids]
     times: dict[int, Runs] = {}

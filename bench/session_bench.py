@@ -208,12 +208,13 @@ async def rehydrate(
         now_ms = int(time.time() * 1000)
         started = time.perf_counter()
         hydration = await keeper.hydrate([(partition, user)])
-        history = hydration.history
+        history = hydration.history.rows
         await store.record(
             [*history, Interaction(user, EventType.VIEW, "p-new", now_ms)],
             {partition: {user: now_ms}},
             counted=1,
             hot=HotUsers(hydration.hot, keeper.rehydrate),
+            floors=hydration.history.floors,
         )
         took = (time.perf_counter() - started) * 1000
         if not history:
@@ -238,9 +239,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any
     keeper = build_session_keeper(settings, client)
     cold = keeper.cold
     assert isinstance(cold, CqlColdStore)
-    full_store = RedisHotStore(
-        client, f"{settings.redis_key_prefix}-full", settings.last_k, settings.hot_ttl_s
-    )
+    full_store = RedisHotStore(client, f"{settings.redis_key_prefix}-full", settings.last_k)
     partitions = settings.events_partitions
     try:
         await cold.open()

@@ -96,6 +96,22 @@ USER_ID_PATTERN = r"[\x21-\x7a\x7c\x7e]{1,128}"
 _user_id_ok = re.compile(USER_ID_PATTERN).fullmatch
 
 
+#: Longest product id in UTF-8 bytes. Ids are stored in every snapshot and history
+#: block, so this bounds one user's cold rows (see `streams.settings.MAX_LAST_K`).
+MAX_PRODUCT_ID_BYTES = 256
+
+
+def _product_id_ok(product_id: object) -> bool:
+    return (
+        type(product_id) is str
+        and len(product_id) > 0
+        and (
+            len(product_id) <= MAX_PRODUCT_ID_BYTES // 4
+            or len(product_id.encode()) <= MAX_PRODUCT_ID_BYTES
+        )
+    )
+
+
 def check_user_id(user_id: str) -> str:
     """The id itself if it is one the contract allows; InvalidEvent otherwise (readers use
     it too: an id no event can carry has no data, and some could not even be looked up)."""
@@ -126,7 +142,7 @@ def validate(event: Event) -> None:
         and type(event_type) is EventType
         and type(time_ms) is int
         and time_ms > 0
-        and (event_type is EventType.APP_OPEN or (type(product_id) is str and product_id))
+        and (event_type is EventType.APP_OPEN or _product_id_ok(product_id))
         and (
             (type(event.order_id) is str and event.order_id)
             or (event.order_id is None and event_type is not EventType.ORDER)
@@ -162,6 +178,12 @@ def _explain(event: Event) -> None:
         not isinstance(event.product_id, str) or not event.product_id
     ):
         raise InvalidEvent("product_id", f"required for {event.event_type.value} events")
+    if event.event_type in PRODUCT_EVENT_TYPES and not _product_id_ok(event.product_id):
+        raise InvalidEvent(
+            "product_id",
+            f"at most {MAX_PRODUCT_ID_BYTES} bytes in UTF-8, got "
+            f"{len(str(event.product_id).encode())}",
+        )
     if event.order_id is not None and (not isinstance(event.order_id, str) or not event.order_id):
         raise InvalidEvent("order_id", "must be a non-empty string when given")
     if event.event_type is EventType.ORDER and event.order_id is None:

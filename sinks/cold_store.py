@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -48,7 +49,6 @@ from streams.logic.cold_layout import (
     history_blocks,
     newest_time_ms,
     packed,
-    snapshot_version,
     unstored_items,
     window_days,
     window_items,
@@ -68,8 +68,12 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
     IsBootstrappingErrorMessage,
 )
 
-#: Approximate value bytes of history block rows per CQL batch (~10 realistic users; a
-#: user's blocks are never split). Batches are unlogged and span partitions (many users):
+#: Approximate value bytes of history block rows per CQL batch (~10 realistic users).
+#: Each block is its own partition and needs no other in its batch, so a user's blocks
+#: may go in several batches; a block larger than this goes alone, a single-partition
+#: batch, which neither Cassandra nor ScyllaDB size-checks (their batch size limits are
+#: for batches of several partitions: Cassandra fails those past 50 KiB by default,
+#: ScyllaDB past 1 MiB). Batches are unlogged and span partitions (many users):
 #: the per-request cost (driver CPU, a response, a callback) dominated a flush, and one
 #: request per (user, type, day) partition capped it at ~250 users/s here. The price of a
 #: multi-partition batch is paid by the coordinator, which splits it into one mutation per
@@ -82,7 +86,9 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
 HISTORY_BATCH_BYTES = 16 * 1024
 #: Approximate value bytes of snapshot rows per CQL batch (~12 realistic users). A user's
 #: snapshot rows (one per type) are never split, so each user's snapshot stays one atomic
-#: single-partition mutation. Well under Scylla's 128 KiB batch warning.
+#: single-partition mutation; a user larger than this goes alone (single-partition: not
+#: size-checked; at most ~1.7 MB, see `streams.settings.MAX_LAST_K`). Well under
+#: Cassandra's default failure threshold for multi-partition batches (50 KiB).
 SNAPSHOT_BATCH_BYTES = 16 * 1024
 #: Users per re-hydration read (`WHERE user_id IN ?`). One request per user spent most of
 #: a worker's re-hydration CPU in the driver (a request, a response and a callback hop to
@@ -103,14 +109,18 @@ _BIGINT = struct.Struct(">q").pack
 
 _INSERT_HISTORY = (
     "INSERT INTO history_by_user (user_id, event_type, day, newest_ms, block_id, items) "
-    "VALUES (?, ?, ?, ?, ?, ?) USING TTL ?"
+    "VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
 )
 _INSERT_SNAPSHOT = (
     "INSERT INTO lastk_by_user (user_id, event_type, items, updated_ms) "
     "VALUES (?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
 )
-_SELECT_USER = "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id = ?"
-_SELECT_USERS = "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id IN ?"
+_SELECT_USER = (
+    "SELECT user_id, event_type, items, WRITETIME(items) FROM lastk_by_user WHERE user_id = ?"
+)
+_SELECT_USERS = (
+    "SELECT user_id, event_type, items, WRITETIME(items) FROM lastk_by_user WHERE user_id IN ?"
+)
 _SELECT_SNAPSHOT = "SELECT items FROM lastk_by_user WHERE user_id = ? AND event_type = ?"
 # Every block of the day that ends at or after the window's start; items outside the
 # window are dropped after decoding (`window_items`).
@@ -191,7 +201,7 @@ class _Prepared:
         return statement
 
 
-_HISTORY_TYPES = ("text", "text", "int", "bigint", "bigint", "blob", "int")
+_HISTORY_TYPES = ("text", "text", "int", "bigint", "bigint", "blob", "int", "bigint")
 _SNAPSHOT_TYPES = ("text", "text", "blob", "bigint", "int", "bigint")
 
 
@@ -204,6 +214,19 @@ def _expect_bind_types(statement: PreparedStatement, expected: tuple[str, ...]) 
         raise RuntimeError(
             f"cold store: {statement.query_string!r} binds {found}, expected {expected}"
         )
+
+
+def write_timestamp(snapshot: UserLastK) -> int:
+    """The CQL write timestamp of a snapshot's rows (snapshot and history): its version.
+
+    A flushed snapshot's version comes from the user's Redis version
+    (`sinks.hot_sessions`): above every earlier snapshot of the user, so a stale one
+    written late (a worker that lost its partition) never wins, and a real time in
+    microseconds, so a DELETE at the current time removes what was written before it
+    and nothing written after. A snapshot without one (written directly through this
+    API) is stamped with the current time.
+    """
+    return snapshot.version or time.time_ns() // 1000
 
 
 class CqlColdStore:
@@ -263,10 +286,11 @@ class CqlColdStore:
         loaded = {user_id: UserLastK(user_id) for user_id in user_ids}
 
         def on_rows(rows: list[Any]) -> None:
-            for user_id, event_type, blob in rows:
+            for user_id, event_type, blob, written_at in rows:
                 snapshot = loaded.get(user_id)
                 if snapshot is not None and event_type in _EVENT_TYPES:  # else: skip
                     snapshot.items[EventType(event_type)] = decode_items(blob)
+                    snapshot.version = max(snapshot.version, written_at or 0)
 
         users = list(loaded)
         await self._run(
@@ -361,46 +385,38 @@ class CqlColdStore:
         snapshots: Sequence[UserLastK],
         stored: Mapping[str, UserLastK] | None,
     ) -> Iterator[tuple[int, list[_BatchEntry]]]:
-        """Per user: (approximate bytes, that user's history block rows)."""
+        """Per history block: (approximate bytes, its row)."""
         query_id = st.insert_history.query_id
         ttl = _INT(self._ttl_s)
         for snapshot in snapshots:
             user = snapshot.user_id.encode()
             before = stored.get(snapshot.user_id) if stored else None
-            rows: list[_BatchEntry] = []
-            size = 0
+            stamp = _BIGINT(write_timestamp(snapshot))
             for event_type, last_k in snapshot.items.items():
                 items: Sequence[Item] = last_k
                 if before is not None:
                     items = unstored_items(last_k, before.items.get(event_type))
                 type_name = _TYPE_BYTES[event_type]
                 for block in history_blocks(items):
-                    rows.append(
-                        (
-                            True,
-                            query_id,
-                            (
-                                user,
-                                type_name,
-                                _INT(block.day),
-                                _BIGINT(block.newest_ms),
-                                _BIGINT(block.block_id),
-                                block.items_blob,
-                                ttl,
-                            ),
-                        )
+                    values = (
+                        user,
+                        type_name,
+                        _INT(block.day),
+                        _BIGINT(block.newest_ms),
+                        _BIGINT(block.block_id),
+                        block.items_blob,
+                        ttl,
+                        stamp,
                     )
-                    size += len(user) + len(block.items_blob) + 40
-            if rows:
-                yield size, rows
+                    yield len(user) + len(block.items_blob) + 40, [(True, query_id, values)]
 
     def _snapshot_writes(
         self, st: _Prepared, snapshots: Sequence[UserLastK]
     ) -> Iterator[Statement]:
         """Snapshot rows, several users per unlogged batch, a user's rows never split.
 
-        Each row carries its own write timestamp, `snapshot_version` of its items (the
-        batch's own timestamp only applies to rows without one).
+        Each row carries its own write timestamp, the snapshot's version
+        (`write_timestamp`; the batch's own timestamp only applies to rows without one).
         """
         return (
             _raw_batch(rows)
@@ -415,6 +431,7 @@ class CqlColdStore:
         ttl = _INT(self._ttl_s)
         for snapshot in snapshots:
             user = snapshot.user_id.encode()
+            stamp = _BIGINT(write_timestamp(snapshot))
             rows: list[_BatchEntry] = []
             size = 0
             for event_type, items in snapshot.items.items():
@@ -431,7 +448,7 @@ class CqlColdStore:
                             blob,
                             _BIGINT(newest_time_ms(items)),
                             ttl,
-                            _BIGINT(snapshot_version(items)),
+                            stamp,
                         ),
                     )
                 )

@@ -4,10 +4,12 @@ Redis layout (documented in the README, readable from any language):
 
     <prefix>:active:{p<N>}   sorted set per events-topic partition N:
                              member = user id, score = newest event time (ms) of the session
-    <prefix>:{<user>}:v      string, the user's write version: starts at the server's
-                             clock in microseconds (never repeats after an eviction),
-                             +1 on every batch that touched the user (same hash tag as
-                             the user's last-k keys)
+    <prefix>:{<user>}:v      string, the user's version, a time in microseconds: starts
+                             at the server's clock (above the stored snapshot's write
+                             timestamp), +1 on every batch that touched the user, and
+                             max(+1, clock) when a flush reads the user; the write
+                             timestamp of their next cold snapshot, so it never repeats
+                             or goes back (same hash tag as the user's last-k keys)
 
 Users are marked active (and their versions bumped) by the batch write itself
 (`RedisHotStore.record` with `activity`), in the same round trip as their last-k.
@@ -21,6 +23,10 @@ sessions is one `ZRANGEBYSCORE` from the oldest end, never a scan of all users.
 Eviction is conditional on both sides, so it can never throw away data it has not moved:
 the user's keys are deleted only if their version is still the one whose data was written
 to the cold tier, and the user leaves the active set only if their score is unchanged.
+The two steps are on different slots of a cluster, so another worker can write to the
+user in between (a rebalance): a write that finds the keys gone re-creates them and moves
+the score up (`sinks.hot_store.RedisHotStore.record`), so the second step then leaves
+the user in the active set, where the next flush finds them.
 """
 
 from __future__ import annotations
@@ -44,14 +50,32 @@ _TYPES: tuple[EventType, ...] = tuple(t for t in EventType if t in PRODUCT_EVENT
 _WIDTH = 1 + len(_TYPES)
 
 # Many users of one slot. KEYS = per user: the version key, then the user's last-k keys in
-# `_TYPES` order. Returns per user: the version ('0' if missing), then each set newest
-# first as a flat member, score, ... list.
+# `_TYPES` order; ARGV = k per type in that order. Per user, the version becomes a new
+# snapshot timestamp: the greater of version + 1 and the server's clock in microseconds,
+# so a snapshot's timestamp is above every earlier one of the user and above the time of
+# a DELETE issued before the read (an operator's, an erasure's). Returns per user: that
+# version ('0' if the user has no version key: nothing to bump, and the eviction
+# condition), the snapshot's timestamp (the clock then), then each set's newest k
+# (a set longer than k, left by a larger k before a restart, is read as its newest k) as
+# a flat member, score, ... list.
 _READ_USERS = f"""
+local now = redis.call('TIME')
+local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local out = {{}}
 for i = 1, #KEYS, {_WIDTH} do
-  out[#out + 1] = redis.call('GET', KEYS[i]) or '0'
-  for j = i + 1, i + {_WIDTH - 1} do
-    out[#out + 1] = redis.call('ZREVRANGE', KEYS[j], 0, -1, 'WITHSCORES')
+  local version = redis.call('GET', KEYS[i])
+  if version then
+    version = math.max(tonumber(version) + 1, clock)
+    version = string.format('%.0f', version)
+    redis.call('SET', KEYS[i], version)
+    out[#out + 1] = version
+    out[#out + 1] = version
+  else
+    out[#out + 1] = '0'
+    out[#out + 1] = string.format('%.0f', clock)
+  end
+  for j = 1, {_WIDTH - 1} do
+    out[#out + 1] = redis.call('ZREVRANGE', KEYS[i + j], 0, tonumber(ARGV[j]) - 1, 'WITHSCORES')
   end
 end
 return out
@@ -100,7 +124,9 @@ class EndedSession:
 
 @dataclass(frozen=True, slots=True)
 class HotSnapshot:
-    """A user's hot last-k plus the version it was read at (the eviction condition)."""
+    """A user's hot last-k plus the version it was read at (the eviction condition).
+
+    `last_k.version` is the snapshot's cold write timestamp (`_READ_USERS`)."""
 
     session: EndedSession
     last_k: UserLastK
@@ -110,9 +136,10 @@ class HotSnapshot:
 class RedisSessions:
     """The active sets and the user versions, next to the last-k keys of `RedisHotStore`."""
 
-    def __init__(self, client: RedisClient, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, last_k: Mapping[EventType, int]) -> None:
         self._redis = client
         self._prefix = prefix
+        self._read_k: list[str | int] = [last_k[event_type] for event_type in _TYPES]
         self._read_script = SlotScript(client, _READ_USERS)
         self._evict_script = SlotScript(client, _EVICT_USERS)
         self._leave_script = SlotScript(client, _LEAVE_ACTIVE)
@@ -167,18 +194,23 @@ class RedisSessions:
         return int(rows[0][1]) if rows else None
 
     async def snapshots(self, sessions: Sequence[EndedSession]) -> list[HotSnapshot]:
-        """Read the ended users' last-k and versions: one script call per slot (on a single
-        Redis, one call for all), so each user's version and sets are read atomically."""
+        """Read the ended users' last-k (the newest k per type) and versions, and give each
+        snapshot its write timestamp: one script call per slot (on a single Redis, one call
+        for all), so each user's version and sets are read atomically."""
         if not sessions:
             return []
         groups = by_slot(self._redis, sessions, lambda s: self.version_key(s.user_id))
         replies = await self._read_script.run(
-            [([key for s in group for key in self._user_keys(s.user_id)], []) for group in groups]
+            [
+                ([key for s in group for key in self._user_keys(s.user_id)], self._read_k)
+                for group in groups
+            ]
         )
+        width = _WIDTH + 1
         result = []
         for group, reply in zip(groups, replies, strict=True):
             for index, session in enumerate(group):
-                version, *sets = reply[index * _WIDTH : (index + 1) * _WIDTH]
+                version, written_at, *sets = reply[index * width : (index + 1) * width]
                 items = {
                     event_type: [
                         (_text(rows[i]), int(float(rows[i + 1]))) for i in range(0, len(rows), 2)
@@ -186,9 +218,8 @@ class RedisSessions:
                     for event_type, rows in zip(_TYPES, sets, strict=True)
                     if rows
                 }
-                result.append(
-                    HotSnapshot(session, UserLastK(session.user_id, items), _text(version))
-                )
+                last_k = UserLastK(session.user_id, items, version=int(written_at))
+                result.append(HotSnapshot(session, last_k, _text(version)))
         return result
 
     async def evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:

@@ -32,8 +32,21 @@ log = logging.getLogger(__name__)
 
 #: Partition -> user -> newest event time of that user in a batch.
 Activity = Mapping[int, Mapping[str, int]]
-#: Loads these users' cold last-k, as interactions to write (re-hydration).
-Rehydrate = Callable[[Collection[str]], Awaitable[Sequence[Interaction]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rehydrated:
+    """Users' cold last-k as interactions to write, and per user the write timestamp of
+    their stored snapshot: the version their keys start at must be above it (a version
+    is the next snapshot's write timestamp, and must win over the stored one even if the
+    Redis server's clock is behind the one that wrote it)."""
+
+    rows: Sequence[Interaction] = ()
+    floors: Mapping[str, int] = field(default_factory=dict)
+
+
+#: Loads these users' cold last-k (re-hydration).
+Rehydrate = Callable[[Collection[str]], Awaitable[Rehydrated]]
 
 T = TypeVar("T")
 
@@ -55,12 +68,11 @@ class HotUsers:
 
     Found hot means in the partition's active set. Their keys can still be gone: an
     eviction deletes a user's keys, then removes them from the active set, and a crash or
-    an error between the two steps leaves them in the set without keys (so does their
-    version key's TTL). And during a rebalance the partition's previous owner, still
-    flushing, can evict a user between this worker's hot check and its write (the lock
-    that orders them is per worker). The write checks, in the same script call, that each
-    of these users still has a version key. Every one of them must be in the batch's
-    activity.
+    an error between the two steps leaves them in the set without keys. And during a
+    rebalance the partition's previous owner, still flushing, can evict a user between
+    this worker's hot check and its write (the lock that orders them is per worker). The
+    write checks, in the same script call, that each of these users still has a version
+    key. Every one of them must be in the batch's activity.
     `retry` runs the history load and the second write: the first write's effects (the
     applied counter on a cluster) must not be repeated by a retry of the whole call.
     """
@@ -80,6 +92,7 @@ class HotStore(Protocol):
         *,
         counted: int | None = None,
         hot: HotUsers | None = None,
+        floors: Mapping[str, int] | None = None,
     ) -> int:
         """Apply a batch idempotently; returns how many interactions were counted."""
         ...
@@ -90,19 +103,19 @@ class HotStore(Protocol):
 
 
 class RedisHotStore:
-    """HotStore on a single Redis or a Redis Cluster (keys carry a per-user hash tag)."""
+    """HotStore on a single Redis or a Redis Cluster (keys carry a per-user hash tag).
 
-    def __init__(
-        self,
-        client: HotRedis,
-        prefix: str,
-        last_k: Mapping[EventType, int],
-        ttl_s: int,
-    ) -> None:
+    A user's keys have no TTL: they stay exactly as long as the user is in an active set
+    and leave Redis only through the session flush, after their cold write was
+    acknowledged (`sinks.hot_sessions`). An expiry would drop the types a long session
+    (or a worker outage) had not written lately, and the flush would then store the
+    emptied lists.
+    """
+
+    def __init__(self, client: HotRedis, prefix: str, last_k: Mapping[EventType, int]) -> None:
         self._redis = client
         self._prefix = prefix
         self._last_k = dict(last_k)
-        self._ttl_s = ttl_s
         self._script = client.register_script(_APPLY_LUA)
         self._cluster_script = SlotScript(client, _APPLY_LUA)
         self._one_slot = not isinstance(client, aioredis.RedisCluster)
@@ -119,6 +132,7 @@ class RedisHotStore:
         *,
         counted: int | None = None,
         hot: HotUsers | None = None,
+        floors: Mapping[str, int] | None = None,
     ) -> int:
         """Apply a batch in one round trip (one per node on a cluster).
 
@@ -126,64 +140,72 @@ class RedisHotStore:
         their partition's active set and bumps their versions in the same call, so a user
         is never in the hot tier without being findable by the session flush. `counted`
         is what the applied counter grows by (default: every interaction; re-hydrated
-        history is written but not counted).
+        history is written but not counted). `floors` (user -> the write timestamp of
+        their stored snapshot, from re-hydration) keep their versions above it.
 
         `hot` users must still have their keys: a script call (the whole batch on a single
         Redis, one slot on a cluster) that finds one of them without a version key writes
         nothing; those users are re-hydrated through `hot.rehydrate` and the batch is
         applied again with their history. The check is one EXISTS per hot user inside the
-        script: no extra round trip.
+        script: no extra round trip. That second write also moves each such user's score
+        in the active set up (by 1 ms if their events are older than it), so an eviction
+        whose keys step already ran cannot then take them out of the set: its leave step
+        only removes an unchanged score.
         """
         applied = len(interactions) if counted is None else counted
         activity = activity or {}
         if not interactions and not any(activity.values()):
             return 0
         expected = set(hot.users) if hot is not None else set()
-        missing = await self._apply(interactions, activity, expected, applied)
-        rows, count = interactions, applied
+        plan = _Plan(interactions, activity, expected, dict(floors or {}), set(), applied)
+        missing = await self._apply(plan)
         # Only `hot` users are checked, so without them nothing is ever missing.
         while missing and hot is not None:
             log.warning(
                 "%d users were in the active set without their keys (an interrupted "
-                "eviction, another worker's eviction during a rebalance, or an expired "
-                "version key): re-hydrating them before applying their events",
+                "eviction, or another worker's eviction during a rebalance): "
+                "re-hydrating them before applying their events",
                 len(missing),
             )
             history = await hot.retry(functools.partial(hot.rehydrate, missing))
-            rows = [*history, *rows]
-            expected -= missing
-            if not self._one_slot:
-                count = 0  # the cluster's counter went beside the refused calls: counted
-            missing = await hot.retry(
-                functools.partial(self._apply, rows, activity, expected, count)
+            plan = _Plan(
+                [*history.rows, *plan.interactions],
+                activity,
+                plan.expected - missing,
+                {**plan.floors, **history.floors},
+                plan.touched | missing,
+                # The cluster's counter went beside the refused calls: already counted.
+                plan.applied if self._one_slot else 0,
             )
+            missing = await hot.retry(functools.partial(self._apply, plan))
         return applied
 
-    async def _apply(
-        self,
-        interactions: Sequence[Interaction],
-        activity: Activity,
-        expected: Collection[str],
-        applied: int,
-    ) -> set[str]:
+    async def _apply(self, plan: _Plan) -> set[str]:
         """One attempt; returns the expected-hot users whose keys were gone (their script
         calls wrote nothing)."""
-        writes = plan_writes(interactions, self._prefix, self._last_k)
+        writes = plan_writes(plan.interactions, self._prefix, self._last_k)
         versions = _Versions()
         owners: dict[str, str] = {}  # checked version key -> user
-        for partition, latest in activity.items():
-            if latest:
-                writes.append(
-                    KeyWrite(key=active_key(self._prefix, partition), keep=0, members=dict(latest))
-                )
-                for user_id in latest:
-                    key = version_key(self._prefix, user_id)
-                    if user_id in expected:
-                        versions.checked.append(key)
-                        owners[key] = user_id
-                    else:
-                        versions.unchecked.append(key)
-        if len(owners) != len(expected):
+        for partition, latest in plan.activity.items():
+            if not latest:
+                continue
+            key = active_key(self._prefix, partition)
+            moved = {user: at for user, at in latest.items() if user in plan.touched}
+            if len(moved) < len(latest):
+                members = {user: at for user, at in latest.items() if user not in moved}
+                writes.append(KeyWrite(key=key, keep=_ACTIVE, members=members))
+            if moved:
+                writes.append(KeyWrite(key=key, keep=_ACTIVE_MOVED, members=moved))
+            for user_id in latest:
+                key = version_key(self._prefix, user_id)
+                if user_id in plan.floors:
+                    versions.floors[key] = plan.floors[user_id]
+                if user_id in plan.expected:
+                    versions.checked.append(key)
+                    owners[key] = user_id
+                else:
+                    versions.unchecked.append(key)
+        if len(owners) != len(plan.expected):
             # A hot user outside the activity would go unchecked: a caller's mistake.
             raise ValueError("every user in `hot` must be in the batch's activity")
         if not writes:
@@ -191,10 +213,10 @@ class RedisHotStore:
         if self._one_slot:
             # One script call for the whole batch: with a pipeline, redis-py's per-command
             # cost (3 commands per key, packed and parsed in Python) was most of the write.
-            keys, args = self._script_call(writes, versions, self.stats_key, applied)
+            keys, args = self._script_call(writes, versions, self.stats_key, plan.applied)
             refused = await self._script(keys=keys, args=args)
             return _missing_users(refused, owners)
-        return await self._apply_on_cluster(writes, versions, owners, applied)
+        return await self._apply_on_cluster(writes, versions, owners, plan.applied)
 
     async def _apply_on_cluster(
         self,
@@ -220,6 +242,8 @@ class RedisHotStore:
             group_of(key)[1].checked.append(key)
         for key in versions.unchecked:
             group_of(key)[1].unchecked.append(key)
+        for key, floor in versions.floors.items():
+            group_of(key)[1].floors[key] = floor
         calls = []
         for group, group_versions in by_slot.values():
             # The first key only routes the call; with a count of 0 it is left alone.
@@ -236,10 +260,10 @@ class RedisHotStore:
     ) -> ScriptCall:
         keys = [counter, *(write.key for write in writes), *versions.checked, *versions.unchecked]
         batch = [
-            self._ttl_s,
             applied,
             [(write.keep, write.members) for write in writes],
             len(versions.checked),
+            versions.floors,
         ]
         return keys, [_compact_json(batch)]
 
@@ -258,31 +282,40 @@ class RedisHotStore:
         return int(value or 0)
 
 
+#: `KeyWrite.keep` of an active set: ZADD GT (a session's end never moves back).
+_ACTIVE = 0
+#: `KeyWrite.keep` of an active set's members that must change score: each becomes the
+#: greater of its event time and its current score + 1.
+_ACTIVE_MOVED = -1
+
 #: One batch in one round trip. KEYS[1] is the applied counter (left alone when the count
 #: is 0; on a cluster it is just the call's first key, for routing), then one key per
-#: sorted-set write, then version keys. ARGV[1] is JSON: [ttl, applied count,
-#: [[keep, {member: score, ...}], ...], checked] with one entry per write key, in KEYS
-#: order; the first `checked` version keys belong to users the caller found hot: if any
-#: of them is missing, the script writes nothing and returns the missing ones. One
-#: JSON argument instead of one argument per member and score: redis-py packs every
-#: argument in Python (~1 us each), which was a fifth of a worker's CPU; cjson decodes the
-#: batch in C. Scores are event times in ms (13 digits until the year 2286), which Lua's
-#: number-to-string conversion (%.14g) passes to ZADD exactly.
+#: sorted-set write, then version keys. ARGV[1] is JSON: [applied count,
+#: [[keep, {member: score, ...}], ...], checked, {version key: floor, ...}] with one
+#: entry per write key, in KEYS order; the first `checked` version keys belong to users
+#: the caller found hot: if any of them is missing, the script writes nothing and returns
+#: the missing ones. One JSON argument instead of one argument per member and score:
+#: redis-py packs every argument in Python (~1 us each), which was a fifth of a worker's
+#: CPU; cjson decodes the batch in C. Scores are event times in ms (13 digits until the
+#: year 2286), which Lua's number-to-string conversion (%.14g) passes to ZADD exactly.
 #: Per last-k key (keep > 0): ZADD GT (a redelivered or late event never moves a product
-#: back in time; new members are always added), keep only the newest `keep` by score
-#: (event time), refresh the TTL. Per active set (keep = 0): ZADD GT only (a session's end
-#: never moves back). Per version key: INCR and refresh the TTL; a new one starts at the
-#: server's clock in microseconds, so a user's version never repeats after an eviction (an
-#: eviction retried with the version of before, e.g. by the client after a lost reply,
-#: must not match the keys a new session wrote since). At most 1000 pairs per
-#: ZADD (Lua's unpack limit). Idempotent except the version bump, which only has to change.
-#: Returns the missing version keys (an empty list when the batch was written).
+#: back in time; new members are always added), then keep only the newest `keep` by score
+#: (event time). Per active set (keep = 0): ZADD GT only; (keep = -1) every member's
+#: score goes up (see `RedisHotStore.record`). No key gets a TTL.
+#: Per version key: INCR; a new one starts at the server's clock in microseconds, and a
+#: floor (the stored snapshot's write timestamp) lifts it above that. The version is the
+#: write timestamp of the user's next cold snapshot (`sinks.hot_sessions`), so it must
+#: never repeat or go back, also across evictions (an eviction retried with the version
+#: of before must not match the keys a new session wrote since). Versions are written
+#: with %.0f: Lua numbers are doubles, exact for integers below 2^53 (year 2255 in us).
+#: At most 1000 pairs per ZADD (Lua's unpack limit). Idempotent except the version bump,
+#: which only has to change. Returns the missing version keys (empty when written).
 _APPLY_LUA = """
 local batch = cjson.decode(ARGV[1])
-local ttl = batch[1]
-local writes = batch[3]
+local writes = batch[2]
+local floors = batch[4]
 local missing = {}
-for i = #writes + 2, #writes + 1 + batch[4] do
+for i = #writes + 2, #writes + 1 + batch[3] do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     missing[#missing + 1] = KEYS[i]
   end
@@ -295,35 +328,66 @@ for i = 1, #writes do
   local key = KEYS[i + 1]
   local keep = writes[i][1]
   local n = 0
-  for member, score in pairs(writes[i][2]) do
-    args[n + 1] = score
-    args[n + 2] = member
-    n = n + 2
-    if n >= 2000 then
-      redis.call('ZADD', key, 'GT', unpack(args, 1, n))
-      n = 0
+  if keep < 0 then
+    for member, score in pairs(writes[i][2]) do
+      local current = tonumber(redis.call('ZSCORE', key, member))
+      if current and current >= score then
+        score = current + 1
+      end
+      redis.call('ZADD', key, score, member)
     end
-  end
-  if n > 0 then
-    redis.call('ZADD', key, 'GT', unpack(args, 1, n))
-  end
-  if keep > 0 then
-    redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
-    redis.call('EXPIRE', key, ttl)
+  else
+    for member, score in pairs(writes[i][2]) do
+      args[n + 1] = score
+      args[n + 2] = member
+      n = n + 2
+      if n >= 2000 then
+        redis.call('ZADD', key, 'GT', unpack(args, 1, n))
+        n = 0
+      end
+    end
+    if n > 0 then
+      redis.call('ZADD', key, 'GT', unpack(args, 1, n))
+    end
+    if keep > 0 then
+      redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+    end
   end
 end
 for i = #writes + 2, #KEYS do
-  if redis.call('INCR', KEYS[i]) == 1 then
+  local version = redis.call('INCR', KEYS[i])
+  local changed = false
+  if version == 1 then
     local now = redis.call('TIME')
-    redis.call('SET', KEYS[i], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
+    version = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    changed = true
   end
-  redis.call('EXPIRE', KEYS[i], ttl)
+  local floor = floors[KEYS[i]]
+  if floor and version <= floor then
+    version = floor + 1
+    changed = true
+  end
+  if changed then
+    redis.call('SET', KEYS[i], string.format('%.0f', version))
+  end
 end
-if batch[2] > 0 then
-  redis.call('INCRBY', KEYS[1], batch[2])
+if batch[1] > 0 then
+  redis.call('INCRBY', KEYS[1], batch[1])
 end
 return missing
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One attempt at a batch: what to write, whom to check, lift and move up."""
+
+    interactions: Sequence[Interaction]
+    activity: Activity
+    expected: set[str]  # users found hot: their version key must exist
+    floors: dict[str, int]  # user -> their version must be above this
+    touched: set[str]  # users whose active-set score must change
+    applied: int
 
 
 @dataclass(slots=True)
@@ -333,6 +397,7 @@ class _Versions:
 
     checked: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    floors: dict[str, int] = field(default_factory=dict)  # version key -> floor
 
 
 def _missing_users(refused: object, owners: Mapping[str, str]) -> set[str]:

@@ -227,16 +227,17 @@ class IngestPipeline:
         async with self._turn:
             began = time.perf_counter()
             hydration = await self._until_applied(self.sessions.hydrate, users)
-            history = hydration.history
+            history = hydration.history.rows
             hydrated = time.perf_counter()
             await self._until_applied(
                 self.hot_store.record,
-                history + prepared.interactions if history else prepared.interactions,
+                [*history, *prepared.interactions] if history else prepared.interactions,
                 prepared.activity,
                 counted=len(prepared.interactions),
                 hot=HotUsers(
                     hydration.hot, self.sessions.rehydrate_unkeyed, retry=self._until_applied
                 ),
+                floors=hydration.history.floors,
             )
             done = time.perf_counter()
             if done - waited > SLOW_BATCH_S:

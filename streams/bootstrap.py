@@ -39,7 +39,6 @@ def build_hot_store(settings: Settings, client: HotRedis | None = None) -> Redis
         client or build_redis(settings),
         prefix=settings.redis_key_prefix,
         last_k=settings.last_k,
-        ttl_s=settings.hot_ttl_s,
     )
 
 
@@ -68,11 +67,14 @@ def build_cold_store(settings: Settings) -> CqlColdStore:
 
 def build_session_keeper(settings: Settings, client: HotRedis | None = None) -> SessionKeeper:
     return SessionKeeper(
-        hot=RedisSessions(client or build_redis(settings), settings.redis_key_prefix),
+        hot=RedisSessions(
+            client or build_redis(settings), settings.redis_key_prefix, settings.last_k
+        ),
         cold=build_cold_store(settings),
         gap_ms=int(settings.inactivity_gap_s * 1000),
         idle_grace_ms=int(settings.session_idle_grace_s * 1000),
         flush_batch=settings.flush_batch,
+        max_stored_bytes=settings.stored_cache_mb * 1024 * 1024,
     )
 
 

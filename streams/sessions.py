@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions, group_by_partition
-from streams.logic.lastk import Interaction, UserLastK
+from sinks.hot_store import Rehydrated
+from streams.logic.lastk import Interaction, UserLastK, approximate_bytes
 from streams.logic.sessions import PartitionClock, closing_score
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,10 @@ class SessionCounters:
 
 @dataclass(frozen=True, slots=True)
 class Hydration:
-    """A batch's re-hydration: history to write with it, and the users found hot."""
+    """A batch's re-hydration: history to write with it (and the floors of the returning
+    users' versions), and the users found hot."""
 
-    history: list[Interaction]
+    history: Rehydrated
     hot: set[str]
 
 
@@ -87,11 +89,13 @@ class SessionKeeper:
     counters: SessionCounters = field(default_factory=SessionCounters)
     #: What the cold tier holds for a hot user: the snapshot loaded at re-hydration, or
     #: the one this worker last wrote for a user it then could not evict (they came
-    #: back), so their next flush skips history that is already stored. Bounded; a
-    #: missing entry (after a restart or a rebalance) means the whole last-k is written
-    #: again: snapshots and reads stay exact, the history holds those items twice.
+    #: back), so their next flush skips history that is already stored. Bounded in bytes
+    #: (`approximate_bytes`; least recently stored goes first); a missing entry (after a
+    #: restart, a rebalance or for want of room) means the whole last-k is written again:
+    #: snapshots and reads stay exact, the history holds those items twice.
     stored: OrderedDict[str, UserLastK] = field(default_factory=OrderedDict)
-    max_stored: int = 100_000
+    max_stored_bytes: int = 256 * 1024 * 1024
+    stored_bytes: int = 0
     #: Held by a batch from its hot check to its write, and by each eviction.
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -130,20 +134,21 @@ class SessionKeeper:
         """
         by_partition = group_by_partition(activity)
         if not by_partition:
-            return Hydration([], set())
+            return Hydration(Rehydrated(), set())
         hot = await self.hot.hot_users(by_partition)
         returning = [u for users in by_partition.values() for u in users if u not in hot]
-        return Hydration(await self.rehydrate(returning) if returning else [], hot)
+        return Hydration(await self.rehydrate(returning) if returning else Rehydrated(), hot)
 
-    async def rehydrate_unkeyed(self, user_ids: Collection[str]) -> list[Interaction]:
+    async def rehydrate_unkeyed(self, user_ids: Collection[str]) -> Rehydrated:
         """`rehydrate` for users found hot whose keys the write found gone (an interrupted
         or another worker's eviction), counted apart so operators can see it happen."""
-        rows = await self.rehydrate(user_ids)
+        loaded = await self.rehydrate(user_ids)
         self.counters.hot_without_keys += len(user_ids)
-        return rows
+        return loaded
 
-    async def rehydrate(self, user_ids: Collection[str]) -> list[Interaction]:
-        """These users' cold last-k as interactions to write, whatever the hot check said."""
+    async def rehydrate(self, user_ids: Collection[str]) -> Rehydrated:
+        """These users' cold last-k as interactions to write, whatever the hot check said,
+        with the write timestamps of their stored snapshots (their versions' floors)."""
         returning = list(user_ids)
         loaded = await self.cold.load_last_k(returning)
         self._remember(snapshot for snapshot in loaded.values() if snapshot.items)
@@ -155,7 +160,8 @@ class SessionKeeper:
         ]
         self.counters.hydrated_users += len(returning)
         self.counters.hydrated_items += len(rows)
-        return rows
+        floors = {user_id: s.version for user_id, s in loaded.items() if s.version}
+        return Rehydrated(rows, floors)
 
     async def flush_ended(self, wall_ms: int, partitions: Iterable[int] | None = None) -> int:
         """Move every ended session of these partitions to the cold tier; returns users moved.
@@ -250,17 +256,27 @@ class SessionKeeper:
         async with self.turn:
             evicted = await self.hot.evict(snapshots)
         for session in evicted:
-            self.stored.pop(session.user_id, None)
+            self._forget(session.user_id)
         self.counters.flushed_users += len(evicted)
         self.counters.flush_skipped += len(snapshots) - len(evicted)
         return evicted
 
     def _remember(self, snapshots: Iterable[UserLastK]) -> None:
         for snapshot in snapshots:
+            self._forget(snapshot.user_id)
+            size = approximate_bytes(snapshot)
+            if size > self.max_stored_bytes:
+                continue
             self.stored[snapshot.user_id] = snapshot
-            self.stored.move_to_end(snapshot.user_id)
-        while len(self.stored) > self.max_stored:
-            self.stored.popitem(last=False)
+            self.stored_bytes += size
+        while self.stored_bytes > self.max_stored_bytes:
+            _user_id, oldest = self.stored.popitem(last=False)
+            self.stored_bytes -= approximate_bytes(oldest)
+
+    def _forget(self, user_id: str) -> None:
+        snapshot = self.stored.pop(user_id, None)
+        if snapshot is not None:
+            self.stored_bytes -= approximate_bytes(snapshot)
 
 
 def newest_by_partition(activity: Iterable[tuple[int, int]]) -> Mapping[int, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
@@ -25,6 +25,11 @@ DEFAULT_LAST_K: dict[EventType, int] = {
     EventType.WISHLIST: 50,
     EventType.ORDER: 50,
 }
+
+#: Largest k per type. With product ids of at most 256 bytes (the event contract), one
+#: user's snapshot rows stay under ~1.7 MB: one CQL mutation, far below the servers'
+#: limit (half a commit log segment: 16 MiB on Cassandra and ScyllaDB by default).
+MAX_LAST_K = 1000
 
 STATE_DIR_ENV = "SIGNALS_STATE_DIR"
 
@@ -105,7 +110,6 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
     redis_key_prefix: str = Field("ix", pattern=r"^[A-Za-z0-9_.-]+$")
     last_k: dict[EventType, int] = Field(default_factory=lambda: dict(DEFAULT_LAST_K))
-    hot_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="safety net, not the eviction path")
     inactivity_gap_s: float = Field(1800, gt=0, description="quiet time that ends a session")
     # A partition with no new events for this long has its event-time clock advanced by the
     # wall clock, so its sessions still end (no dummy events needed). Longer than the usual
@@ -115,6 +119,11 @@ class Settings(BaseSettings):
     )
     flush_interval_s: float = Field(1.0, gt=0, description="how often ended sessions are flushed")
     flush_batch: int = Field(500, ge=1, description="users moved to the cold tier per round trip")
+    # The worker remembers what the cold tier holds for hot users (so a flush skips the
+    # history already stored): ~5 KB per realistic user, ~54 KB with every type full.
+    stored_cache_mb: int = Field(
+        256, ge=0, description="memory for snapshots the worker remembers as stored"
+    )
 
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"
@@ -145,10 +154,22 @@ class Settings(BaseSettings):
             event_type = EventType(name)
             if event_type not in PRODUCT_EVENT_TYPES:
                 raise ValueError(f"{name} events carry no product and have no last-k")
-            if int(k) < 1:
-                raise ValueError(f"last_k for {name} must be >= 1")
+            if not 1 <= int(k) <= MAX_LAST_K:
+                raise ValueError(f"last_k for {name} must be between 1 and {MAX_LAST_K}")
             merged[event_type] = int(k)
         return merged
+
+    @model_validator(mode="after")
+    def _no_hot_key_expiry(self) -> Settings:
+        """Hot keys do not expire any more: refuse the old setting rather than ignore it."""
+        if os.environ.get("SIGNALS_HOT_TTL_S"):
+            raise ValueError(
+                "SIGNALS_HOT_TTL_S is not a setting any more: a user's hot keys never expire "
+                "while the user is in an active set (an expiry lost the types a long session "
+                "had not written lately); they leave Redis through the session flush only. "
+                "Unset it; SIGNALS_INACTIVITY_GAP_S decides when a session ends"
+            )
+        return self
 
     @property
     def kafka_servers(self) -> list[str]:

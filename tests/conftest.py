@@ -70,6 +70,28 @@ def isolated_settings(
     settings = Settings.load()
     yield settings
     delete_topics(settings)
+    forget_keys(settings)
+
+
+def forget_keys(settings: Settings) -> None:
+    """Delete a test's Redis keys on the stack's Redis and its cluster: hot keys have no
+    TTL, so a long-lived local stack would otherwise keep every test's users."""
+    import redis  # noqa: PLC0415
+
+    url = stack_cluster_url()
+    clients: list[redis.Redis | redis.RedisCluster] = [redis.Redis.from_url(settings.redis_url)]
+    if url:
+        clients.append(redis.RedisCluster.from_url(url))
+    for client in clients:
+        try:
+            pipe = client.pipeline(transaction=False)
+            for key in client.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000):
+                pipe.delete(key)  # one command per key: a cluster's keys are on many slots
+            pipe.execute()
+        except redis.RedisError:
+            pass  # a test that took Redis away: its keys go with the stack's next restart
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 The CQL tables (`infra/cql/*.cql`) are a public contract like the Redis layout, so
 everything about how a value is laid out lives here, free of I/O, and is unit tested:
 
-- a snapshot row holds one type's last-k as a JSON blob (see `encode_items`), written
-  with `snapshot_version` as its CQL write timestamp, so a stale snapshot never wins;
+- a snapshot row holds one type's last-k as a JSON blob (see `encode_items`); its CQL
+  write timestamp is the snapshot's version, given by the hot tier when the flush read it
+  (`sinks.hot_sessions`, `sinks.cold_store.write_timestamp`);
 - history is stored in blocks: one row per flush, user, type and UTC day, holding that
   flush's new items of that day as the same JSON blob (`history_blocks`); day buckets
   keep partitions bounded, and a block's key is derived from its content, so writing the
@@ -51,20 +52,6 @@ def window_days(start_ms: int, end_ms: int, max_days: int | None = None) -> list
             f"{newest - oldest + 1}"
         )
     return list(range(newest, oldest - 1, -1))
-
-
-def snapshot_version(items: Sequence[Item]) -> int:
-    """CQL write timestamp of a snapshot row: the sum of its items' event times (ms).
-
-    Each flush of a user's last-k is the newest k of the previous one plus new events
-    (`ZADD GT` never moves an item back in time), so its i-th newest time is at least the
-    previous one's and the sum grows whenever the list changes: last-write-wins becomes
-    newest-snapshot-wins, whatever order the writes arrive in (a worker that lost its
-    partition writing late). The newest event time alone is not enough: a late event older
-    than the newest changes the list but not the newest time, and on equal timestamps
-    Cassandra and Scylla keep the greater value, which can be the older list.
-    """
-    return sum(event_time_ms for _product, event_time_ms in items)
 
 
 def newest_time_ms(items: Sequence[Item]) -> int:

@@ -4,7 +4,8 @@ The layout is a public contract (the feed service and other languages read it di
 
     <prefix>:{<user_id>}:<event_type>   sorted set, member = product id, score = event time (ms)
 
-    <prefix>:{<user_id>}:v             string, the user's write version (+1 per batch)
+    <prefix>:{<user_id>}:v             string, the user's version: a time in us, +1 per
+                                       batch, the next cold snapshot's write timestamp
     <prefix>:active:{p<N>}             sorted set per events-topic partition N of the users
                                        in the hot tier: member = user id, score = newest
                                        event time (ms) of their session
@@ -85,10 +86,15 @@ Item = tuple[str, int]
 
 @dataclass(slots=True)
 class UserLastK:
-    """A user's last-k per type, newest first: what a flush moves and a re-hydration loads."""
+    """A user's last-k per type, newest first: what a flush moves and a re-hydration loads.
+
+    `version` is the snapshot's cold write timestamp (microseconds, from the user's Redis
+    version when flushed, the stored rows' WRITETIME when loaded; 0: none yet).
+    """
 
     user_id: str
     items: dict[EventType, list[Item]] = field(default_factory=dict)
+    version: int = field(default=0, compare=False)  # not content: equal lists are equal
 
     def newest_time_ms(self) -> int:
         """The most recent event time in the snapshot (0 when empty)."""
@@ -128,3 +134,20 @@ def reference_last_k(
         (user_id, event_type): merge_items(rows, (), last_k[event_type])
         for (user_id, event_type), rows in everything.items()
     }
+
+
+#: Bytes CPython spends on a snapshot, apart from its product ids' characters: the
+#: object, its dict, and per type and per item (a list slot, a tuple, a str header, an
+#: int); measured with tracemalloc by `tests/unit/test_lastk.py`.
+SNAPSHOT_BYTES, TYPE_BYTES, ITEM_BYTES = 450, 30, 146
+
+
+def approximate_bytes(snapshot: UserLastK) -> int:
+    """What a snapshot costs in memory (within a few percent for ASCII product ids; ~5 KB
+    for a realistic user, ~54 KB with every type full at the default k): what bounds the
+    worker's cache of stored snapshots (`SessionKeeper.stored`)."""
+    size = SNAPSHOT_BYTES + len(snapshot.user_id)
+    for items in snapshot.items.values():
+        size += TYPE_BYTES + ITEM_BYTES * len(items)
+        size += sum(len(product_id) for product_id, _time in items)
+    return size

@@ -32,6 +32,7 @@ from tests.conftest import free_port
 
 T = TypeVar("T")
 NOW_MS = 1_728_000_000_000  # 2024-10-04 00:00 UTC, day 20000
+VERSION = 1_796_000_000_000_000  # a snapshot version (us), as a flush reads it from Redis
 TYPES = sorted(PRODUCT_EVENT_TYPES)
 
 
@@ -130,8 +131,11 @@ def test_last_k_reads_one_type_newest_first(cql: tuple[Settings, Any]) -> None:
 
 
 def test_writing_the_same_snapshot_twice_changes_nothing(cql: tuple[Settings, Any]) -> None:
+    """The same snapshot at the same version (a flush retried): the same rows, the same
+    write timestamps."""
     settings, session = cql
     snapshot = random_snapshot(random.Random(2), "u1")
+    snapshot.version = VERSION
     keyspace = settings.cql_keyspace
     snapshot_cells = (
         f"SELECT event_type, items, updated_ms, writetime(items) FROM {keyspace}.lastk_by_user "
@@ -161,6 +165,10 @@ def test_writing_the_same_snapshot_twice_changes_nothing(cql: tuple[Settings, An
 
 
 def test_a_stale_snapshot_written_late_does_not_win(cql: tuple[Settings, Any]) -> None:
+    """Rows are written at the snapshot's version: one read earlier (a worker that lost its
+    partition, writing late) loses every row, even one whose list looks newer or longer;
+    a snapshot without a version is stamped with the current time, and loading tells the
+    stored version."""
     _settings, session = cql
     newer = UserLastK(
         "u1",
@@ -168,24 +176,30 @@ def test_a_stale_snapshot_written_late_does_not_win(cql: tuple[Settings, Any]) -
             EventType.VIEW: [("p3", NOW_MS + 300), ("p2", NOW_MS + 200), ("p1", NOW_MS + 100)],
             EventType.CLICK: [("p1", NOW_MS + 50)],
         },
+        version=VERSION + 2,
     )
-    # Written by a worker that lost its partition: older view state, but a newer click.
     stale = UserLastK(
         "u1",
         {
             EventType.VIEW: [("p2", NOW_MS + 200), ("p1", NOW_MS + 100)],
             EventType.CLICK: [("p5", NOW_MS + 60), ("p1", NOW_MS + 50)],
         },
+        version=VERSION + 1,
     )
+    unversioned = UserLastK("u2", {EventType.VIEW: [("p1", NOW_MS)]})
 
-    async def body(store: CqlColdStore) -> UserLastK:
+    async def body(store: CqlColdStore) -> dict[str, UserLastK]:
         await store.write_snapshots([newer])
         await store.write_snapshots([stale])
-        return (await store.load_last_k(["u1"]))["u1"]
+        before = time.time_ns() // 1000
+        await store.write_snapshots([unversioned])
+        loaded = await store.load_last_k(["u1", "u2"])
+        assert before <= loaded["u2"].version <= time.time_ns() // 1000
+        return loaded
 
     loaded = with_store(session, body)
-    assert loaded.items[EventType.VIEW] == newer.items[EventType.VIEW]
-    assert loaded.items[EventType.CLICK] == stale.items[EventType.CLICK]  # per type: newest wins
+    assert loaded["u1"].items == newer.items
+    assert loaded["u1"].version == VERSION + 2
 
 
 def test_window_is_newest_first_within_bounds_across_days_and_honours_limit(
@@ -312,7 +326,7 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
     reads = -(-len(snapshots) // USERS_PER_READ)
     writes = [rows for rows, _ in counting.requests[:-reads]]  # then the reads
     read_id = counting.query_id(
-        "SELECT user_id, event_type, items FROM lastk_by_user WHERE user_id IN ?"
+        "SELECT user_id, event_type, items, WRITETIME(items) FROM lastk_by_user WHERE user_id IN ?"
     )
     assert all(rows[0][0] == read_id for rows, _ in counting.requests[-reads:])
     history_id = history_query_id(counting)
@@ -321,11 +335,8 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
         history_items
     )
     for rows in history_batches:
-        users = {values[0] for _q, values in rows}
-        # A batch holds ~HISTORY_BATCH_BYTES of blobs; only a single user may exceed it.
-        assert len(users) == 1 or sum(len(values[5]) for _q, values in rows) <= (
-            HISTORY_BATCH_BYTES
-        )
+        # A batch holds ~HISTORY_BATCH_BYTES of blobs; only a single block may exceed it.
+        assert len(rows) == 1 or sum(len(values[5]) for _q, values in rows) <= (HISTORY_BATCH_BYTES)
     assert len(writes) < len(snapshots) // 4  # it was ~4 requests a user
     assert reads < len(snapshots) // 16  # it was 1 read a user
 
@@ -333,7 +344,7 @@ def test_2000_users_with_8_requests_in_flight_at_most(cql: tuple[Settings, Any])
 def history_query_id(counting: CountingSession) -> bytes:
     return counting.query_id(
         "INSERT INTO history_by_user (user_id, event_type, day, newest_ms, block_id, items) "
-        "VALUES (?, ?, ?, ?, ?, ?) USING TTL ?"
+        "VALUES (?, ?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
     )
 
 
@@ -418,8 +429,10 @@ def test_stored_items_are_not_rewritten_and_no_history_is_lost(
 
 def test_the_newest_snapshot_wins_even_within_one_call(cql: tuple[Settings, Any]) -> None:
     _settings, session = cql
-    newer = UserLastK("u1", {EventType.VIEW: [("p2", NOW_MS + 200), ("p1", NOW_MS + 100)]})
-    stale = UserLastK("u1", {EventType.VIEW: [("p1", NOW_MS + 100)]})
+    newer = UserLastK(
+        "u1", {EventType.VIEW: [("p2", NOW_MS + 200), ("p1", NOW_MS + 100)]}, version=VERSION + 1
+    )
+    stale = UserLastK("u1", {EventType.VIEW: [("p1", NOW_MS + 100)]}, version=VERSION)
 
     async def body(store: CqlColdStore) -> UserLastK:
         await store.write_snapshots([newer, stale])  # same call, likely the same batch

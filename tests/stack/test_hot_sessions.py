@@ -10,7 +10,7 @@ import pytest
 
 from schemas.events import EventType
 from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
-from sinks.hot_store import HotUsers, RedisHotStore
+from sinks.hot_store import HotUsers, RedisHotStore, Rehydrated
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
 from streams.logic.lastk import Interaction, hot_key
@@ -33,8 +33,8 @@ def run(coro):
 async def seed(
     client: HotRedis, settings: Settings, partition: int, rows: list[Interaction]
 ) -> tuple[RedisHotStore, RedisSessions]:
-    store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k, 3600)
-    sessions = RedisSessions(client, settings.redis_key_prefix)
+    store = RedisHotStore(client, settings.redis_key_prefix, settings.last_k)
+    sessions = RedisSessions(client, settings.redis_key_prefix, settings.last_k)
     latest: dict[str, int] = {}
     for row in rows:
         latest[row.user_id] = max(latest.get(row.user_id, 0), row.event_time_ms)
@@ -192,14 +192,16 @@ def test_a_write_for_a_user_found_hot_whose_keys_are_gone_re_hydrates_them_first
         asked: list[set[str]] = []
         retried: list[str] = []
 
-        async def rehydrate(users: Collection[str]) -> list[Interaction]:
+        async def rehydrate(users: Collection[str]) -> Rehydrated:
             asked.append(set(users))
             if len(asked) == 1:
                 raise ConnectionError("the cold tier is away for a moment")
-            return [
-                Interaction("u1", EventType.VIEW, "p1", T0),
-                Interaction("u1", EventType.VIEW, "p0", T0 - 1),
-            ]
+            return Rehydrated(
+                [
+                    Interaction("u1", EventType.VIEW, "p1", T0),
+                    Interaction("u1", EventType.VIEW, "p0", T0 - 1),
+                ]
+            )
 
         hot = await sessions.hot_users({2: ["u1", "u2"]})
         assert hot == {"u1", "u2"}  # the active set alone cannot tell
@@ -267,7 +269,7 @@ def test_an_eviction_sent_again_with_the_old_version_never_deletes_a_new_session
 def test_hot_users_outside_the_batch_activity_are_refused(
     client: HotRedis, backend_settings: Settings
 ) -> None:
-    async def rehydrate(users: Collection[str]) -> list[Interaction]:
+    async def rehydrate(users: Collection[str]) -> Rehydrated:
         raise AssertionError(f"not expected: {users}")
 
     async def scenario() -> None:

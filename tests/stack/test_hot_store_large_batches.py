@@ -23,7 +23,6 @@ def test_a_batch_larger_than_one_zadd_call_keeps_the_newest_k(
             build_redis(isolated_settings),
             isolated_settings.redis_key_prefix,
             isolated_settings.last_k,
-            ttl_s=3600,
         )
         try:
             applied = await store.record(batch)

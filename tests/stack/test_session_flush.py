@@ -26,8 +26,8 @@ class ReturnsAfterTheSnapshot(RedisSessions):
     """Sessions whose user `u1` sends one more event right after their first snapshot is
     read, as when they come back while the flush is writing to the cold tier."""
 
-    def __init__(self, client: Any, prefix: str, comeback: Any) -> None:
-        super().__init__(client, prefix)
+    def __init__(self, client: Any, prefix: str, last_k: Any, comeback: Any) -> None:
+        super().__init__(client, prefix, last_k)
         self._comeback = comeback
 
     async def snapshots(self, sessions: Sequence[EndedSession]) -> list[HotSnapshot]:
@@ -55,7 +55,7 @@ def test_a_user_who_came_back_gets_only_new_items_in_the_next_flush(
 
         keeper = SessionKeeper(
             hot=ReturnsAfterTheSnapshot(
-                client, settings.redis_key_prefix, lambda: record("p3", T0 + 2)
+                client, settings.redis_key_prefix, settings.last_k, lambda: record("p3", T0 + 2)
             ),
             cold=cold,
             gap_ms=GAP_MS,
@@ -95,7 +95,7 @@ def test_a_user_evicted_by_another_worker_after_the_hot_check_is_re_hydrated(
         cold = build_cold_store(settings)
 
         def keeper() -> SessionKeeper:
-            sessions = RedisSessions(client, settings.redis_key_prefix)
+            sessions = RedisSessions(client, settings.redis_key_prefix, settings.last_k)
             return SessionKeeper(hot=sessions, cold=cold, gap_ms=GAP_MS, idle_grace_ms=10**9)
 
         old_owner, new_owner = keeper(), keeper()
@@ -105,7 +105,7 @@ def test_a_user_evicted_by_another_worker_after_the_hot_check_is_re_hydrated(
                     [Interaction("u1", EventType.VIEW, product, at)], {PARTITION: {"u1": at}}
                 )
             hydration = await new_owner.hydrate([(PARTITION, "u1")])
-            assert hydration.hot == {"u1"} and hydration.history == []
+            assert hydration.hot == {"u1"} and hydration.history.rows == ()
             old_owner.observe(PARTITION, T0 + 1 + GAP_MS + 1, wall_ms=0)
             assert await old_owner.flush_ended(wall_ms=0) == 1  # stored, then evicted
             at = T0 + 2 + GAP_MS

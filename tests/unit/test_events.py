@@ -113,3 +113,29 @@ def test_a_user_id_outside_the_key_alphabet_is_refused(user_id: str) -> None:
 )
 def test_ordinary_user_ids_pass(user_id: str) -> None:
     validate(Event("e1", user_id, EventType.APP_OPEN, 1_763_700_000_000))
+
+
+@pytest.mark.parametrize(
+    ("product_id", "ok"),
+    [
+        ("p" * 256, True),
+        ("\U0001f6d2" * 64, True),  # 256 bytes in UTF-8
+        ("p" * 257, False),
+        ("\U0001f6d2" * 64 + "p", False),
+        ("ü" * 128, True),
+        ("ü" * 129, False),  # 129 characters, 258 bytes
+    ],
+)
+def test_product_ids_are_at_most_256_bytes(product_id: str, ok: bool) -> None:
+    """Every snapshot and history row holds its product ids: the bound keeps one user's
+    cold rows within what a CQL server takes in one mutation."""
+
+    def event() -> Event:
+        return Event("e1", "u1", EventType.VIEW, 1_763_700_000_000, product_id=product_id)
+
+    if ok:
+        validate(event())
+    else:
+        with pytest.raises(InvalidEvent, match="at most 256 bytes") as refused:
+            validate(event())
+        assert refused.value.field == "product_id"

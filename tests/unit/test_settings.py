@@ -38,3 +38,19 @@ def test_env_file_is_read_and_real_environment_wins(
     settings = Settings.load()
     assert settings.kafka_servers == ["a:1", "b:2"]
     assert settings.redis_url == "redis://override:2/0"
+
+
+def test_a_hot_key_ttl_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hot keys never expire while their user is in an active set: the old TTL setting is
+    refused, not silently ignored."""
+    monkeypatch.setenv("SIGNALS_HOT_TTL_S", "3600")
+    with pytest.raises(ValidationError, match="SIGNALS_HOT_TTL_S is not a setting any more"):
+        Settings()
+
+
+def test_last_k_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNALS_LAST_K", '{"view": 1000}')
+    assert Settings().last_k[EventType.VIEW] == 1000
+    monkeypatch.setenv("SIGNALS_LAST_K", '{"view": 1001}')
+    with pytest.raises(ValidationError, match="between 1 and 1000"):
+        Settings()
