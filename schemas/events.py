@@ -97,7 +97,9 @@ _user_id_ok = re.compile(USER_ID_PATTERN).fullmatch
 
 
 #: Longest product id in UTF-8 bytes. Ids are stored in every snapshot and history
-#: block, so this bounds one user's cold rows (see `streams.settings.MAX_LAST_K`).
+#: block, so this bounds one user's cold rows (see `streams.settings.MAX_LAST_K`); they
+#: must also be printable (`str.isprintable`: no control characters, which JSON would
+#: write as 6-byte escapes).
 MAX_PRODUCT_ID_BYTES = 256
 
 
@@ -109,6 +111,7 @@ def _product_id_ok(product_id: object) -> bool:
             len(product_id) <= MAX_PRODUCT_ID_BYTES // 4
             or len(product_id.encode()) <= MAX_PRODUCT_ID_BYTES
         )
+        and product_id.isprintable()
     )
 
 
@@ -179,10 +182,11 @@ def _explain(event: Event) -> None:
     ):
         raise InvalidEvent("product_id", f"required for {event.event_type.value} events")
     if event.event_type in PRODUCT_EVENT_TYPES and not _product_id_ok(event.product_id):
+        size = len(str(event.product_id).encode())
         raise InvalidEvent(
             "product_id",
-            f"at most {MAX_PRODUCT_ID_BYTES} bytes in UTF-8, got "
-            f"{len(str(event.product_id).encode())}",
+            f"must be printable and at most {MAX_PRODUCT_ID_BYTES} bytes in UTF-8, got "
+            f"{size} bytes{'' if str(event.product_id).isprintable() else ', unprintable'}",
         )
     if event.order_id is not None and (not isinstance(event.order_id, str) or not event.order_id):
         raise InvalidEvent("order_id", "must be a non-empty string when given")

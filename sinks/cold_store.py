@@ -78,7 +78,7 @@ TRANSIENT_CQL_ERRORS: tuple[type[BaseException], ...] = (
 #: request per (user, type, day) partition capped it at ~250 users/s here. The price of a
 #: multi-partition batch is paid by the coordinator, which splits it into one mutation per
 #: partition and forwards those it does not own, so keep it modest (Scylla warns from
-#: 128 KiB and fails at 1 MiB; the local Cassandra's warning is raised to 128 KiB too).
+#: 128 KiB and fails at 1 MiB; the local Cassandra fails at 50 KiB, warns at 40 KiB).
 #: On a multi-node cluster such a batch is not token-aware (Scylla: not shard-aware):
 #: grouping rows by replica (`cluster.metadata.token_map` + murmur3 of each partition
 #: key, then routing each batch by one of its keys) would restore that; not done, as the
@@ -87,7 +87,7 @@ HISTORY_BATCH_BYTES = 16 * 1024
 #: Approximate value bytes of snapshot rows per CQL batch (~12 realistic users). A user's
 #: snapshot rows (one per type) are never split, so each user's snapshot stays one atomic
 #: single-partition mutation; a user larger than this goes alone (single-partition: not
-#: size-checked; at most ~1.7 MB, see `streams.settings.MAX_LAST_K`). Well under
+#: size-checked; at most ~3.2 MB, see `streams.settings.MAX_LAST_K`). Well under
 #: Cassandra's default failure threshold for multi-partition batches (50 KiB).
 SNAPSHOT_BATCH_BYTES = 16 * 1024
 #: Users per re-hydration read (`WHERE user_id IN ?`). One request per user spent most of

@@ -57,8 +57,10 @@ _WIDTH = 1 + len(_TYPES)
 # version ('0' if the user has no version key: nothing to bump, and the eviction
 # condition), the snapshot's timestamp (the clock then), then each set's newest k
 # (a set longer than k, left by a larger k before a restart, is read as its newest k) as
-# a flat member, score, ... list.
-_READ_USERS = f"""
+# a flat member, score, ... list. `allow-oom`: its one write (the version, a few bytes)
+# must go through when Redis is full (`maxmemory` with `noeviction`), since the flush is
+# what frees it; a script without flags is refused at its first such write then.
+_READ_USERS = f"""#!lua flags=allow-oom
 local now = redis.call('TIME')
 local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local out = {{}}

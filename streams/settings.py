@@ -26,9 +26,10 @@ DEFAULT_LAST_K: dict[EventType, int] = {
     EventType.ORDER: 50,
 }
 
-#: Largest k per type. With product ids of at most 256 bytes (the event contract), one
-#: user's snapshot rows stay under ~1.7 MB: one CQL mutation, far below the servers'
-#: limit (half a commit log segment: 16 MiB on Cassandra and ScyllaDB by default).
+#: Largest k per type. With printable product ids of at most 256 bytes (the event
+#: contract; at most 512 in JSON), one user's snapshot rows stay under ~3.2 MB: one CQL
+#: mutation, far below the servers' limit (half a commit log segment: 16 MiB on
+#: Cassandra and ScyllaDB by default).
 MAX_LAST_K = 1000
 
 STATE_DIR_ENV = "SIGNALS_STATE_DIR"
@@ -110,6 +111,8 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
     redis_key_prefix: str = Field("ix", pattern=r"^[A-Za-z0-9_.-]+$")
     last_k: dict[EventType, int] = Field(default_factory=lambda: dict(DEFAULT_LAST_K))
+    # Only to refuse it, from the environment, an env file or an argument alike.
+    hot_ttl_s: int | None = Field(None, description="refused: hot keys never expire")
     inactivity_gap_s: float = Field(1800, gt=0, description="quiet time that ends a session")
     # A partition with no new events for this long has its event-time clock advanced by the
     # wall clock, so its sessions still end (no dummy events needed). Longer than the usual
@@ -162,7 +165,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_hot_key_expiry(self) -> Settings:
         """Hot keys do not expire any more: refuse the old setting rather than ignore it."""
-        if os.environ.get("SIGNALS_HOT_TTL_S"):
+        if self.hot_ttl_s is not None:
             raise ValueError(
                 "SIGNALS_HOT_TTL_S is not a setting any more: a user's hot keys never expire "
                 "while the user is in an active set (an expiry lost the types a long session "

@@ -17,11 +17,11 @@ USERS = ["big-1", "big-2", "big-3"]
 
 
 def longest_product_id(number: int) -> str:
-    """A product id of exactly MAX_PRODUCT_ID_BYTES in UTF-8, mostly 4-byte characters."""
+    """A product id of exactly MAX_PRODUCT_ID_BYTES in UTF-8 whose JSON is as long as any
+    valid id's: `"` is written as two bytes (printable ids have no longer escape)."""
     tail = f"-{number}"
-    fill = MAX_PRODUCT_ID_BYTES - len(tail)
-    product_id = "\U0001f6d2" * (fill // 4) + "x" * (fill % 4) + tail
-    assert len(product_id.encode()) == MAX_PRODUCT_ID_BYTES
+    product_id = '"' * (MAX_PRODUCT_ID_BYTES - len(tail)) + tail
+    assert len(product_id.encode()) == MAX_PRODUCT_ID_BYTES and product_id.isprintable()
     return product_id
 
 

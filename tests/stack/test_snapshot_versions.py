@@ -91,20 +91,20 @@ def test_a_plain_delete_of_a_users_snapshot_removes_it_and_later_snapshots_show(
 def test_a_newer_list_with_the_same_times_replaces_the_stored_one(
     provisioned: Settings,
 ) -> None:
-    """With k=1, 'a\\x01' then 'a\\n' at the same time: Redis keeps 'a\\n' (the higher
-    member), and so must the cold tier. Both lists summed to the same timestamp, and the
-    server then kept the larger blob, where JSON's escapes ('\\u0001' > '\\n') ordered the
-    lists unlike Redis."""
+    """With k=1, 'a"' then 'a#' at the same time: Redis keeps 'a#' (the higher member),
+    and so must the cold tier. Both lists summed to the same timestamp, and the server
+    then kept the larger blob, where JSON's escape (`"` is written `\\"`, and `\\` > `#`)
+    ordered the lists unlike Redis."""
 
     async def scenario() -> None:
         worker = Worker(with_k(provisioned, 1))
         try:
-            await worker.batch([("u1", VIEW, "a\x01", T0)])
+            await worker.batch([("u1", VIEW, 'a"', T0)])
             assert await worker.flush() == 1
-            await worker.batch([("u1", VIEW, "a\n", T0)])
-            assert await worker.hot_items("u1", VIEW) == [("a\n", T0)]
+            await worker.batch([("u1", VIEW, "a#", T0)])
+            assert await worker.hot_items("u1", VIEW) == [("a#", T0)]
             assert await worker.flush() == 1
-            assert await worker.cold_items("u1", VIEW) == [("a\n", T0)]
+            assert await worker.cold_items("u1", VIEW) == [("a#", T0)]
         finally:
             await worker.close()
 

@@ -124,9 +124,13 @@ def test_ordinary_user_ids_pass(user_id: str) -> None:
         ("\U0001f6d2" * 64 + "p", False),
         ("ü" * 128, True),
         ("ü" * 129, False),  # 129 characters, 258 bytes
+        ("a b-c/d", True),
+        ("a\x01", False),
+        ("a\n", False),
+        ("a\u200b", False),  # zero-width space: not printable
     ],
 )
-def test_product_ids_are_at_most_256_bytes(product_id: str, ok: bool) -> None:
+def test_product_ids_are_printable_and_at_most_256_bytes(product_id: str, ok: bool) -> None:
     """Every snapshot and history row holds its product ids: the bound keeps one user's
     cold rows within what a CQL server takes in one mutation."""
 
@@ -136,6 +140,6 @@ def test_product_ids_are_at_most_256_bytes(product_id: str, ok: bool) -> None:
     if ok:
         validate(event())
     else:
-        with pytest.raises(InvalidEvent, match="at most 256 bytes") as refused:
+        with pytest.raises(InvalidEvent, match="printable and at most 256 bytes") as refused:
             validate(event())
         assert refused.value.field == "product_id"
