@@ -50,11 +50,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from infra.migrate import apply_migrations  # noqa: E402
+from schemas.cold_layout import day_of, history_blocks, unstored_items  # noqa: E402
 from schemas.events import EventType  # noqa: E402
+from schemas.hot_layout import Item, UserLastK, merge_items  # noqa: E402
 from sinks.cold_store import CqlColdStore, _BatchEntry, _raw_batch  # noqa: E402
 from sinks.cql import connect  # noqa: E402
-from streams.logic.cold_layout import day_of, history_blocks, unstored_items  # noqa: E402
-from streams.logic.lastk import Item, UserLastK, merge_items  # noqa: E402
 from streams.settings import DEFAULT_LAST_K, Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "cold_store.json"

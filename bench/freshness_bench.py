@@ -54,7 +54,7 @@ from harness import (
 )
 
 from schemas.events import Event, EventType
-from streams.logic.lastk import hot_key, interaction_of
+from schemas.hot_layout import hot_key, interaction_of
 from streams.settings import Settings
 
 PROBE_EVERY_S = 0.020

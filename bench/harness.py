@@ -337,8 +337,8 @@ def produce(
     from confluent_kafka import KafkaError, Message, Producer  # noqa: PLC0415
 
     from schemas.codec import encode_event  # noqa: PLC0415
+    from schemas.hot_layout import interaction_of  # noqa: PLC0415
     from sinks.events_producer import BATCHING, GUARANTEES  # noqa: PLC0415
-    from streams.logic.lastk import interaction_of  # noqa: PLC0415
 
     # Recent event times, so the worker's time bounds admit all of them.
     start_ms = int(time.time() * 1000) - count * 2 - 60_000

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, Table, ensure_stack, write_results
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.hot_layout import Interaction
 from sinks.hot_store import HotUsers, RedisHotStore, Rehydrated
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
-from streams.logic.lastk import Interaction
 from streams.settings import Settings, stack_cluster_url
 
 #: Events per batch: about what a 5k/s stream delivers per fetch, and an ingest catch-up.

@@ -51,13 +51,13 @@ from harness import (
     write_results,
 )
 
+from schemas.cold_layout import day_of
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.hot_layout import Interaction, active_key, hot_key, version_key
 from sinks.cold_store import CqlColdStore
 from sinks.hot_sessions import EndedSession
 from sinks.hot_store import HotUsers, RedisHotStore
 from streams.bootstrap import build_hot_store, build_redis, build_session_keeper
-from streams.logic.cold_layout import day_of
-from streams.logic.lastk import Interaction, active_key, hot_key, version_key
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 

@@ -4,7 +4,7 @@ When a session ends the worker moves the user's hot last-k here (`write_snapshot
 evicts the user from Redis only once this returns; a returning user is re-hydrated from
 here (`load_last_k`), and the feed service reads it for users not in Redis. The layout
 (day buckets, history blocks, the blobs, write timestamps, which items are new history)
-is pure: `streams.logic.cold_layout`.
+is pure: `schemas.cold_layout`.
 
 A flush is throughput-bound (thousands of users a second), so its rows are few (history
 in blocks, not a row per interaction) and travel in few, large unlogged batches of many
@@ -42,8 +42,7 @@ from cassandra.query import (
     Statement,
 )
 
-from schemas.events import EventType
-from streams.logic.cold_layout import (
+from schemas.cold_layout import (
     decode_items,
     encode_items,
     history_blocks,
@@ -53,7 +52,8 @@ from streams.logic.cold_layout import (
     window_days,
     window_items,
 )
-from streams.logic.lastk import Item, UserLastK
+from schemas.events import EventType
+from schemas.hot_layout import Item, UserLastK
 
 #: Driver errors that mean "the cluster cannot serve this right now", not "bad request".
 #: Every cold-store write is idempotent, so the caller retries the whole call on these.

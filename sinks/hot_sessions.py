@@ -39,8 +39,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.hot_layout import UserLastK, active_key, hot_key, version_key
 from sinks.redis_scripts import SlotScript, by_slot
-from streams.logic.lastk import UserLastK, active_key, hot_key, version_key
 
 RedisClient = Redis | RedisCluster
 

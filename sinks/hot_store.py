@@ -1,6 +1,6 @@
 """The Redis hot tier: each user's last-k interactions per type in sorted sets.
 
-The key layout and the write plan are pure (`streams.logic.lastk`); this adapter only
+The key layout and the write plan are pure (`schemas.hot_layout`); this adapter only
 carries a plan out, one round trip (one Lua script call) per batch; on a Redis Cluster,
 one round trip per node the batch touches.
 """
@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from schemas.events import EventType
-from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript
-from streams.logic.lastk import (
+from schemas.hot_layout import (
     Interaction,
     KeyWrite,
     active_key,
@@ -27,6 +26,7 @@ from streams.logic.lastk import (
     plan_writes,
     version_key,
 )
+from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript
 
 log = logging.getLogger(__name__)
 

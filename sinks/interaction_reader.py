@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType, check_user_id
+from schemas.hot_layout import Item, UserLastK, hot_key, version_key
 from sinks.redis_scripts import HotRedis
-from streams.logic.lastk import Item, UserLastK, hot_key, version_key
 
 Tier = Literal["hot", "cold"]
 #: Queues one read of one sorted set on a pipeline.

@@ -32,6 +32,7 @@ from mode import Service
 
 from schemas.codec import decode_event
 from schemas.events import Event, InvalidEvent
+from schemas.hot_layout import Interaction, interaction_of
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from streams.logic.admission import (
@@ -41,7 +42,6 @@ from streams.logic.admission import (
     dead_letter_headers,
     dead_letter_value,
 )
-from streams.logic.lastk import Interaction, interaction_of
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 

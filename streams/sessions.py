@@ -1,6 +1,6 @@
 """Session lifecycle in the worker: re-hydrate returning users, flush ended sessions.
 
-The decisions are pure (`streams.logic.sessions`, `streams.logic.lastk`); this module
+The decisions are pure (`streams.logic.sessions`, `schemas.hot_layout`); this module
 sequences the I/O so that nothing is ever lost:
 
 - re-hydration happens *before* a returning user's new events are applied, in the same
@@ -30,9 +30,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from schemas.hot_layout import Interaction, UserLastK, approximate_bytes
 from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions, group_by_partition
 from sinks.hot_store import Rehydrated
-from streams.logic.lastk import Interaction, UserLastK, approximate_bytes
 from streams.logic.sessions import PartitionClock, closing_score
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Pure logic shared by the live agents and the offline jobs.
+"""The worker's pure decisions (session clocks, admission), apart from its I/O; the
+stores' layouts and types they work on are contracts in `schemas`.
 
 Nothing in this package imports Faust, Redis, Cassandra, Kafka or fastavro, and anything
 that depends on time takes it as an argument.

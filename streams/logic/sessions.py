@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from streams.logic.lastk import Interaction
+from schemas.hot_layout import Interaction
 
 
 @dataclass(slots=True)

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.events import EventType
+from schemas.hot_layout import Interaction, Item
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import HotUsers
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_cold_store, build_hot_store, build_redis
-from streams.logic.lastk import Interaction, Item
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 

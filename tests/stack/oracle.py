@@ -1,5 +1,5 @@
 """Helpers for the stack tests that drive the real worker and compare the merged hot +
-cold state with the pure oracle (`streams.logic.lastk.reference_last_k`): the read side
+cold state with the pure oracle (`schemas.hot_layout.reference_last_k`): the read side
 (`Store`), sending events with times relative to now, and waiting for the state to settle.
 The fixtures built on them (`session_settings`, `store`) are in `tests/stack/conftest.py`.
 """
@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+from schemas.hot_layout import Item, reference_last_k
 from sinks.events_producer import DeliveryReport, EventProducer
 from sinks.interaction_reader import InteractionReader
 from streams.bootstrap import build_interaction_reader
-from streams.logic.lastk import Item, reference_last_k
 from streams.settings import Settings
 from tests.conftest import wait_for
 

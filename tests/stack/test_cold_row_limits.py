@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from schemas.events import MAX_PRODUCT_ID_BYTES, PRODUCT_EVENT_TYPES
-from streams.logic.lastk import Item
+from schemas.hot_layout import Item
 from streams.settings import MAX_LAST_K, Settings
 from tests.stack.harness import Worker
 

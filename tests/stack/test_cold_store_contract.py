@@ -14,7 +14,9 @@ import pytest
 from cassandra.query import BatchStatement
 
 from infra.migrate import apply_migrations
+from schemas.cold_layout import DAY_MS, decode_items
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.hot_layout import Item, UserLastK, merge_items
 from sinks.cold_store import (
     HISTORY_BATCH_BYTES,
     SNAPSHOT_BATCH_BYTES,
@@ -25,8 +27,6 @@ from sinks.cold_store import (
 from sinks.cql import connect
 from sinks.retry import transient_errors
 from streams.bootstrap import build_cold_store
-from streams.logic.cold_layout import DAY_MS, decode_items
-from streams.logic.lastk import Item, UserLastK, merge_items
 from streams.settings import Settings
 from tests.conftest import free_port
 

@@ -17,8 +17,8 @@ from confluent_kafka import Consumer, Message, Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType
+from schemas.hot_layout import hot_key
 from schemas.registry import CURRENT_EVENT_SCHEMA_ID, schema_for
-from streams.logic.lastk import hot_key
 from streams.settings import Settings
 from tests.conftest import ROOT, wait_for
 

@@ -19,8 +19,8 @@ from confluent_kafka import Consumer
 from jobs.traffic import TrafficParams, simulate
 from schemas.codec import decode_event
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
+from schemas.hot_layout import hot_key, interaction_of
 from sinks.events_producer import EventProducer
-from streams.logic.lastk import hot_key, interaction_of
 from streams.settings import Settings
 from tests.conftest import ROOT, wait_for
 

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from schemas.events import Event, EventType
+from schemas.hot_layout import hot_key
 from sinks.events_producer import EventProducer
-from streams.logic.lastk import hot_key
 from streams.settings import Settings
 from tests.conftest import free_port, wait_for
 

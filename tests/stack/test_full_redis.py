@@ -14,9 +14,9 @@ import redis
 import redis.asyncio as aioredis
 
 from schemas.events import EventType
+from schemas.hot_layout import Interaction
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
-from streams.logic.lastk import Interaction
 from streams.settings import DEFAULT_LAST_K
 from tests.conftest import free_port, wait_for
 

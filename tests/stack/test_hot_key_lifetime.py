@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from schemas.events import EventType
-from streams.logic.lastk import hot_key
+from schemas.hot_layout import hot_key
 from streams.settings import Settings
 from tests.conftest import on_backend
 from tests.stack.harness import Worker

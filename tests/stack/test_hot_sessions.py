@@ -9,11 +9,11 @@ from typing import TypeVar
 import pytest
 
 from schemas.events import EventType
+from schemas.hot_layout import Interaction, hot_key
 from sinks.hot_sessions import EndedSession, RedisSessions, group_by_partition
 from sinks.hot_store import HotUsers, RedisHotStore, Rehydrated
 from sinks.redis_scripts import HotRedis
 from streams.bootstrap import build_redis
-from streams.logic.lastk import Interaction, hot_key
 from streams.settings import Settings
 
 T0 = 1_760_000_000_000

@@ -15,9 +15,9 @@ import redis
 from redis.asyncio.cluster import ClusterNode
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.hot_layout import Interaction, hot_key
 from sinks.hot_store import RedisHotStore
 from streams.bootstrap import build_redis
-from streams.logic.lastk import Interaction, hot_key
 from streams.settings import Settings
 from tests.conftest import on_backend
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from schemas.events import EventType
+from schemas.hot_layout import Interaction
 from sinks.hot_store import RedisHotStore
 from streams.bootstrap import build_redis
-from streams.logic.lastk import Interaction
 from streams.settings import Settings
 
 

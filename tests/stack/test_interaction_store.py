@@ -2,7 +2,7 @@
 
 Hypothesis draws streams with duplicates, late events, session gaps and returning users;
 the merged hot + cold state, read through the feed service's read client, must equal the
-pure reference model (`streams.logic.lastk.reference_last_k`). Also across a worker
+pure reference model (`schemas.hot_layout.reference_last_k`). Also across a worker
 restart and with two workers in one group where one is killed mid-stream.
 """
 
@@ -21,7 +21,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from schemas.events import Event, EventType
-from streams.logic.lastk import active_key, reference_last_k
+from schemas.hot_layout import active_key, reference_last_k
 from streams.settings import Settings
 from tests.conftest import TcpProxy, on_backend, wait_for
 from tests.stack.oracle import (

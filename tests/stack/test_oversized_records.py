@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType
-from streams.logic.lastk import hot_key
+from schemas.hot_layout import hot_key
 from streams.settings import Settings
 from tests.conftest import wait_for
 from tests.stack.test_dead_letters import dead_letter_reader, next_dead_letter

@@ -25,7 +25,7 @@ from infra.kafka_server import KafkaService
 from infra.stack import load_config
 from infra.topics import DAY_MS, TopicSpec, apply_topics, delete_topics
 from schemas.events import Event
-from streams.logic.lastk import active_key
+from schemas.hot_layout import active_key
 from streams.settings import Settings
 from tests.conftest import wait_for
 from tests.stack.oracle import Store, all_cold, random_events, send_phase, settle

@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.cold_layout import decode_items
 from schemas.events import EventType
+from schemas.hot_layout import Interaction
 from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions
 from sinks.hot_store import HotUsers
 from streams.bootstrap import build_cold_store, build_hot_store, build_redis
-from streams.logic.cold_layout import decode_items
-from streams.logic.lastk import Interaction
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import encode_event
 from schemas.events import Event, EventType, InvalidEvent
-from streams.logic.lastk import reference_last_k
+from schemas.hot_layout import reference_last_k
 from streams.settings import Settings
 from tests.conftest import on_backend, wait_for
 from tests.stack.oracle import Store

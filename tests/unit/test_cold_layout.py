@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.logic.cold_layout import (
+from schemas.cold_layout import (
     DAY_MS,
     day_of,
     decode_items,

@@ -1,8 +1,8 @@
 """Merging fetched batches that waited while another was applied."""
 
 from schemas.events import EventType
+from schemas.hot_layout import Interaction
 from streams.app import Prepared
-from streams.logic.lastk import Interaction
 
 
 def test_absorb_keeps_fetch_order_and_the_newest_activity_per_user() -> None:

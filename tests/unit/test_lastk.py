@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.cold_layout import decode_items, encode_items
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
-from streams.logic.cold_layout import decode_items, encode_items
-from streams.logic.lastk import (
+from schemas.hot_layout import (
     Interaction,
     UserLastK,
     approximate_bytes,

@@ -5,7 +5,8 @@ everything about how a value is laid out lives here, free of I/O, and is unit te
 
 - a snapshot row holds one type's last-k as a JSON blob (see `encode_items`); its CQL
   write timestamp is the snapshot's version, given by the hot tier when the flush read it
-  (`sinks.hot_sessions`, `sinks.cold_store.write_timestamp`);
+  (`sinks.hot_sessions`, `sinks.cold_store.write_timestamp`; the header of migration
+  0002, applied and so left as it was, still describes the earlier sum of event times);
 - history is stored in blocks: one row per flush, user, type and UTC day, holding that
   flush's new items of that day as the same JSON blob (`history_blocks`); day buckets
   keep partitions bounded, and a block's key is derived from its content, so writing the
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from streams.logic.lastk import Item
+from schemas.hot_layout import Item
 
 DAY_MS = 86_400_000
 
