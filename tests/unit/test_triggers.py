@@ -1,0 +1,102 @@
+"""The rank-refresh trigger decision (`streams.logic.triggers`)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.logic.triggers import Reason, TriggerRules, TriggerState, UserBatch, decide
+
+RULES = TriggerRules(debounce_ms=10_000, views_per_trigger=3)
+T0 = 1_760_000_000_000
+
+
+def batch(at: int, **signals: object) -> UserBatch:
+    return UserBatch(newest_event_ms=T0 + at, newest_offset=at, **signals)  # type: ignore[arg-type]
+
+
+def test_high_intent_always_fires_and_numbers_the_triggers() -> None:
+    first, state = decide(TriggerState(), batch(0, high_intent=True), RULES)
+    second, state = decide(state, batch(1, high_intent=True), RULES)  # within the debounce
+    assert first is not None and first.reason is Reason.HIGH_INTENT and first.sequence == 1
+    assert second is not None and second.sequence == 2
+    assert (second.newest_event_ms, second.newest_offset) == (T0 + 1, 1)
+
+
+def test_views_accumulate_and_fire_once_the_debounce_allows() -> None:
+    state = TriggerState()
+    fired = []
+    for at in range(0, 30_000, 1_000):  # a view a second
+        trigger, state = decide(state, batch(at, views=1), RULES)
+        if trigger:
+            fired.append((at, trigger.reason))
+    # First at the 3rd view; then the debounce holds the views back until 10 s passed.
+    assert fired == [(2_000, Reason.VIEWS), (12_000, Reason.VIEWS), (22_000, Reason.VIEWS)]
+
+
+def test_a_top_category_change_fires_and_is_remembered() -> None:
+    trigger, state = decide(TriggerState(), batch(0, top_category="c1"), RULES)
+    assert trigger is not None and trigger.reason is Reason.TOP_CATEGORY
+    again, state = decide(state, batch(20_000, top_category="c1"), RULES)
+    assert again is None  # unchanged
+    held, state = decide(state, batch(25_000, top_category="c2"), RULES)
+    assert held is not None and held.reason is Reason.TOP_CATEGORY
+
+
+def test_a_debounced_category_change_fires_on_a_later_batch() -> None:
+    _, state = decide(TriggerState(), batch(0, high_intent=True, top_category="c1"), RULES)
+    held, state = decide(state, batch(1_000, top_category="c2"), RULES)
+    assert held is None
+    later, state = decide(state, batch(11_000), RULES)
+    assert later is None  # the batch says nothing of the category: nothing to compare
+    later, state = decide(state, batch(12_000, top_category="c2"), RULES)
+    assert later is not None and later.reason is Reason.TOP_CATEGORY
+
+
+def test_a_session_start_fires_unless_a_trigger_just_went_out() -> None:
+    trigger, state = decide(TriggerState(), batch(0, session_started=True), RULES)
+    assert trigger is not None and trigger.reason is Reason.SESSION_START
+    dropped, state = decide(state, batch(5_000, session_started=True), RULES)
+    assert dropped is None
+    assert decide(state, batch(6_000), RULES)[0] is None  # not kept for later
+
+
+def test_bad_rules_are_refused() -> None:
+    with pytest.raises(ValueError):
+        TriggerRules(views_per_trigger=0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5_000),
+            st.integers(0, 4),
+            st.booleans(),
+            st.booleans(),
+            st.sampled_from([None, "c1", "c2"]),
+        ),
+        max_size=50,
+    )
+)
+def test_sequences_grow_by_one_and_only_high_intent_beats_the_debounce(
+    steps: list[tuple[int, int, bool, bool, str | None]],
+) -> None:
+    state, at, last_sent = TriggerState(), 0, None
+    for gap, views, intent, start, category in steps:
+        at += gap
+        before = state.sequence
+        trigger, state = decide(
+            state,
+            batch(
+                at, views=views, high_intent=intent, session_started=start, top_category=category
+            ),
+            RULES,
+        )
+        if trigger is None:
+            assert state.sequence == before
+            continue
+        assert trigger.sequence == before + 1 == state.sequence
+        if trigger.reason is not Reason.HIGH_INTENT and last_sent is not None:
+            assert T0 + at - last_sent >= RULES.debounce_ms
+        last_sent = T0 + at
