@@ -39,6 +39,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from schemas.feature_layout import TILE_WIDTHS
+
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 
@@ -76,9 +78,10 @@ class Window:
         return self.tile_of(newest_ms - self.length_ms)
 
 
-FIVE_MINUTES = Window("5m", 5 * MINUTE_MS, MINUTE_MS)
-ONE_HOUR = Window("1h", HOUR_MS, 5 * MINUTE_MS)
-ONE_DAY = Window("24h", 24 * HOUR_MS, HOUR_MS)
+# Tile widths come from the online store's layout, so the two cannot disagree.
+FIVE_MINUTES = Window("5m", 5 * MINUTE_MS, TILE_WIDTHS["1m"])
+ONE_HOUR = Window("1h", HOUR_MS, TILE_WIDTHS["5m"])
+ONE_DAY = Window("24h", 24 * HOUR_MS, TILE_WIDTHS["1h"])
 #: The user windows; products use the last two.
 WINDOWS: tuple[Window, ...] = (FIVE_MINUTES, ONE_HOUR, ONE_DAY)
 PRODUCT_WINDOWS: tuple[Window, ...] = (ONE_HOUR, ONE_DAY)
