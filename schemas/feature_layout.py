@@ -10,6 +10,7 @@ Fields:
 
     n:<event_type>:<width>:<tile>   events of that type in tile <tile> (event time // width)
                                     of a tile width: 1m, 5m or 1h (`streams.logic.features`)
+    late                            (users) events beyond the allowed lateness, in no tile
     o:<partition>                   the highest events-topic offset of that partition
                                     applied to this hash: the fence
 
@@ -32,11 +33,24 @@ from schemas.events import EventType
 #: Tile widths by field name: the user windows' tiles (5 min in 1-min tiles, 1 h in 5-min
 #: tiles, 24 h in 1-h tiles); products keep the last two.
 TILE_WIDTHS: dict[str, int] = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
+WIDTH_NAMES: dict[int, str] = {width: name for name, width in TILE_WIDTHS.items()}
 USER_TILE_WIDTHS = ("1m", "5m", "1h")
 PRODUCT_TILE_WIDTHS = ("5m", "1h")
 PRODUCT_COUNTED_TYPES = frozenset(
     {EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.ORDER}
 )
+
+
+def too_late(event_time_ms: int, watermark_ms: int | None, allowed_lateness_ms: int) -> bool:
+    """An event further behind its partition's watermark (the newest event time the
+    partition delivered before it) than the allowed lateness: its tiles may have been read
+    as final, so it is counted apart instead of added."""
+    return watermark_ms is not None and event_time_ms < watermark_ms - allowed_lateness_ms
+
+
+def advanced(watermark_ms: int | None, event_time_ms: int) -> int:
+    """A partition's watermark after one more event."""
+    return event_time_ms if watermark_ms is None else max(watermark_ms, event_time_ms)
 
 
 def user_features_key(prefix: str, user_id: str) -> str:
@@ -49,6 +63,10 @@ def product_features_key(prefix: str, product_id: str) -> str:
 
 def count_field(event_type: EventType, width: str, event_time_ms: int) -> str:
     return f"n:{event_type.value}:{width}:{event_time_ms // TILE_WIDTHS[width]}"
+
+
+#: A user's count of events too late for their tiles.
+LATE_FIELD = "late"
 
 
 def fence_field(partition: int) -> str:
@@ -88,7 +106,7 @@ class FencedWrite:
 @dataclass(frozen=True, slots=True)
 class CounterPlan:
     writes: list[FencedWrite]
-    too_late: int  # events beyond the allowed lateness: fenced, but counted in no tile
+    too_late: int  # in this plan (the stored, fenced count is each user's LATE_FIELD)
 
 
 def plan_counters(
@@ -101,8 +119,8 @@ def plan_counters(
 
     `watermarks` is each partition's newest event time before this batch; it advances
     through the batch event by event, so the too-late decision is the one an offline
-    replay of the partition makes. A too-late event still gets an entry (no increments):
-    its offset is applied, and a re-read skips it like the others.
+    replay of the partition makes. A too-late event adds to its user's LATE_FIELD instead
+    of tiles, fenced like the rest, so a re-read counts it once too.
     """
     writes: dict[tuple[str, int], FencedWrite] = {}
     newest = dict(watermarks)
@@ -116,8 +134,8 @@ def plan_counters(
 
     for event in events:
         watermark = newest.get(event.partition)
-        is_late = watermark is not None and event.event_time_ms < watermark - allowed_lateness_ms
-        newest[event.partition] = max(event.event_time_ms, watermark or event.event_time_ms)
+        is_late = too_late(event.event_time_ms, watermark, allowed_lateness_ms)
+        newest[event.partition] = advanced(watermark, event.event_time_ms)
         user_entry = entry(user_features_key(prefix, event.user_id), event)
         counted_product = event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES
         product_entry = (
@@ -127,6 +145,7 @@ def plan_counters(
         )
         if is_late:
             late += 1
+            user_entry[LATE_FIELD] = user_entry.get(LATE_FIELD, 0) + 1  # fenced like the rest
             continue
         for width in USER_TILE_WIDTHS:
             name = count_field(event.event_type, width, event.event_time_ms)

@@ -21,8 +21,9 @@ Windows (the semantics both paths use):
 
 Late events: an event more than the allowed lateness behind its source partition's
 watermark (the newest event time the partition had delivered before it) is not added to
-any tile (`too_late`); it still updates the interaction store, and is counted. The
-offline computation replays the log in partition order to make the same decision.
+any tile (`schemas.feature_layout.too_late`); it still updates the interaction store, and
+is counted. The offline computation replays the log in partition order to make the same
+decision (`replayed_counts`).
 
 Decayed scores (user x category affinity, trending products): a sum of weights, each
 halved every half-life since its event, `sum(w * 2 ** -((T - t) / h))`. Kept in log2 space
@@ -39,7 +40,18 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from schemas.feature_layout import TILE_WIDTHS
+from schemas.events import EventType
+from schemas.feature_layout import (
+    PRODUCT_COUNTED_TYPES,
+    TILE_WIDTHS,
+    WIDTH_NAMES,
+    CountedEvent,
+    advanced,
+    count_field,
+    product_features_key,
+    too_late,
+    user_features_key,
+)
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -97,12 +109,6 @@ def window_count(window: Window, event_times_ms: Iterable[int], at_ms: int) -> i
     return sum(1 for time_ms in event_times_ms if window.covers(time_ms, at_ms))
 
 
-def too_late(event_time_ms: int, watermark_ms: int | None, allowed_lateness_ms: int) -> bool:
-    """An event further behind its partition's watermark than the allowed lateness: its
-    tiles may have been read as final, so it is counted apart instead of added."""
-    return watermark_ms is not None and event_time_ms < watermark_ms - allowed_lateness_ms
-
-
 #: log2 of nothing: the decayed sum of no events.
 EMPTY_DECAYED = -math.inf
 
@@ -131,3 +137,47 @@ def smoothed_rate(successes: int, trials: int, prior_rate: float, prior_weight: 
     if prior_weight <= 0 or not 0 <= prior_rate <= 1:
         raise ValueError("prior_weight must be > 0 and prior_rate in [0, 1]")
     return (successes + prior_rate * prior_weight) / (trials + prior_weight)
+
+
+def stored_count(
+    counters: Mapping[str, int], event_type: EventType, window: Window, at_ms: int
+) -> int:
+    """The online read: the window at `at_ms` of one type from an entity's stored hash
+    (`schemas.feature_layout`)."""
+    width = WIDTH_NAMES[window.tile_ms]
+    return window_total(
+        window,
+        {
+            tile: counters.get(count_field(event_type, width, tile * window.tile_ms), 0)
+            for tile in window.tiles_at(at_ms)
+        },
+        at_ms,
+    )
+
+
+def replayed_counts(
+    log: Iterable[CountedEvent], prefix: str, allowed_lateness_ms: int
+) -> tuple[dict[str, list[tuple[EventType, int]]], int]:
+    """The offline side: per entity key (user and product hashes, named as the online
+    store names them), the (type, event time) of every event counted in tiles, replaying
+    each partition in log order for the lateness decision; and how many were too late. A
+    record read twice (the same partition and offset) counts once."""
+    counted: dict[str, list[tuple[EventType, int]]] = {}
+    newest: dict[int, int] = {}
+    seen: set[tuple[int, int]] = set()
+    late = 0
+    for event in log:
+        if (event.partition, event.offset) in seen:
+            continue
+        seen.add((event.partition, event.offset))
+        mark = newest.get(event.partition)
+        newest[event.partition] = advanced(mark, event.event_time_ms)
+        if too_late(event.event_time_ms, mark, allowed_lateness_ms):
+            late += 1
+            continue
+        keys = [user_features_key(prefix, event.user_id)]
+        if event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES:
+            keys.append(product_features_key(prefix, event.product_id))
+        for key in keys:
+            counted.setdefault(key, []).append((event.event_type, event.event_time_ms))
+    return counted, late

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.feature_layout import too_late
 from streams.logic.features import (
     EMPTY_DECAYED,
     FIVE_MINUTES,
@@ -21,7 +22,6 @@ from streams.logic.features import (
     decayed_add,
     decayed_value,
     smoothed_rate,
-    too_late,
     window_count,
     window_total,
 )
