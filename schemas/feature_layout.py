@@ -41,6 +41,12 @@ PRODUCT_COUNTED_TYPES = frozenset(
 )
 
 
+#: A feature hash expires this long after its last write: the longest window (24 h) plus
+#: its tile (1 h), so every tile a read can cover outlives it, plus an hour of slack for
+#: late events and clock skew.
+COUNTER_TTL_MS = 26 * 3_600_000
+
+
 def too_late(event_time_ms: int, watermark_ms: int | None, allowed_lateness_ms: int) -> bool:
     """An event further behind its partition's watermark (the newest event time the
     partition delivered before it) than the allowed lateness: its tiles may have been read
