@@ -21,9 +21,10 @@ from tests.conftest import free_port, wait_for
 class PrivateRedis:
     """A Redis of this test's own, so stopping it cannot disturb other tests."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *options: str) -> None:
         self.port = free_port()
         self.tmp = tmp
+        self.options = options  # more redis-server arguments
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,6 +45,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.tmp),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
         )

@@ -6,8 +6,8 @@ redis-server, so the shared one is never filled."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,49 +18,20 @@ from schemas.hot_layout import Interaction
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
 from streams.settings import DEFAULT_LAST_K
-from tests.conftest import free_port, wait_for
+from tests.stack.test_faults import PrivateRedis
 
 T0 = 1_760_000_000_000
 PARTITION = 3
 
 
 @pytest.fixture
-def full_redis(tmp_path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-            "--maxmemory",
-            "3mb",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+def full_redis(tmp_path: Path) -> Iterator[int]:
+    server = PrivateRedis(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+    server.start()
     try:
-        probe = redis.Redis(port=port)
-        wait_for(lambda: _pings(probe), 10, "the private redis-server to answer")
-        yield port
+        yield server.port
     finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+        server.stop()
 
 
 def test_a_full_redis_is_emptied_by_the_flush(full_redis: int) -> None:
