@@ -1,32 +1,50 @@
-"""The online feature store's layout and the fenced write plan of its counters (issue 12,
-in progress: the ingest script does not apply it yet).
+"""The online feature store's layout: a public contract, like the hot tier's.
 
-    <prefix>:f:u:{<user_id>}      hash of one user's counters; the same hash tag as the
-                                  user's last-k keys, so on a cluster it rides the same
-                                  per-slot script call
-    <prefix>:f:p:{<product_id>}   hash of one product's counters
+    <prefix>:f:u:{<user_id>}     hash: one user's windowed counts, session and recency
+    <prefix>:f:a:{<user_id>}     sorted set: the user's category affinity, member =
+                                 category id, score = log2 decayed score (see below)
+    <prefix>:f:p:{<product_id>}  hash: one product's windowed counts
+    <prefix>:f:g                 hash: the same counts over every product (the global
+                                 rates products are smoothed toward) and each events
+                                 partition's watermark
+    <prefix>:f:t:{<category_id>} sorted set: the category's trending products, member =
+                                 product id, score = log2 decayed popularity
+    <prefix>:f:tf:{<category_id>} hash: the fences of that sorted set
 
-Fields:
+A user's keys carry the same hash tag as their last-k keys (one Redis Cluster slot), a
+category's two keys share theirs. Ids in keys have `%`, `{` and `}` written as `%25`,
+`%7B` and `%7D` (`key_part`), so no id can split or empty a hash tag.
 
-    n:<event_type>:<width>:<tile>   events of that type in tile <tile> (event time // width)
-                                    of a tile width: 1m, 5m or 1h (`streams.logic.features`)
-    late                            (users) events beyond the allowed lateness, in no tile
-    o:<partition>                   the highest events-topic offset of that partition
-                                    applied to this hash: the fence
+Hash fields:
 
-Counters are not idempotent the way `ZADD GT` is, so every write is fenced: per hash and
-source partition, the entries of a batch carry their offsets, and the script applies only
-those above the hash's fence, then raises the fence. A batch read again after a crash or a
-rebalance (offsets at or below the fence) changes nothing, even when it overlaps the
-applied ones only in part; a user's events come from one partition, a product's from all,
-hence one fence per partition. The fence lives in the hash it guards, so the check and the
-increments are one atomic script call per slot, and no extra round trip.
+    n:<type>:<width>:<tile>   events of that type in tile <tile> = event time // width,
+                              for the tile widths 1m, 5m and 1h (users: all three and
+                              every type; products and the global hash: 5m and 1h of
+                              view, click, add_to_cart and order)
+    t                         the newest event time applied (ms)
+    s, sn                     (users) the current session's start time and its events
+    c:<category_id>           (users) the newest event time in that category
+    late                      (users) events beyond the allowed lateness, in no tile
+    w:<partition>             (global) the newest event time the partition delivered
+    o:<partition>             the highest events-topic offset of that partition applied
+                              to this key: the fence
+    pt                        the 5-minute tile of the last pruning of old tiles
+
+Decayed scores are stored as `L = log2(sum(w * 2 ** (t / h)))` (`schemas.features`): the
+score at time T is `2 ** (L - T / h)`, and ordering by L is ordering by score at any T.
+
+Every write is fenced: per key and source partition the write carries each event's
+offset, and the script applies only events above the key's fence, then raises it. A
+batch read again after a crash or a rebalance (in part or whole) changes nothing; a
+user's events come from one partition, a product's from all, hence one fence per
+partition. The fence lives in the key it guards (the affinity set in the user's hash,
+a trending set in its `tf` hash), so check and write are one script call per slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from schemas.events import EventType
 
@@ -39,12 +57,75 @@ PRODUCT_TILE_WIDTHS = ("5m", "1h")
 PRODUCT_COUNTED_TYPES = frozenset(
     {EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.ORDER}
 )
+#: Old tiles are pruned from a hash at most once per this much event time.
+PRUNE_EVERY_MS = 300_000
 
-
-#: A feature hash expires this long after its last write: the longest window (24 h) plus
+#: A counts hash expires this long after its last write: the longest window (24 h) plus
 #: its tile (1 h), so every tile a read can cover outlives it, plus an hour of slack for
 #: late events and clock skew.
 COUNTER_TTL_MS = 26 * 3_600_000
+#: Decayed sets expire this many half-lives after their last write: by then every score
+#: in them is below 2^-10 of what it was, indistinguishable from gone.
+DECAYED_TTL_HALF_LIVES = 10
+
+LATE_FIELD = "late"
+NEWEST_FIELD = "t"
+SESSION_START_FIELD = "s"
+SESSION_EVENTS_FIELD = "sn"
+
+
+class WriteKind(StrEnum):
+    """What the write script does with a key's events (its one-letter wire name)."""
+
+    USER = "u"
+    PRODUCT = "p"
+    GLOBAL = "g"
+    TRENDING = "t"
+
+
+def key_part(entity_id: str) -> str:
+    """An id as it appears inside a key's hash tag."""
+    return entity_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def user_features_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:f:u:{{{key_part(user_id)}}}"
+
+
+def user_affinity_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:f:a:{{{key_part(user_id)}}}"
+
+
+def product_features_key(prefix: str, product_id: str) -> str:
+    return f"{prefix}:f:p:{{{key_part(product_id)}}}"
+
+
+def global_features_key(prefix: str) -> str:
+    return f"{prefix}:f:g"
+
+
+def trending_key(prefix: str, category_id: str) -> str:
+    return f"{prefix}:f:t:{{{key_part(category_id)}}}"
+
+
+def trending_fence_key(prefix: str, category_id: str) -> str:
+    return f"{prefix}:f:tf:{{{key_part(category_id)}}}"
+
+
+def count_field(event_type: EventType | str, width: str, event_time_ms: int) -> str:
+    return f"n:{EventType(event_type).value}:{width}:{event_time_ms // TILE_WIDTHS[width]}"
+
+
+def category_field(category_id: str) -> str:
+    return f"c:{category_id}"
+
+
+def fence_field(partition: int) -> str:
+    return f"o:{partition}"
+
+
+def watermark_field(partition: int) -> str:
+    return f"w:{partition}"
 
 
 def too_late(event_time_ms: int, watermark_ms: int | None, allowed_lateness_ms: int) -> bool:
@@ -59,105 +140,36 @@ def advanced(watermark_ms: int | None, event_time_ms: int) -> int:
     return event_time_ms if watermark_ms is None else max(watermark_ms, event_time_ms)
 
 
-def user_features_key(prefix: str, user_id: str) -> str:
-    return f"{prefix}:f:u:{{{user_id}}}"
-
-
-def product_features_key(prefix: str, product_id: str) -> str:
-    return f"{prefix}:f:p:{{{product_id}}}"
-
-
-def count_field(event_type: EventType, width: str, event_time_ms: int) -> str:
-    return f"n:{event_type.value}:{width}:{event_time_ms // TILE_WIDTHS[width]}"
-
-
-#: A user's count of events too late for their tiles.
-LATE_FIELD = "late"
-
-
-def fence_field(partition: int) -> str:
-    return f"o:{partition}"
-
-
 @dataclass(frozen=True, slots=True)
 class CountedEvent:
-    """What the counters need of an event, with where it was read from."""
+    """What the features need of an event, with where it was read from."""
 
     user_id: str
     event_type: EventType
     event_time_ms: int
     product_id: str | None
+    category_id: str | None
     partition: int
     offset: int
 
 
+#: One event of a write: (offset, event type, event time, member, too late). The member
+#: is the category (user writes), the product (trending writes) or "" (none).
+WriteEvent = tuple[int, str, int, str, int]
+
+
 @dataclass(slots=True)
 class FencedWrite:
-    """One hash's share of a batch from one partition: per offset, the increments."""
+    """One key's share of a batch from one partition, in read order; `sorted_set` is the
+    decayed set the key's fence also guards (users: affinity; trending: the products)."""
 
+    kind: WriteKind
+    entity: str  # the user, product or category id ("" for the global hash)
     key: str
     partition: int
-    entries: dict[int, dict[str, int]] = field(default_factory=dict)  # offset -> increments
+    sorted_set: str | None = None
+    events: list[WriteEvent] = field(default_factory=list)
 
-    def apply_above(self, fence: int | None, counters: dict[str, int]) -> int | None:
-        """What the script does, in Python (the oracle of its tests): add the entries
-        above `fence` to `counters`; returns the new fence."""
-        applied = [offset for offset in self.entries if fence is None or offset > fence]
-        for offset in applied:
-            for name, amount in self.entries[offset].items():
-                counters[name] = counters.get(name, 0) + amount
-        return max([*applied, *([fence] if fence is not None else [])], default=None)
-
-
-@dataclass(frozen=True, slots=True)
-class CounterPlan:
-    writes: list[FencedWrite]
-    too_late: int  # in this plan (the stored, fenced count is each user's LATE_FIELD)
-
-
-def plan_counters(
-    events: Iterable[CountedEvent],
-    prefix: str,
-    watermarks: Mapping[int, int],
-    allowed_lateness_ms: int,
-) -> CounterPlan:
-    """The fenced counter writes of a batch, in the order events were read.
-
-    `watermarks` is each partition's newest event time before this batch; it advances
-    through the batch event by event, so the too-late decision is the one an offline
-    replay of the partition makes. A too-late event adds to its user's LATE_FIELD instead
-    of tiles, fenced like the rest, so a re-read counts it once too.
-    """
-    writes: dict[tuple[str, int], FencedWrite] = {}
-    newest = dict(watermarks)
-    late = 0
-
-    def entry(key: str, event: CountedEvent) -> dict[str, int]:
-        write = writes.get((key, event.partition))
-        if write is None:
-            write = writes[(key, event.partition)] = FencedWrite(key, event.partition)
-        return write.entries.setdefault(event.offset, {})
-
-    for event in events:
-        watermark = newest.get(event.partition)
-        is_late = too_late(event.event_time_ms, watermark, allowed_lateness_ms)
-        newest[event.partition] = advanced(watermark, event.event_time_ms)
-        user_entry = entry(user_features_key(prefix, event.user_id), event)
-        counted_product = event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES
-        product_entry = (
-            entry(product_features_key(prefix, event.product_id), event)
-            if counted_product and event.product_id is not None
-            else None
-        )
-        if is_late:
-            late += 1
-            user_entry[LATE_FIELD] = user_entry.get(LATE_FIELD, 0) + 1  # fenced like the rest
-            continue
-        for width in USER_TILE_WIDTHS:
-            name = count_field(event.event_type, width, event.event_time_ms)
-            user_entry[name] = user_entry.get(name, 0) + 1
-        if product_entry is not None:
-            for width in PRODUCT_TILE_WIDTHS:
-                name = count_field(event.event_type, width, event.event_time_ms)
-                product_entry[name] = product_entry.get(name, 0) + 1
-    return CounterPlan(list(writes.values()), late)
+    @property
+    def keys(self) -> list[str]:
+        return [self.key] if self.sorted_set is None else [self.key, self.sorted_set]

@@ -18,7 +18,6 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from schemas.events import EventType
-from schemas.feature_layout import COUNTER_TTL_MS, FencedWrite
 from schemas.hot_layout import (
     Interaction,
     KeyWrite,
@@ -94,7 +93,6 @@ class HotStore(Protocol):
         counted: int | None = None,
         hot: HotUsers | None = None,
         floors: Mapping[str, int] | None = None,
-        counters: Sequence[FencedWrite] = (),
     ) -> int:
         """Apply a batch idempotently; returns how many interactions were counted."""
         ...
@@ -114,15 +112,8 @@ class RedisHotStore:
     emptied lists.
     """
 
-    def __init__(
-        self,
-        client: HotRedis,
-        prefix: str,
-        last_k: Mapping[EventType, int],
-        counter_ttl_ms: int = COUNTER_TTL_MS,
-    ) -> None:
+    def __init__(self, client: HotRedis, prefix: str, last_k: Mapping[EventType, int]) -> None:
         self._redis = client
-        self._counter_ttl_ms = counter_ttl_ms
         self._prefix = prefix
         self._last_k = dict(last_k)
         self._script = client.register_script(_APPLY_LUA)
@@ -142,7 +133,6 @@ class RedisHotStore:
         counted: int | None = None,
         hot: HotUsers | None = None,
         floors: Mapping[str, int] | None = None,
-        counters: Sequence[FencedWrite] = (),
     ) -> int:
         """Apply a batch in one round trip (one per node on a cluster).
 
@@ -152,9 +142,6 @@ class RedisHotStore:
         is what the applied counter grows by (default: every interaction; re-hydrated
         history is written but not counted). `floors` (user -> the write timestamp of
         their stored snapshot, from re-hydration) keep their versions above it.
-        `counters` (`schemas.feature_layout.plan_counters`) are applied in the same script
-        calls, each above its hash's fence only, so applying a batch again (in part or
-        whole, here or after a crash) counts nothing twice.
 
         `hot` users must still have their keys: a script call (the whole batch on a single
         Redis, one slot on a cluster) that finds one of them without a version key writes
@@ -167,10 +154,10 @@ class RedisHotStore:
         """
         applied = len(interactions) if counted is None else counted
         activity = activity or {}
-        if not interactions and not any(activity.values()) and not counters:
+        if not interactions and not any(activity.values()):
             return 0
         expected = set(hot.users) if hot is not None else set()
-        plan = _Plan(interactions, activity, expected, dict(floors or {}), set(), applied, counters)
+        plan = _Plan(interactions, activity, expected, dict(floors or {}), set(), applied)
         missing = await self._apply(plan)
         # Only `hot` users are checked, so without them nothing is ever missing.
         while missing and hot is not None:
@@ -189,7 +176,6 @@ class RedisHotStore:
                 plan.touched | missing,
                 # The cluster's counter went beside the refused calls: already counted.
                 plan.applied if self._one_slot else 0,
-                plan.counters,  # fenced: the calls that went through skip them
             )
             missing = await hot.retry(functools.partial(self._apply, plan))
         return applied
@@ -198,7 +184,7 @@ class RedisHotStore:
         """One attempt; returns the expected-hot users whose keys were gone (their script
         calls wrote nothing)."""
         writes = plan_writes(plan.interactions, self._prefix, self._last_k)
-        versions = _Bookkeeping()
+        versions = _Versions()
         owners: dict[str, str] = {}  # checked version key -> user
         for partition, latest in plan.activity.items():
             if not latest:
@@ -222,8 +208,7 @@ class RedisHotStore:
         if len(owners) != len(plan.expected):
             # A hot user outside the activity would go unchecked: a caller's mistake.
             raise ValueError("every user in `hot` must be in the batch's activity")
-        versions.counters.extend(plan.counters)
-        if not writes and not versions.counters:
+        if not writes:
             return set()
         if self._one_slot:
             # One script call for the whole batch: with a pipeline, redis-py's per-command
@@ -236,19 +221,19 @@ class RedisHotStore:
     async def _apply_on_cluster(
         self,
         writes: Sequence[KeyWrite],
-        versions: _Bookkeeping,
+        versions: _Versions,
         owners: Mapping[str, str],
         applied: int,
     ) -> set[str]:
         """A script may only touch one slot: one call per slot (a user's hash tag or a
         partition's), all in one pipeline; the counter (another slot) goes beside them."""
-        by_slot: dict[int, tuple[list[KeyWrite], _Bookkeeping]] = {}
+        by_slot: dict[int, tuple[list[KeyWrite], _Versions]] = {}
 
-        def group_of(key: str) -> tuple[list[KeyWrite], _Bookkeeping]:
+        def group_of(key: str) -> tuple[list[KeyWrite], _Versions]:
             slot = key_slot(key.encode())
             group = by_slot.get(slot)
             if group is None:
-                group = by_slot[slot] = ([], _Bookkeeping())
+                group = by_slot[slot] = ([], _Versions())
             return group
 
         for write in writes:
@@ -259,19 +244,11 @@ class RedisHotStore:
             group_of(key)[1].unchecked.append(key)
         for key, floor in versions.floors.items():
             group_of(key)[1].floors[key] = floor
-        for counted in versions.counters:
-            group_of(counted.key)[1].counters.append(counted)
         calls = []
         for group, group_versions in by_slot.values():
             # The first key only routes the call; with a count of 0 it is left alone.
             router = (
-                group[0].key
-                if group
-                else (
-                    group_versions.checked
-                    or group_versions.unchecked
-                    or [c.key for c in group_versions.counters]
-                )[0]
+                group[0].key if group else (group_versions.checked or group_versions.unchecked)[0]
             )
             calls.append(self._script_call(group, group_versions, router, 0))
         counter = [("INCRBY", self.stats_key, applied)] if applied else []
@@ -279,22 +256,14 @@ class RedisHotStore:
         return {user for refused in results for user in _missing_users(refused, owners)}
 
     def _script_call(
-        self, writes: Sequence[KeyWrite], versions: _Bookkeeping, counter: str, applied: int
+        self, writes: Sequence[KeyWrite], versions: _Versions, counter: str, applied: int
     ) -> ScriptCall:
-        keys = [
-            counter,
-            *(write.key for write in writes),
-            *versions.checked,
-            *versions.unchecked,
-            *(counted.key for counted in versions.counters),
-        ]
+        keys = [counter, *(write.key for write in writes), *versions.checked, *versions.unchecked]
         batch = [
             applied,
             [(write.keep, write.members) for write in writes],
             len(versions.checked),
             versions.floors,
-            [(counted.partition, counted.entries) for counted in versions.counters],
-            self._counter_ttl_ms,
         ]
         return keys, [_compact_json(batch)]
 
@@ -339,18 +308,12 @@ _ACTIVE_MOVED = -1
 #: never repeat or go back, also across evictions (an eviction retried with the version
 #: of before must not match the keys a new session wrote since). Versions are written
 #: with %.0f: Lua numbers are doubles, exact for integers below 2^53 (year 2255 in us).
-#: Then the feature hashes (`schemas.feature_layout`), one per entry of the fifth element
-#: [[partition, {offset: {field: amount}}], ...], in KEYS after the version keys: the
-#: entries above the hash's fence `o:<partition>` are added, the fence raised to the
-#: highest, and the hash expires `batch[6]` ms after its last write (its longest window).
 #: At most 1000 pairs per ZADD (Lua's unpack limit). Idempotent except the version bump,
 #: which only has to change. Returns the missing version keys (empty when written).
 _APPLY_LUA = """
 local batch = cjson.decode(ARGV[1])
 local writes = batch[2]
 local floors = batch[4]
-local counters = batch[5]
-local versions_end = #KEYS - #counters
 local missing = {}
 for i = #writes + 2, #writes + 1 + batch[3] do
   if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -391,7 +354,7 @@ for i = 1, #writes do
     end
   end
 end
-for i = #writes + 2, versions_end do
+for i = #writes + 2, #KEYS do
   local version = redis.call('INCR', KEYS[i])
   local changed = false
   if version == 1 then
@@ -407,27 +370,6 @@ for i = #writes + 2, versions_end do
   if changed then
     redis.call('SET', KEYS[i], string.format('%.0f', version))
   end
-end
-for i = 1, #counters do
-  local key = KEYS[versions_end + i]
-  local fence_field = 'o:' .. counters[i][1]
-  local fence = tonumber(redis.call('HGET', key, fence_field) or '-1')
-  local top = fence
-  for offset, fields in pairs(counters[i][2]) do
-    local at = tonumber(offset)
-    if at > fence then
-      for name, amount in pairs(fields) do
-        redis.call('HINCRBY', key, name, amount)
-      end
-      if at > top then
-        top = at
-      end
-    end
-  end
-  if top > fence then
-    redis.call('HSET', key, fence_field, string.format('%.0f', top))
-  end
-  redis.call('PEXPIRE', key, batch[6])
 end
 if batch[1] > 0 then
   redis.call('INCRBY', KEYS[1], batch[1])
@@ -446,19 +388,16 @@ class _Plan:
     floors: dict[str, int]  # user -> their version must be above this
     touched: set[str]  # users whose active-set score must change
     applied: int
-    counters: Sequence[FencedWrite] = ()
 
 
 @dataclass(slots=True)
-class _Bookkeeping:
-    """What a script call does besides the sorted sets: the version keys it bumps (of
-    users found hot, checked: they must exist; and of the others), and the feature
-    hashes it counts into, fenced."""
+class _Versions:
+    """The version keys a batch bumps: of users found hot (checked: they must exist) and
+    of the others."""
 
     checked: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
     floors: dict[str, int] = field(default_factory=dict)  # version key -> floor
-    counters: list[FencedWrite] = field(default_factory=list)
 
 
 def _missing_users(refused: object, owners: Mapping[str, str]) -> set[str]:

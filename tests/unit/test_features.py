@@ -1,4 +1,4 @@
-"""The feature arithmetic of `streams.logic.features`: the window definition (boundaries
+"""The feature arithmetic of `schemas.features`: the window definition (boundaries
 included), tiles that always agree with it, decayed sums that ignore order, smoothing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.feature_layout import too_late
-from streams.logic.features import (
+from schemas.features import (
     EMPTY_DECAYED,
     FIVE_MINUTES,
     MINUTE_MS,

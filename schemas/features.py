@@ -1,0 +1,639 @@
+"""The rolling features: one definition for the live worker and the offline computation.
+
+The worker plans its writes here (`plan_features`) and the read client turns stored
+values into features here (`user_features_of`, `product_features_of`); the offline
+computation (`OfflineFeatures`) recomputes them from an event log for training. Nothing
+here does I/O, and time is always an argument.
+
+Features at time T (ms since the epoch, event time):
+
+- user: events per type in the windows 5m, 1h and 24h; distinct categories in the 24h
+  window; ms since the newest event; events in the current session; events too late for
+  their tiles; top categories by decayed affinity;
+- product: views, clicks, add-to-carts and orders in the windows 1h and 24h; the 24h
+  click-through (clicks / views) and add-to-cart (add-to-carts / views) rates, smoothed
+  toward the same rates over every product;
+- user x category: the decayed affinity, `sum(weight(type) * 2 ** -((T - t) / h))` over the
+  user's events in that category, h the affinity half-life;
+- category: the trending products, by the same decayed sum over the category's events
+  (every user), with the trending half-life.
+
+Windows. A window has a length W and a tile width s that divides it (5m in 1-min tiles, 1h
+in 5-min tiles, 24h in 1-h tiles). An event at time t belongs to tile t // s. The window
+at T covers the tiles `tile(T - W)` to `tile(T)`, both included, and of those the events
+at or before T: every event with `floor((T - W) / s) * s <= t <= T`. So an event exactly
+at T counts, one exactly W before T counts, and the window reaches back between W and
+W + s (its start is rounded down to a tile, as Chronon's hops do), never less than W.
+Distinct categories use the 24h window's bounds the same way.
+
+Online, a read at T sums the stored tiles `tile(T - W) .. tile(T)`: it equals the
+definition whenever no event later than T is stored yet (reads at the current time; a
+device ahead of the clock, within the allowed future skew, is the exception).
+
+Late events: an event more than the allowed lateness behind its partition's watermark
+(the newest event time the partition had delivered before it, in read order) is added to
+no tile and counted in the user's `late_events`; everything else (recency, session,
+categories, decayed scores) still takes it. The offline computation replays each
+partition in read order to make the same decision.
+
+Sessions: in read order, a user's event more than the session gap after the newest event
+so far starts a new session; any other event joins the current one. At T the current
+session's events are 0 once T is more than the gap after the newest event.
+
+Decayed scores are kept in log2 space, `L = log2(sum(w * 2 ** (t / h)))` (`decayed_add`):
+adding is a log-sum-exp, so late events land exactly and the order of adds does not
+matter, and L grows only linearly with time (about t / h), so it never overflows and the
+scores of different entities compare directly (a sorted set's score). The score at T is
+`2 ** (L - T / h)` (`decayed_value`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from schemas.events import EventType
+from schemas.feature_layout import (
+    COUNTER_TTL_MS,
+    DECAYED_TTL_HALF_LIVES,
+    LATE_FIELD,
+    NEWEST_FIELD,
+    PRODUCT_COUNTED_TYPES,
+    PRODUCT_TILE_WIDTHS,
+    SESSION_EVENTS_FIELD,
+    TILE_WIDTHS,
+    USER_TILE_WIDTHS,
+    WIDTH_NAMES,
+    CountedEvent,
+    FencedWrite,
+    WriteEvent,
+    WriteKind,
+    advanced,
+    count_field,
+    global_features_key,
+    product_features_key,
+    too_late,
+    trending_fence_key,
+    trending_key,
+    user_affinity_key,
+    user_features_key,
+)
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A sliding window of `length_ms`, kept as tiles of `tile_ms` (which divides it)."""
+
+    name: str
+    length_ms: int
+    tile_ms: int
+
+    def __post_init__(self) -> None:
+        if self.tile_ms <= 0 or self.length_ms <= 0 or self.length_ms % self.tile_ms:
+            raise ValueError(f"window {self.name}: the tile width must divide the length")
+
+    def tile_of(self, time_ms: int) -> int:
+        return time_ms // self.tile_ms
+
+    def tiles_at(self, at_ms: int) -> range:
+        """The tiles the window at `at_ms` covers, oldest first (length / tile + 1)."""
+        return range(self.tile_of(at_ms - self.length_ms), self.tile_of(at_ms) + 1)
+
+    def start_at(self, at_ms: int) -> int:
+        """The earliest event time the window at `at_ms` counts."""
+        return self.tile_of(at_ms - self.length_ms) * self.tile_ms
+
+    def covers(self, event_time_ms: int, at_ms: int) -> bool:
+        """Whether an event at `event_time_ms` counts in the window at `at_ms`."""
+        return self.start_at(at_ms) <= event_time_ms <= at_ms
+
+    def oldest_tile_needed(self, newest_ms: int) -> int:
+        """Older tiles can be dropped once events up to `newest_ms` were seen: no read at
+        or after `newest_ms` covers them (the write script prunes by this rule)."""
+        return self.tile_of(newest_ms - self.length_ms)
+
+
+# Tile widths come from the online store's layout, so the two cannot disagree.
+FIVE_MINUTES = Window("5m", 5 * MINUTE_MS, TILE_WIDTHS["1m"])
+ONE_HOUR = Window("1h", HOUR_MS, TILE_WIDTHS["5m"])
+ONE_DAY = Window("24h", DAY_MS, TILE_WIDTHS["1h"])
+#: The user windows; products use the last two.
+WINDOWS: tuple[Window, ...] = (FIVE_MINUTES, ONE_HOUR, ONE_DAY)
+PRODUCT_WINDOWS: tuple[Window, ...] = (ONE_HOUR, ONE_DAY)
+#: Window length per tile width: tiles older than the window at a key's newest event are
+#: pruned (no read at or after it covers them).
+WINDOW_OF_WIDTH: dict[str, int] = {WIDTH_NAMES[w.tile_ms]: w.length_ms for w in WINDOWS}
+
+#: How much each event type adds to a decayed score (affinity, trending); types without a
+#: weight add nothing.
+DEFAULT_WEIGHTS: dict[EventType, float] = {
+    EventType.VIEW: 1.0,
+    EventType.CLICK: 3.0,
+    EventType.WISHLIST: 4.0,
+    EventType.ADD_TO_CART: 5.0,
+    EventType.ORDER: 10.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """The settings the definitions depend on (`streams.settings` builds it)."""
+
+    allowed_lateness_ms: int = 60_000
+    session_gap_ms: int = 30 * MINUTE_MS
+    affinity_half_life_ms: int = 7 * DAY_MS
+    trending_half_life_ms: int = 6 * HOUR_MS
+    weights: Mapping[EventType, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    #: Smoothing: a product's rate is pulled toward the global one as if it had this many
+    #: more views showing it.
+    rate_prior_views: float = 20.0
+    #: The prior rates while the global hash has no views yet.
+    default_click_rate: float = 0.05
+    default_cart_rate: float = 0.01
+    #: Largest decayed sets: a user's categories, a category's trending products. A member
+    #: trimmed off and seen again starts from its new events only.
+    affinity_keep: int = 200
+    trending_keep: int = 500
+    counter_ttl_ms: int = COUNTER_TTL_MS
+
+    def __post_init__(self) -> None:
+        if self.allowed_lateness_ms < 0 or self.session_gap_ms <= 0:
+            raise ValueError("allowed lateness must be >= 0 and the session gap > 0")
+        if self.affinity_half_life_ms <= 0 or self.trending_half_life_ms <= 0:
+            raise ValueError("half-lives must be positive")
+        if any(weight <= 0 for weight in self.weights.values()):
+            raise ValueError("event weights must be positive (leave a type out for none)")
+
+    @property
+    def affinity_ttl_ms(self) -> int:
+        return DECAYED_TTL_HALF_LIVES * self.affinity_half_life_ms
+
+    @property
+    def trending_ttl_ms(self) -> int:
+        return DECAYED_TTL_HALF_LIVES * self.trending_half_life_ms
+
+
+def window_total(window: Window, tiles: Mapping[int, int], at_ms: int) -> int:
+    """The window at `at_ms` from stored tile counts (tile index -> count): the online read."""
+    return sum(tiles.get(tile, 0) for tile in window.tiles_at(at_ms))
+
+
+def window_count(window: Window, event_times_ms: Iterable[int], at_ms: int) -> int:
+    """The window at `at_ms` from the events themselves: the offline definition."""
+    return sum(1 for time_ms in event_times_ms if window.covers(time_ms, at_ms))
+
+
+#: log2 of nothing: the decayed sum of no events.
+EMPTY_DECAYED = -math.inf
+
+
+def decayed_term(weight: float, event_time_ms: int, half_life_ms: float) -> float:
+    """One event's share of a log2-space decayed sum."""
+    if weight <= 0:
+        raise ValueError("decayed weights must be positive")
+    return math.log2(weight) + event_time_ms / half_life_ms
+
+
+def log_sum(a: float, b: float) -> float:
+    """log2(2**a + 2**b), exact for far-apart terms and without overflow."""
+    if a == EMPTY_DECAYED:
+        return b
+    high, low = (a, b) if a >= b else (b, a)
+    return high + math.log2(1.0 + math.pow(2.0, low - high))
+
+
+def decayed_add(log_total: float, weight: float, event_time_ms: int, half_life_ms: float) -> float:
+    """Add an event of `weight` at `event_time_ms` to a log2-space decayed sum."""
+    return log_sum(log_total, decayed_term(weight, event_time_ms, half_life_ms))
+
+
+def decayed_value(log_total: float, at_ms: int, half_life_ms: float) -> float:
+    """The decayed sum at `at_ms`: each weight halved every half-life since its event."""
+    if log_total == EMPTY_DECAYED:
+        return 0.0
+    return math.pow(2.0, log_total - at_ms / half_life_ms)
+
+
+def smoothed_rate(successes: int, trials: int, prior_rate: float, prior_weight: float) -> float:
+    """A rate pulled toward `prior_rate` as if `prior_weight` trials had shown it: a
+    product with 1 view and 1 click is near the global click-through rate, not 100%."""
+    if prior_weight <= 0 or not 0 <= prior_rate <= 1:
+        raise ValueError("prior_weight must be > 0 and prior_rate in [0, 1]")
+    return (successes + prior_rate * prior_weight) / (trials + prior_weight)
+
+
+# --- The features, as the read client and the offline computation return them ---------
+
+#: Window name -> event type -> events.
+WindowCounts = dict[str, dict[EventType, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class UserFeatures:
+    user_id: str
+    at_ms: int
+    counts: WindowCounts  # every window of WINDOWS, every event type
+    distinct_categories_24h: int
+    ms_since_previous: int | None  # None: no event of theirs is known
+    session_events: int  # 0 when the session is over at at_ms
+    late_events: int
+    top_categories: list[tuple[str, float]]  # (category, affinity at at_ms), highest first
+
+
+@dataclass(frozen=True, slots=True)
+class ProductFeatures:
+    product_id: str
+    at_ms: int
+    counts: WindowCounts  # windows of PRODUCT_WINDOWS, types of PRODUCT_COUNTED_TYPES
+    click_rate_24h: float
+    cart_rate_24h: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """What the user's hash holds besides tiles, decoded."""
+
+    newest_ms: int | None = None
+    session_events: int = 0
+    late_events: int = 0
+    category_newest_ms: Mapping[str, int] = field(default_factory=dict)
+
+
+def session_events_at(state: UserState, at_ms: int, config: FeatureConfig) -> int:
+    if state.newest_ms is None or at_ms - state.newest_ms > config.session_gap_ms:
+        return 0
+    return state.session_events
+
+
+def distinct_categories_at(newest_by_category: Mapping[str, int], at_ms: int) -> int:
+    return sum(1 for newest in newest_by_category.values() if ONE_DAY.covers(newest, at_ms))
+
+
+def window_counts(
+    tiles: Mapping[str, int],
+    windows: Sequence[Window],
+    types: Iterable[EventType],
+    at_ms: int,
+) -> WindowCounts:
+    """Windows at `at_ms` from a hash's tile fields (`count_field` names)."""
+    counts: WindowCounts = {}
+    kinds = list(types)
+    for window in windows:
+        width = WIDTH_NAMES[window.tile_ms]
+        counts[window.name] = {
+            kind: sum(
+                tiles.get(count_field(kind, width, tile * window.tile_ms), 0)
+                for tile in window.tiles_at(at_ms)
+            )
+            for kind in kinds
+        }
+    return counts
+
+
+def top_decayed(
+    log_scores: Iterable[tuple[str, float]], at_ms: int, half_life_ms: float, n: int
+) -> list[tuple[str, float]]:
+    """The `n` highest decayed scores at `at_ms`, highest first."""
+    # Ties as a sorted set's ZREVRANGE orders them: the greater member first.
+    ranked = sorted(log_scores, key=lambda pair: (pair[1], pair[0]), reverse=True)[:n]
+    return [(member, decayed_value(score, at_ms, half_life_ms)) for member, score in ranked]
+
+
+def _parse_user_hash(fields: Mapping[str, str]) -> tuple[dict[str, int], UserState]:
+    tiles: dict[str, int] = {}
+    categories: dict[str, int] = {}
+    for name, value in fields.items():
+        if name.startswith("n:"):
+            tiles[name] = int(value)
+        elif name.startswith("c:"):
+            categories[name[2:]] = int(value)
+    newest = fields.get(NEWEST_FIELD)
+    return tiles, UserState(
+        newest_ms=int(newest) if newest is not None else None,
+        session_events=int(fields.get(SESSION_EVENTS_FIELD, 0)),
+        late_events=int(fields.get(LATE_FIELD, 0)),
+        category_newest_ms=categories,
+    )
+
+
+def user_features_of(
+    user_id: str,
+    fields: Mapping[str, str],
+    affinity: Iterable[tuple[str, float]],
+    *,
+    at_ms: int,
+    config: FeatureConfig,
+    top_n: int = 5,
+) -> UserFeatures:
+    """The online read: a user's features at `at_ms` from their stored hash and affinity
+    set (log2 scores)."""
+    tiles, state = _parse_user_hash(fields)
+    return UserFeatures(
+        user_id=user_id,
+        at_ms=at_ms,
+        counts=window_counts(tiles, WINDOWS, EventType, at_ms),
+        distinct_categories_24h=distinct_categories_at(state.category_newest_ms, at_ms),
+        ms_since_previous=None if state.newest_ms is None else at_ms - state.newest_ms,
+        session_events=session_events_at(state, at_ms, config),
+        late_events=state.late_events,
+        top_categories=top_decayed(affinity, at_ms, config.affinity_half_life_ms, top_n),
+    )
+
+
+def _rates(
+    counts: WindowCounts, global_counts: WindowCounts, config: FeatureConfig
+) -> tuple[float, float]:
+    day, every = counts[ONE_DAY.name], global_counts[ONE_DAY.name]
+    views = every[EventType.VIEW]
+    prior_click = every[EventType.CLICK] / views if views else config.default_click_rate
+    prior_cart = every[EventType.ADD_TO_CART] / views if views else config.default_cart_rate
+    return (
+        smoothed_rate(
+            day[EventType.CLICK],
+            day[EventType.VIEW],
+            min(prior_click, 1.0),
+            config.rate_prior_views,
+        ),
+        smoothed_rate(
+            day[EventType.ADD_TO_CART],
+            day[EventType.VIEW],
+            min(prior_cart, 1.0),
+            config.rate_prior_views,
+        ),
+    )
+
+
+def product_features_of(
+    product_id: str,
+    fields: Mapping[str, str],
+    global_fields: Mapping[str, str],
+    at_ms: int,
+    config: FeatureConfig,
+) -> ProductFeatures:
+    """The online read: a product's features at `at_ms` from its hash and the global one."""
+
+    def tiles_of(hash_fields: Mapping[str, str]) -> dict[str, int]:
+        return {name: int(value) for name, value in hash_fields.items() if name.startswith("n:")}
+
+    counts = window_counts(tiles_of(fields), PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms)
+    global_counts = window_counts(
+        tiles_of(global_fields), PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms
+    )
+    click_rate, cart_rate = _rates(counts, global_counts, config)
+    return ProductFeatures(product_id, at_ms, counts, click_rate, cart_rate)
+
+
+# --- The live worker's write plan ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturePlan:
+    writes: list[FencedWrite]
+    too_late: int  # events of this batch too late for their tiles
+    watermarks: dict[int, int]  # each partition's watermark after the batch
+
+
+def plan_features(
+    events: Iterable[CountedEvent],
+    prefix: str,
+    watermarks: Mapping[int, int],
+    config: FeatureConfig,
+) -> FeaturePlan:
+    """A batch's fenced writes, in the order its events were read.
+
+    `watermarks` is each partition's newest event time before this batch; it advances
+    through the batch event by event, so the too-late decision is the one an in-order
+    replay of the partition makes (`OfflineFeatures`). Every event goes to its user's
+    write and to the global one (which keeps the partition's watermark); events of the
+    counted types with a product to the product's; events with a category and a weight
+    to the category's trending write. What a write does with them is the script's
+    (`sinks.feature_store`), with the arithmetic of this module.
+    """
+    writes: dict[tuple[WriteKind, str, int], FencedWrite] = {}
+    newest = dict(watermarks)
+    late = 0
+    weights = config.weights
+
+    def write_for(
+        kind: WriteKind, entity: str, key: str, partition: int, sorted_set: str | None = None
+    ) -> list[WriteEvent]:
+        found = writes.get((kind, key, partition))
+        if found is None:
+            found = writes[(kind, key, partition)] = FencedWrite(
+                kind, entity, key, partition, sorted_set
+            )
+        return found.events
+
+    global_key = global_features_key(prefix)
+    for event in events:
+        partition = event.partition
+        watermark = newest.get(partition)
+        is_late = too_late(event.event_time_ms, watermark, config.allowed_lateness_ms)
+        newest[partition] = advanced(watermark, event.event_time_ms)
+        late += is_late
+        kind = event.event_type.value
+        category = event.category_id or ""
+        item = (event.offset, kind, event.event_time_ms, category, int(is_late))
+        user = event.user_id
+        write_for(
+            WriteKind.USER,
+            user,
+            user_features_key(prefix, user),
+            partition,
+            user_affinity_key(prefix, user),
+        ).append(item)
+        counted = event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES
+        # Every event goes to the global write: it keeps the partition's watermark.
+        write_for(WriteKind.GLOBAL, "", global_key, partition).append(item)
+        if event.product_id is None:
+            continue
+        if counted:
+            write_for(
+                WriteKind.PRODUCT,
+                event.product_id,
+                product_features_key(prefix, event.product_id),
+                partition,
+            ).append(item)
+        if category and event.event_type in weights:
+            write_for(
+                WriteKind.TRENDING,
+                category,
+                trending_fence_key(prefix, category),
+                partition,
+                trending_key(prefix, category),
+            ).append((event.offset, kind, event.event_time_ms, event.product_id, int(is_late)))
+    return FeaturePlan(list(writes.values()), late, newest)
+
+
+def script_config(config: FeatureConfig) -> dict[str, object]:
+    """The definitions' numbers the write script needs (`sinks.feature_store`)."""
+    return {
+        "widths": TILE_WIDTHS,
+        "windows": WINDOW_OF_WIDTH,
+        "user_widths": list(USER_TILE_WIDTHS),
+        "product_widths": list(PRODUCT_TILE_WIDTHS),
+        "category_window": [ONE_DAY.length_ms, ONE_DAY.tile_ms],
+        "weights": {kind.value: weight for kind, weight in config.weights.items()},
+        "affinity_half_life": config.affinity_half_life_ms,
+        "trending_half_life": config.trending_half_life_ms,
+        "session_gap": config.session_gap_ms,
+        "counter_ttl": config.counter_ttl_ms,
+        "affinity_ttl": config.affinity_ttl_ms,
+        "trending_ttl": config.trending_ttl_ms,
+        "affinity_keep": config.affinity_keep,
+        "trending_keep": config.trending_keep,
+    }
+
+
+# --- The offline computation -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Logged:
+    event: CountedEvent
+    late: bool
+
+
+class OfflineFeatures:
+    """Features as of any time, recomputed from an event log with the same definitions.
+
+    The log is given in read order (each partition's events by offset; partitions may
+    interleave); a record seen twice (same partition and offset) counts once. Lateness is
+    decided as the worker decides it: against the watermark of everything the partition
+    delivered before. A query at T leaves out every event later than T. Trimming of the
+    decayed sets (`FeatureConfig.affinity_keep`, `trending_keep`) is not replayed: the
+    two agree while no user has more categories, and no category more products, than that.
+    """
+
+    def __init__(self, log: Iterable[CountedEvent], config: FeatureConfig) -> None:
+        self.config = config
+        self._by_user: dict[str, list[_Logged]] = {}
+        self._by_product: dict[str, list[_Logged]] = {}
+        self._by_category: dict[str, list[_Logged]] = {}
+        self._counted: list[_Logged] = []
+        seen: set[tuple[int, int]] = set()
+        marks: dict[int, int] = {}
+        for event in log:
+            if (event.partition, event.offset) in seen:
+                continue
+            seen.add((event.partition, event.offset))
+            mark = marks.get(event.partition)
+            marks[event.partition] = advanced(mark, event.event_time_ms)
+            logged = _Logged(event, too_late(event.event_time_ms, mark, config.allowed_lateness_ms))
+            self._by_user.setdefault(event.user_id, []).append(logged)
+            if event.product_id is None:
+                continue
+            if event.event_type in PRODUCT_COUNTED_TYPES:
+                self._by_product.setdefault(event.product_id, []).append(logged)
+                self._counted.append(logged)
+            if event.category_id:
+                self._by_category.setdefault(event.category_id, []).append(logged)
+
+    def _counts(
+        self,
+        logged: Iterable[_Logged],
+        windows: Sequence[Window],
+        types: Iterable[EventType],
+        at_ms: int,
+    ) -> WindowCounts:
+        kinds = list(types)
+        times: dict[EventType, list[int]] = {kind: [] for kind in kinds}
+        for item in logged:
+            if not item.late and item.event.event_type in times:
+                times[item.event.event_type].append(item.event.event_time_ms)
+        return {
+            window.name: {kind: window_count(window, times[kind], at_ms) for kind in kinds}
+            for window in windows
+        }
+
+    def user(self, user_id: str, at_ms: int, top_n: int = 5) -> UserFeatures:
+        config = self.config
+        logged = [i for i in self._by_user.get(user_id, []) if i.event.event_time_ms <= at_ms]
+        newest: int | None = None
+        session = 0
+        categories: dict[str, int] = {}
+        for item in logged:  # read order: the session rule's order
+            time_ms = item.event.event_time_ms
+            starts = newest is None or time_ms > newest + config.session_gap_ms
+            session = 1 if starts else session + 1
+            newest = advanced(newest, time_ms)
+            if item.event.category_id:
+                category = item.event.category_id
+                categories[category] = max(categories.get(category, time_ms), time_ms)
+        state = UserState(newest, session, sum(i.late for i in logged), categories)
+        return UserFeatures(
+            user_id=user_id,
+            at_ms=at_ms,
+            counts=self._counts(logged, WINDOWS, EventType, at_ms),
+            distinct_categories_24h=distinct_categories_at(categories, at_ms),
+            ms_since_previous=None if newest is None else at_ms - newest,
+            session_events=session_events_at(state, at_ms, config),
+            late_events=state.late_events,
+            top_categories=top_decayed(
+                self.affinity_scores(user_id, at_ms).items(),
+                at_ms,
+                config.affinity_half_life_ms,
+                top_n,
+            ),
+        )
+
+    def affinity_scores(self, user_id: str, at_ms: int) -> dict[str, float]:
+        """Per category, the user's log2 decayed score over events at or before `at_ms`."""
+        scores: dict[str, float] = {}
+        for item in self._by_user.get(user_id, []):
+            event = item.event
+            weight = self.config.weights.get(event.event_type)
+            if event.event_time_ms > at_ms or not event.category_id or weight is None:
+                continue
+            scores[event.category_id] = decayed_add(
+                scores.get(event.category_id, EMPTY_DECAYED),
+                weight,
+                event.event_time_ms,
+                self.config.affinity_half_life_ms,
+            )
+        return scores
+
+    def trending_scores(self, category_id: str, at_ms: int) -> dict[str, float]:
+        """Per product of the category, its log2 decayed popularity at `at_ms`."""
+        scores: dict[str, float] = {}
+        for item in self._by_category.get(category_id, []):
+            event = item.event
+            weight = self.config.weights.get(event.event_type)
+            if event.event_time_ms > at_ms or weight is None or event.product_id is None:
+                continue
+            scores[event.product_id] = decayed_add(
+                scores.get(event.product_id, EMPTY_DECAYED),
+                weight,
+                event.event_time_ms,
+                self.config.trending_half_life_ms,
+            )
+        return scores
+
+    def trending(self, category_id: str, at_ms: int, n: int) -> list[tuple[str, float]]:
+        return top_decayed(
+            self.trending_scores(category_id, at_ms).items(),
+            at_ms,
+            self.config.trending_half_life_ms,
+            n,
+        )
+
+    def product(self, product_id: str, at_ms: int) -> ProductFeatures:
+        def upto(logged: Iterable[_Logged]) -> list[_Logged]:
+            return [i for i in logged if i.event.event_time_ms <= at_ms]
+
+        counts = self._counts(
+            upto(self._by_product.get(product_id, [])),
+            PRODUCT_WINDOWS,
+            PRODUCT_COUNTED_TYPES,
+            at_ms,
+        )
+        global_counts = self._counts(
+            upto(self._counted), PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms
+        )
+        click_rate, cart_rate = _rates(counts, global_counts, self.config)
+        return ProductFeatures(product_id, at_ms, counts, click_rate, cart_rate)

@@ -1,0 +1,204 @@
+"""The online feature store (`sinks.feature_store`) against a real Redis and a real
+Redis Cluster: written in batches, with batches read again in part or whole, every
+feature read online equals the offline computation (`schemas.features.OfflineFeatures`)
+over the same log, feature by feature, with an event exactly at the read time counted."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from schemas.events import EventType
+from schemas.feature_layout import (
+    COUNTER_TTL_MS,
+    CountedEvent,
+    trending_key,
+    user_affinity_key,
+    user_features_key,
+)
+from schemas.features import (
+    DAY_MS,
+    FeatureConfig,
+    OfflineFeatures,
+    ProductFeatures,
+    UserFeatures,
+    plan_features,
+)
+from sinks.feature_store import RedisFeatureStore
+from streams.bootstrap import build_redis
+from streams.settings import Settings
+from tests.conftest import on_backend
+
+T0 = 1_760_000_000_000
+CONFIG = FeatureConfig(allowed_lateness_ms=60_000, session_gap_ms=10 * 60_000)
+TYPES = [
+    EventType.VIEW,
+    EventType.VIEW,
+    EventType.VIEW,
+    EventType.CLICK,
+    EventType.ADD_TO_CART,
+    EventType.WISHLIST,
+    EventType.ORDER,
+    EventType.REMOVE_FROM_CART,
+    EventType.APP_OPEN,
+]
+
+
+def generated_log(rnd: random.Random, size: int) -> list[CountedEvent]:
+    """Two partitions, users keyed to one each, time moving ~2 h forward with jitter:
+    some events late within the lateness, some beyond it, some in a category-less
+    product, a user with a brace in the id."""
+    offsets = {0: 1000, 1: 7}
+    clock = T0
+    events = []
+    for _ in range(size):
+        clock += rnd.randrange(0, 30_000)
+        partition = rnd.randrange(2)
+        offsets[partition] += 1
+        event_type = rnd.choice(TYPES)
+        shift = rnd.choice([0, 0, 0, -rnd.randrange(50_000), -rnd.randrange(60_000, 600_000)])
+        if rnd.random() < 0.02:
+            shift = 40 * 60_000  # a quiet user's next session, far ahead
+        user = rnd.randrange(8)
+        product = rnd.randrange(12)
+        events.append(
+            CountedEvent(
+                f"u{user}-{partition}" if user else f"u}}{partition}",
+                event_type,
+                clock + shift,
+                None if event_type is EventType.APP_OPEN else f"p{product}",
+                None if event_type is EventType.APP_OPEN or product == 11 else f"c{product % 4}",
+                partition,
+                offsets[partition],
+            )
+        )
+    return events
+
+
+def assert_user_equal(online: UserFeatures, offline: UserFeatures) -> None:
+    assert online.counts == offline.counts
+    assert online.distinct_categories_24h == offline.distinct_categories_24h
+    assert online.ms_since_previous == offline.ms_since_previous
+    assert online.session_events == offline.session_events
+    assert online.late_events == offline.late_events
+    assert [c for c, _ in online.top_categories] == [c for c, _ in offline.top_categories]
+    for (_, a), (_, b) in zip(online.top_categories, offline.top_categories, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-9)
+
+
+def assert_product_equal(online: ProductFeatures, offline: ProductFeatures) -> None:
+    assert online.counts == offline.counts
+    assert math.isclose(online.click_rate_24h, offline.click_rate_24h, rel_tol=1e-12)
+    assert math.isclose(online.cart_rate_24h, offline.cart_rate_24h, rel_tol=1e-12)
+
+
+async def compare(store: RedisFeatureStore, log: list[CountedEvent], at_ms: int) -> int:
+    """Every user, product and category of `log` read online at `at_ms` against the
+    offline computation; returns how many features were compared."""
+    offline = OfflineFeatures(log, CONFIG)
+    compared = 0
+    for user in sorted({e.user_id for e in log}):
+        assert_user_equal(await store.user_features(user, at_ms), offline.user(user, at_ms))
+        compared += 1
+    products = sorted({e.product_id for e in log if e.product_id})
+    read = await store.product_features(products, at_ms)
+    for online, product in zip(read, products, strict=True):
+        assert_product_equal(online, offline.product(product, at_ms))
+        compared += 1
+    for category in sorted({e.category_id for e in log if e.category_id}):
+        online_top = await store.trending(category, 20, at_ms)
+        offline_top = offline.trending(category, at_ms, 20)
+        assert [p for p, _ in online_top] == [p for p, _ in offline_top]
+        for (_, a), (_, b) in zip(online_top, offline_top, strict=True):
+            assert math.isclose(a, b, rel_tol=1e-9)
+        compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("backend", ["single", "cluster"])
+def test_online_features_equal_the_offline_computation_through_re_reads(
+    backend: str, isolated_settings: Settings
+) -> None:
+    settings = on_backend(isolated_settings, backend, k=None)
+    rnd = random.Random(2026)
+    log = generated_log(rnd, 700)
+
+    async def scenario() -> None:
+        store = RedisFeatureStore(build_redis(settings), settings.redis_key_prefix, CONFIG)
+        watermarks: dict[int, int] = {}
+        position = 0
+        compared = 0
+        try:
+            while position < len(log):
+                size = rnd.randrange(1, 90)
+                start = position
+                if position and rnd.random() < 0.4:
+                    start = max(0, position - rnd.randrange(1, 60))  # read again from a commit
+                batch = log[start : position + size]
+                plan = plan_features(batch, settings.redis_key_prefix, watermarks, CONFIG)
+                await store.apply(plan)
+                if rnd.random() < 0.2:
+                    await store.apply(plan)  # the whole batch again (a retried call)
+                watermarks = plan.watermarks
+                position += size
+                if rnd.random() < 0.15 or position >= len(log):
+                    seen = log[:position]
+                    newest = max(e.event_time_ms for e in seen)
+                    # At the newest event (counted), and later: windows sliding past tiles.
+                    for at in (newest, newest + 61_000, newest + 3_600_000, newest + DAY_MS):
+                        compared += await compare(store, seen, at)
+            assert compared > 200
+            stored = await store.watermarks([0, 1])
+            assert stored == {p: watermarks[p] for p in (0, 1)}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    offline = OfflineFeatures(log, CONFIG)
+    newest = max(e.event_time_ms for e in log)
+    users = {e.user_id for e in log}
+    assert sum(offline.user(u, newest).late_events for u in users) > 0, "no late events drawn"
+    assert offline.trending("c3", newest, 50), "the generated log has no trending products"
+
+
+def test_keys_expire_and_the_affinity_outlives_the_counts(isolated_settings: Settings) -> None:
+    """A user away for three weeks: their counts hash is long gone (here after 1 s), their
+    affinity is not (it expires 10 half-lives after its last write), and on their return
+    it equals the offline decayed score over both visits."""
+    settings = on_backend(isolated_settings, "single", k=None)
+    prefix = settings.redis_key_prefix
+    config = FeatureConfig(counter_ttl_ms=1000)
+    away = 21 * DAY_MS
+    first = [
+        CountedEvent("u1", EventType.ORDER, T0 - away, "p1", "shoes", 0, 1),
+        CountedEvent("u1", EventType.VIEW, T0 - away + 5, "p2", "bags", 0, 2),
+    ]
+    back = [CountedEvent("u1", EventType.VIEW, T0, "p3", "bags", 0, 3)]
+
+    async def scenario() -> None:
+        client = build_redis(settings)
+        store = RedisFeatureStore(client, prefix, config)
+        try:
+            plan = plan_features(first, prefix, {}, config)
+            await store.apply(plan)
+            assert 0 < await client.pttl(user_features_key(prefix, "u1")) <= 1000
+            affinity_ttl = await client.pttl(user_affinity_key(prefix, "u1"))
+            assert affinity_ttl > 10 * config.affinity_half_life_ms - 60_000
+            assert await client.pttl(trending_key(prefix, "shoes")) > 0
+            await asyncio.sleep(1.2)
+            assert not await client.exists(user_features_key(prefix, "u1"))
+            await store.apply(plan_features(back, prefix, plan.watermarks, config))
+            online = await store.user_features("u1", T0)
+            offline = OfflineFeatures([*first, *back], config).user("u1", T0)
+            assert [c for c, _ in online.top_categories] == ["shoes", "bags"]
+            assert_user_equal(online, offline)
+            assert online.session_events == 1  # the session rule saw the old newest time go
+            assert await store.user_category_affinity("u1", 5, T0) == online.top_categories
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert COUNTER_TTL_MS == 26 * 3_600_000
