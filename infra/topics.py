@@ -56,6 +56,13 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
             purpose="events the worker rejected: original bytes, reason in headers",
         ),
         TopicSpec(
+            name=settings.trigger_topic,
+            partitions=settings.events_partitions,
+            cleanup_policy="delete",
+            retention_ms=DAY_MS,
+            purpose="rank-refresh triggers (Avro, schemas/avro/trigger-v1.avsc), keyed by user id",
+        ),
+        TopicSpec(
             name=faust_leader_topic(settings),
             partitions=1,
             cleanup_policy="delete",

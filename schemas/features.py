@@ -30,6 +30,10 @@ Online, a read at T sums the stored tiles `tile(T - W) .. tile(T)`: it equals th
 definition whenever no event later than T is stored yet (reads at the current time; a
 device ahead of the clock, within the allowed future skew, is the exception).
 
+Duplicates: an event whose id the user sent before, among their last 200 distinct ids
+(an app retrying a send: a second record of the same event), counts in no feature; the
+partition's watermark still takes it.
+
 Late events: an event more than the allowed lateness behind its partition's watermark
 (the newest event time the partition had delivered before it, in read order) is added to
 no tile and counted in the user's `late_events`; everything else (recency, session,
@@ -57,6 +61,7 @@ from schemas.events import EventType
 from schemas.feature_layout import (
     COUNTER_TTL_MS,
     DECAYED_TTL_HALF_LIVES,
+    DEDUPE_KEEP,
     LATE_FIELD,
     NEWEST_FIELD,
     PRODUCT_COUNTED_TYPES,
@@ -77,6 +82,7 @@ from schemas.feature_layout import (
     trending_fence_key,
     trending_key,
     user_affinity_key,
+    user_event_ids_key,
     user_features_key,
 )
 
@@ -411,8 +417,9 @@ def plan_features(
     replay of the partition makes (`OfflineFeatures`). Every event goes to its user's
     write and to the global one (which keeps the partition's watermark); events of the
     counted types with a product to the product's; events with a category and a weight
-    to the category's trending write. What a write does with them is the script's
-    (`sinks.feature_store`), with the arithmetic of this module.
+    to the category's trending write. User writes come first: they tell duplicates
+    (`is_duplicate`, kept in Redis) and the others leave those out. What a write does
+    with its events is the script's (`sinks.feature_store`), with this module's arithmetic.
     """
     writes: dict[tuple[WriteKind, str, int], FencedWrite] = {}
     newest = dict(watermarks)
@@ -420,13 +427,11 @@ def plan_features(
     weights = config.weights
 
     def write_for(
-        kind: WriteKind, entity: str, key: str, partition: int, sorted_set: str | None = None
+        kind: WriteKind, entity: str, key: str, partition: int, also: tuple[str, ...] = ()
     ) -> list[WriteEvent]:
         found = writes.get((kind, key, partition))
         if found is None:
-            found = writes[(kind, key, partition)] = FencedWrite(
-                kind, entity, key, partition, sorted_set
-            )
+            found = writes[(kind, key, partition)] = FencedWrite(kind, entity, key, partition, also)
         return found.events
 
     global_key = global_features_key(prefix)
@@ -438,15 +443,15 @@ def plan_features(
         late += is_late
         kind = event.event_type.value
         category = event.category_id or ""
-        item = (event.offset, kind, event.event_time_ms, category, int(is_late))
+        item = (event.offset, kind, event.event_time_ms, category, int(is_late), "")
         user = event.user_id
         write_for(
             WriteKind.USER,
             user,
             user_features_key(prefix, user),
             partition,
-            user_affinity_key(prefix, user),
-        ).append(item)
+            (user_affinity_key(prefix, user), user_event_ids_key(prefix, user)),
+        ).append((*item[:5], event.event_id))
         counted = event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES
         # Every event goes to the global write: it keeps the partition's watermark.
         write_for(WriteKind.GLOBAL, "", global_key, partition).append(item)
@@ -465,9 +470,11 @@ def plan_features(
                 category,
                 trending_fence_key(prefix, category),
                 partition,
-                trending_key(prefix, category),
-            ).append((event.offset, kind, event.event_time_ms, event.product_id, int(is_late)))
-    return FeaturePlan(list(writes.values()), late, newest)
+                (trending_key(prefix, category),),
+            ).append((event.offset, kind, event.event_time_ms, event.product_id, int(is_late), ""))
+    # Users first: their writes find the duplicates the others then leave out.
+    ordered = sorted(writes.values(), key=lambda write: write.kind is not WriteKind.USER)
+    return FeaturePlan(ordered, late, newest)
 
 
 def script_config(config: FeatureConfig) -> dict[str, object]:
@@ -499,15 +506,31 @@ class _Logged:
     late: bool
 
 
+def is_duplicate(first_reads: dict[str, int], event: CountedEvent) -> bool:
+    """The duplicate rule, in read order per user: an event whose id is among the user's
+    last DEDUPE_KEEP distinct ids (by the offset first read at) under another offset is a
+    duplicate; otherwise its id is remembered (an empty id never is)."""
+    if not event.event_id:
+        return False
+    first = first_reads.get(event.event_id)
+    if first is not None:
+        return first != event.offset
+    first_reads[event.event_id] = event.offset
+    if len(first_reads) > DEDUPE_KEEP:
+        del first_reads[min(first_reads, key=first_reads.__getitem__)]
+    return False
+
+
 class OfflineFeatures:
     """Features as of any time, recomputed from an event log with the same definitions.
 
     The log is given in read order (each partition's events by offset; partitions may
-    interleave); a record seen twice (same partition and offset) counts once. Lateness is
-    decided as the worker decides it: against the watermark of everything the partition
-    delivered before. A query at T leaves out every event later than T. Trimming of the
-    decayed sets (`FeatureConfig.affinity_keep`, `trending_keep`) is not replayed: the
-    two agree while no user has more categories, and no category more products, than that.
+    interleave); a record seen twice (same partition and offset) counts once, and a
+    duplicate event (`is_duplicate`) not at all. Lateness is decided as the worker decides
+    it: against the watermark of everything the partition delivered before. A query at T
+    leaves out every event later than T. Trimming of the decayed sets
+    (`FeatureConfig.affinity_keep`, `trending_keep`) is not replayed: the two agree while
+    no user has more categories, and no category more products, than that.
     """
 
     def __init__(self, log: Iterable[CountedEvent], config: FeatureConfig) -> None:
@@ -518,12 +541,15 @@ class OfflineFeatures:
         self._counted: list[_Logged] = []
         seen: set[tuple[int, int]] = set()
         marks: dict[int, int] = {}
+        first_reads: dict[str, dict[str, int]] = {}  # user -> event id -> first offset
         for event in log:
             if (event.partition, event.offset) in seen:
                 continue
             seen.add((event.partition, event.offset))
             mark = marks.get(event.partition)
             marks[event.partition] = advanced(mark, event.event_time_ms)
+            if is_duplicate(first_reads.setdefault(event.user_id, {}), event):
+                continue
             logged = _Logged(event, too_late(event.event_time_ms, mark, config.allowed_lateness_ms))
             self._by_user.setdefault(event.user_id, []).append(logged)
             if event.product_id is None:

@@ -20,10 +20,14 @@ from fastavro.types import Schema
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
 
 #: Schema id -> `.avsc` file in `schemas/avro/`. Append only.
-SCHEMA_FILES: MappingProxyType[int, str] = MappingProxyType({1: "event-v1.avsc"})
+SCHEMA_FILES: MappingProxyType[int, str] = MappingProxyType(
+    {1: "event-v1.avsc", 2: "trigger-v1.avsc"}
+)
 
 #: The id producers write today.
 CURRENT_EVENT_SCHEMA_ID = 1
+#: The id rank-refresh triggers are written with (`schemas.triggers`).
+CURRENT_TRIGGER_SCHEMA_ID = 2
 
 
 class UnknownSchema(LookupError):
@@ -65,7 +69,7 @@ def _raw_text(schema_id: int) -> str:
 
 @cache
 def _parsed() -> MappingProxyType[int, Schema]:
-    # Each file gets its own named-type namespace: versions reuse the name feedsignals.Event.
+    # Each file gets its own named-type namespace: versions reuse their record's name.
     return MappingProxyType(
         {
             schema_id: parse_schema(json.loads(_raw_text(schema_id)), named_schemas={})

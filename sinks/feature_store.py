@@ -11,9 +11,12 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
+
+import redis.asyncio as aioredis
 
 from schemas.feature_layout import (
+    DEDUPE_KEEP,
     PRODUCT_COUNTED_TYPES,
     PRUNE_EVERY_MS,
     FencedWrite,
@@ -41,13 +44,16 @@ from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript, by_slot
 @dataclass(frozen=True, slots=True)
 class UserOutcome:
     """What a batch's write did to one user (from the script, for the trigger decision):
-    whether one of their events started a session, and their top category (highest
-    affinity) before and after. Events below the fence (read again) change neither."""
+    whether one of their events started a session, their top category (highest affinity)
+    before and after, and which of their events were duplicates. Events below the fence
+    (read again) change nothing, but are still told apart as duplicates or not."""
 
     user_id: str
     session_started: bool
     top_before: str | None
     top_after: str | None
+    partition: int = 0
+    duplicates: frozenset[int] = frozenset()  # offsets of the user's duplicate events
 
 
 class FeatureWriter(Protocol):
@@ -74,6 +80,8 @@ _FEATURES_LUA = """
 local cfg = cjson.decode(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local prune_every = tonumber(ARGV[3])
+local dups = {}
+for _, known in ipairs(cjson.decode(ARGV[4])) do dups[known] = true end
 local widths = cfg.widths
 local weights = cfg.weights
 local counted = {}
@@ -94,11 +102,17 @@ for w = 1, #writes do
   local kind, partition, events = writes[w][1], writes[w][2], writes[w][3]
   local key = KEYS[k]
   k = k + 1
-  local zkey = nil
+  local zkey, ids = nil, nil
   if kind == 'u' or kind == 't' then
     zkey = KEYS[k]
     k = k + 1
   end
+  if kind == 'u' then
+    ids = KEYS[k]
+    k = k + 1
+  end
+  local found = {}
+  local id_count = ids and redis.call('ZCARD', ids) or 0
   local fence_name = 'o:' .. partition
   local state = redis.call('HMGET', key, fence_name, 't', 's', 'sn', 'pt')
   local fence = tonumber(state[1] or '-1')
@@ -113,8 +127,29 @@ for w = 1, #writes do
   for i = 1, #events do
     local e = events[i]
     local offset, etype, t, member, late = e[1], e[2], e[3], e[4], e[5]
+    local dup = dups[partition .. ':' .. offset]
+    if ids and e[6] ~= '' then
+      local first = redis.call('ZSCORE', ids, e[6])
+      if first then
+        dup = tonumber(first) ~= offset
+      elseif offset > fence then
+        redis.call('ZADD', ids, offset, e[6])
+        id_count = id_count + 1
+        if id_count > cfg.dedupe_keep then
+          redis.call('ZREMRANGEBYRANK', ids, 0, 0)
+          id_count = id_count - 1
+        end
+      end
+      if dup then found[#found + 1] = offset end
+    end
     if offset > fence then
       if offset > top then top = offset end
+      if kind == 'g' then
+        local name = 'w:' .. partition
+        if not maxes[name] or t > maxes[name] then maxes[name] = t end
+      end
+    end
+    if offset > fence and not dup then
       if kind ~= 't' then
         if late == 1 then
           if kind == 'u' then incr['late'] = (incr['late'] or 0) + 1 end
@@ -136,9 +171,6 @@ for w = 1, #writes do
             local name = 'c:' .. member
             if not maxes[name] or t > maxes[name] then maxes[name] = t end
           end
-        elseif kind == 'g' then
-          local name = 'w:' .. partition
-          if not maxes[name] or t > maxes[name] then maxes[name] = t end
         end
         if t > newest then newest = t end
       end
@@ -149,7 +181,7 @@ for w = 1, #writes do
     end
   end
   local result = {}
-  if kind == 'u' then result = {started, top_of(zkey), ''} end
+  if kind == 'u' then result = {started, top_of(zkey), '', {}} end
   if top > fence then
     for name, amount in pairs(incr) do
       redis.call('HINCRBY', key, name, amount)
@@ -161,11 +193,14 @@ for w = 1, #writes do
       end
     end
     redis.call('HSET', key, fence_name, string.format('%.0f', top))
-    if kind ~= 't' then
+    if kind ~= 't' and newest >= 0 then
       redis.call('HSET', key, 't', string.format('%.0f', newest))
     end
     if kind == 'u' then
       redis.call('HSET', key, 's', string.format('%.0f', session_start), 'sn', session_events)
+    end
+    if ids then
+      redis.call('PEXPIRE', ids, cfg.counter_ttl)
     end
     if zkey then
       for member, add in pairs(adds) do
@@ -181,7 +216,7 @@ for w = 1, #writes do
       redis.call('PEXPIRE', key, cfg.counter_ttl)
     end
     local step = math.floor(newest / prune_every)
-    if kind ~= 't' and step > tonumber(state[5] or '-1') then
+    if kind ~= 't' and newest >= 0 and step > tonumber(state[5] or '-1') then
       local fields = redis.call('HGETALL', key)
       local stale = {}
       local category_start = math.floor((newest - cfg.category_window[1]) / cfg.category_window[2])
@@ -202,7 +237,11 @@ for w = 1, #writes do
       redis.call('HSET', key, 'pt', step)
     end
   end
-  if kind == 'u' then result[3] = top_of(zkey) end
+  if kind == 'u' then
+    result[3] = top_of(zkey)
+    result[4] = found
+    for _, offset in ipairs(found) do dups[partition .. ':' .. offset] = true end
+  end
   results[w] = result
 end
 return results
@@ -217,8 +256,13 @@ class RedisFeatureStore:
         self._prefix = prefix
         self.config = config
         self._script = SlotScript(client, _FEATURES_LUA)
+        self._on_cluster = isinstance(client, aioredis.RedisCluster)
         self._config_json = _compact_json(
-            {**script_config(config), "counted": sorted(t.value for t in PRODUCT_COUNTED_TYPES)}
+            {
+                **script_config(config),
+                "counted": sorted(t.value for t in PRODUCT_COUNTED_TYPES),
+                "dedupe_keep": DEDUPE_KEEP,
+            }
         )
 
     # --- writes ---------------------------------------------------------------------
@@ -228,27 +272,53 @@ class RedisFeatureStore:
         to repeat, in part or whole: each key takes only events above its fence."""
         if not plan.writes:
             return {}
-        groups = by_slot(self._redis, plan.writes, lambda write: write.key)
-        calls: list[ScriptCall] = [self._call(group) for group in groups]
-        results = await self._script.run(calls)
-        outcomes: dict[str, UserOutcome] = {}
-        for group, result in zip(groups, results, strict=True):
-            for write, row in zip(group, cast("list[list[object]]", result), strict=True):
-                if write.kind is WriteKind.USER:
-                    started, before, after = row
-                    user_id = write.entity
-                    outcomes[user_id] = UserOutcome(
-                        user_id,
-                        bool(started) or outcomes.get(user_id, _NONE).session_started,
-                        _text(before) or None,
-                        _text(after) or None,
-                    )
+        if not self._on_cluster:
+            # One call: its user writes come first and tell the others the duplicates.
+            results = await self._script.run([self._call(plan.writes, [])])
+            return self._outcomes([(plan.writes, results[0])])
+        # A script call only reaches one slot: users' writes first, in one round trip,
+        # then everything else with the duplicates they found, in a second.
+        users = [write for write in plan.writes if write.kind is WriteKind.USER]
+        others = [write for write in plan.writes if write.kind is not WriteKind.USER]
+        groups = by_slot(self._redis, users, lambda write: write.key)
+        results = await self._script.run([self._call(group, []) for group in groups])
+        outcomes = self._outcomes(list(zip(groups, results, strict=True)))
+        duplicates = [
+            f"{o.partition}:{offset}" for o in outcomes.values() for offset in o.duplicates
+        ]
+        rest = by_slot(self._redis, others, lambda write: write.key)
+        await self._script.run([self._call(group, duplicates) for group in rest])
         return outcomes
 
-    def _call(self, writes: Sequence[FencedWrite]) -> ScriptCall:
+    def _outcomes(
+        self, answered: Sequence[tuple[Sequence[FencedWrite], object]]
+    ) -> dict[str, UserOutcome]:
+        outcomes: dict[str, UserOutcome] = {}
+        for group, result in answered:
+            for write, row in zip(group, cast("list[list[Any]]", result), strict=True):
+                if write.kind is not WriteKind.USER:
+                    continue
+                started, before, after, duplicates = row
+                earlier = outcomes.get(write.entity)
+                outcomes[write.entity] = UserOutcome(
+                    write.entity,
+                    bool(started) or (earlier is not None and earlier.session_started),
+                    _text(before) or None,
+                    _text(after) or None,
+                    write.partition,
+                    frozenset(int(offset) for offset in duplicates),
+                )
+        return outcomes
+
+    def _call(self, writes: Sequence[FencedWrite], duplicates: Sequence[str]) -> ScriptCall:
         keys = [key for write in writes for key in write.keys]
         rows = [[write.kind.value, write.partition, write.events] for write in writes]
-        return keys, [self._config_json, _compact_json(rows), PRUNE_EVERY_MS]
+        return keys, [
+            self._config_json,
+            _compact_json(rows),
+            PRUNE_EVERY_MS,
+            _compact_json(list(duplicates)),
+        ]
 
     async def watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         wanted = sorted(set(partitions))
@@ -319,9 +389,6 @@ class RedisFeatureStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-_NONE = UserOutcome("", False, None, None)
 
 
 def _now_ms() -> int:

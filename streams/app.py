@@ -31,8 +31,12 @@ from faust.app.base import BootStrategy
 from mode import Service
 
 from schemas.codec import decode_event
-from schemas.events import Event, InvalidEvent
+from schemas.events import Event, EventType, InvalidEvent
+from schemas.feature_layout import CountedEvent, FencedWrite, WriteKind
+from schemas.features import FeaturePlan, plan_features
 from schemas.hot_layout import Interaction, interaction_of
+from schemas.triggers import RankTrigger, encode_trigger
+from sinks.feature_store import FeatureWriter, UserOutcome
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from streams.logic.admission import (
@@ -42,6 +46,7 @@ from streams.logic.admission import (
     dead_letter_headers,
     dead_letter_value,
 )
+from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
@@ -65,6 +70,9 @@ class IngestCounters:
     applied: int = 0
     invalid: int = 0
     invalid_reasons: dict[str, int] = field(default_factory=dict)
+    too_late: int = 0  # events beyond the allowed lateness (in no feature tile)
+    triggers: int = 0  # rank-refresh triggers published
+    trigger_reasons: dict[str, int] = field(default_factory=dict)
 
 
 def faust_broker_urls(settings: Settings) -> list[str]:
@@ -94,6 +102,7 @@ def build_app(
     settings: Settings,
     hot_store: HotStore,
     sessions: SessionKeeper,
+    features: FeatureWriter | None = None,
     clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> faust.App:
     """A Faust app whose topics all come from the topic spec (it never creates topics)."""
@@ -117,6 +126,12 @@ def build_app(
         dead_letters=DeadLetterSender(app, settings.dead_letter_topic),
         stopping=lambda: bool(app.should_stop),
         clock_ms=clock_ms,
+        features=features,
+        triggers=(
+            TriggerSender(app, settings.trigger_topic)
+            if features is not None and settings.triggers_enabled
+            else None
+        ),
     )
     ingest = RecordInteractions(settings, pipeline)
     app.ingest = ingest  # type: ignore[attr-defined]
@@ -151,10 +166,26 @@ class IngestPipeline:
         dead_letters: DeadLetterSender,
         stopping: Callable[[], bool],
         clock_ms: Callable[[], int],
+        features: FeatureWriter | None = None,
+        triggers: TriggerSender | None = None,
     ) -> None:
         self.hot_store = hot_store
         self.sessions = sessions
         self.counters = IngestCounters()
+        self.features = features
+        self._feature_config = settings.feature_config()
+        self._prefix = settings.redis_key_prefix
+        # Each owned partition's watermark (newest event time applied), for the lateness
+        # decision; loaded from the store the first time a partition shows up.
+        self._watermarks: dict[int, int] = {}
+        self._watermarks_known: set[int] = set()
+        self._triggers = triggers
+        self._trigger_rules = TriggerRules(
+            debounce_ms=int(settings.trigger_debounce_s * 1000),
+            views_per_trigger=settings.trigger_views,
+        )
+        self.trigger_states: dict[str, TriggerState] = {}
+        self._trigger_state_ttl_ms = int(settings.inactivity_gap_s * 1000)
         self._dead_letters = dead_letters
         self._stopping = stopping
         self._clock_ms = clock_ms
@@ -178,6 +209,7 @@ class IngestPipeline:
         now_ms = self._clock_ms()
         prepared = Prepared(now_ms)
         append = prepared.interactions.append
+        count = prepared.counted.append if self.features is not None else None
         activity = prepared.activity
         for record in records:
             try:
@@ -185,6 +217,19 @@ class IngestPipeline:
             except InvalidEvent as exc:
                 prepared.rejected.append((record, exc))
                 continue
+            if count is not None:
+                count(
+                    CountedEvent(
+                        event.user_id,
+                        event.event_type,
+                        event.event_time_ms,
+                        event.product_id,
+                        event.category_id,
+                        record.partition,
+                        record.offset,
+                        event.event_id,
+                    )
+                )
             latest = activity.get(record.partition)
             if latest is None:
                 latest = activity[record.partition] = {}
@@ -221,7 +266,86 @@ class IngestPipeline:
             await self._record(prepared)
 
     async def _record(self, prepared: Prepared) -> None:
-        """Re-hydrate returning users, then write the batch in one round trip."""
+        """Re-hydrate returning users, then write the batch in one round trip; the
+        features go beside it (fenced, so they need no turn and may be retried alone);
+        then the triggers the batch caused, once both writes succeeded."""
+        plan = await self._feature_plan(prepared)
+        feature_write = (
+            asyncio.ensure_future(self._until_applied(self._apply_features, plan))
+            if plan is not None
+            else None
+        )
+        try:
+            await self._record_interactions(prepared)
+            outcomes = await feature_write if feature_write is not None else {}
+        finally:
+            if feature_write is not None and not feature_write.done():
+                feature_write.cancel()
+                await asyncio.gather(feature_write, return_exceptions=True)
+        if plan is not None:
+            self._watermarks.update(plan.watermarks)
+            self.counters.too_late += plan.too_late
+            if self._triggers is not None:
+                await self._publish_triggers(plan, outcomes)
+
+    async def _feature_plan(self, prepared: Prepared) -> FeaturePlan | None:
+        if self.features is None or not prepared.counted:
+            return None
+        unknown = set(prepared.activity) - self._watermarks_known
+        if unknown:
+            self._watermarks.update(await self._until_applied(self.features.watermarks, unknown))
+            self._watermarks_known |= unknown
+        return plan_features(prepared.counted, self._prefix, self._watermarks, self._feature_config)
+
+    async def _apply_features(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
+        assert self.features is not None
+        return await self.features.apply(plan)
+
+    async def _publish_triggers(self, plan: FeaturePlan, outcomes: dict[str, UserOutcome]) -> None:
+        """Decide each user's trigger and wait until the broker has them all (acks=all):
+        the caller commits the batch's offsets only after that."""
+        assert self._triggers is not None
+        states = self.trigger_states
+        rules = self._trigger_rules
+        pending = []
+        now_ms = self._clock_ms()
+        for write in plan.writes:
+            if write.kind is not WriteKind.USER:
+                continue
+            outcome = outcomes.get(write.entity)
+            state = states.get(write.entity)
+            if state is None:
+                # Fresh (new user, or this worker restarted or just took the partition
+                # over): the store's top category before the batch, so none is invented.
+                state = TriggerState(top_category=outcome.top_before if outcome else None)
+            trigger, states[write.entity] = decide(state, _user_batch(write, outcome), rules)
+            if trigger is None:
+                continue
+            message = RankTrigger(
+                user_id=write.entity,
+                sequence=trigger.sequence,
+                reason=trigger.reason,
+                newest_event_time_ms=trigger.newest_event_ms,
+                partition=write.partition,
+                top_category=outcome.top_after if outcome else None,
+                published_at_ms=now_ms,
+            )
+            pending.append(await self._triggers.send(message))
+            self.counters.triggers += 1
+            reasons = self.counters.trigger_reasons
+            reasons[trigger.reason.value] = reasons.get(trigger.reason.value, 0) + 1
+        await asyncio.gather(*pending)
+
+    def forget_trigger_states(self, older_than_ms: int) -> None:
+        """Drop the trigger state of users whose newest event is older than this: they
+        start fresh when they return (and a new session triggers anyway)."""
+        self.trigger_states = {
+            user: state
+            for user, state in self.trigger_states.items()
+            if state.seen_ms is not None and state.seen_ms >= older_than_ms
+        }
+
+    async def _record_interactions(self, prepared: Prepared) -> None:
         users = [(p, user) for p, latest in prepared.activity.items() for user in latest]
         waited = time.perf_counter()
         async with self._turn:
@@ -261,6 +385,11 @@ class IngestPipeline:
         if not partitions:
             return 0
         self.sessions.forget_except(partitions)
+        # A partition handed over is loaded again if it comes back: its new owner moved on.
+        self._watermarks_known &= partitions
+        self._watermarks = {p: w for p, w in self._watermarks.items() if p in partitions}
+        if self.trigger_states:
+            self.forget_trigger_states(self._clock_ms() - self._trigger_state_ttl_ms)
         await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
         moved: int = await self._until_applied(
             self.sessions.flush_ended, self._clock_ms(), partitions
@@ -308,6 +437,49 @@ class IngestPipeline:
         await asyncio.gather(*pending)  # delivered (acks=all) before the batch is committed
 
 
+_HIGH_INTENT = frozenset(
+    {
+        EventType.CLICK.value,
+        EventType.ADD_TO_CART.value,
+        EventType.WISHLIST.value,
+        EventType.ORDER.value,
+    }
+)
+_VIEW = EventType.VIEW.value
+
+
+def _user_batch(write: FencedWrite, outcome: UserOutcome | None) -> UserBatch:
+    """One user's signals in a batch, from their feature write (events in read order),
+    duplicates left out."""
+    duplicates = outcome.duplicates if outcome else frozenset()
+    events = [e for e in write.events if e[0] not in duplicates] if duplicates else write.events
+    if not events:
+        return UserBatch(newest_event_ms=write.events[-1][2], newest_offset=write.events[-1][0])
+    kinds = [e[1] for e in events]
+    return UserBatch(
+        newest_event_ms=max(e[2] for e in events),
+        newest_offset=events[-1][0],
+        views=kinds.count(_VIEW),
+        high_intent=not _HIGH_INTENT.isdisjoint(kinds),
+        session_started=outcome.session_started if outcome else False,
+        top_category=outcome.top_after if outcome else None,
+    )
+
+
+class TriggerSender:
+    """Sends rank-refresh triggers through the Faust app's producer (acks=all), keyed by
+    user id, like the dead letters."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def send(self, trigger: RankTrigger) -> Awaitable[Any]:
+        return await self._app.producer.send(
+            self._topic, trigger.user_id.encode(), encode_trigger(trigger), None, None, []
+        )
+
+
 class DeadLetterSender:
     """Sends to the dead-letter topic through the Faust app's producer (acks=all).
 
@@ -334,6 +506,8 @@ class Prepared:
 
     now_ms: int
     interactions: list[Interaction] = field(default_factory=list)
+    #: Every admitted event, for the features (empty when they are off).
+    counted: list[CountedEvent] = field(default_factory=list)
     #: partition -> user -> newest event time in this batch (every admitted event).
     activity: dict[int, dict[str, int]] = field(default_factory=dict)
     size: int = 0  # records fetched, admitted or not
@@ -342,6 +516,7 @@ class Prepared:
         """Take in the batch fetched after this one (same order as fetched)."""
         self.now_ms = max(self.now_ms, later.now_ms)
         self.interactions += later.interactions
+        self.counted += later.counted
         self.rejected += later.rejected
         for partition, latest in later.activity.items():
             mine = self.activity.setdefault(partition, {})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import faust
 import redis.asyncio as aioredis
 
+from sinks.feature_store import RedisFeatureStore
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
 from sinks.redis_scripts import HotRedis
@@ -78,10 +79,20 @@ def build_session_keeper(settings: Settings, client: HotRedis | None = None) -> 
     )
 
 
+def build_feature_store(settings: Settings, client: HotRedis | None = None) -> RedisFeatureStore:
+    """The online feature store: the worker writes it, the ranker and feed service read it."""
+    return RedisFeatureStore(
+        client or build_redis(settings), settings.redis_key_prefix, settings.feature_config()
+    )
+
+
 def build_worker_app(settings: Settings) -> faust.App:
     client = build_redis(settings)
     return build_app(
-        settings, build_hot_store(settings, client), build_session_keeper(settings, client)
+        settings,
+        build_hot_store(settings, client),
+        build_session_keeper(settings, client),
+        build_feature_store(settings, client) if settings.features_enabled else None,
     )
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
+from schemas.features import DEFAULT_WEIGHTS, FeatureConfig
 
 #: Last-k per type, in the spirit of the seeds: many views, fewer high-intent actions.
 DEFAULT_LAST_K: dict[EventType, int] = {
@@ -128,6 +129,27 @@ class Settings(BaseSettings):
         256, ge=0, description="memory for snapshots the worker remembers as stored"
     )
 
+    # Rolling features (`schemas.features`) and rank-refresh triggers (`streams.logic.triggers`)
+    features_enabled: bool = Field(True, description="compute features in the ingest worker")
+    allowed_lateness_s: float = Field(
+        60, ge=0, description="events this far behind their partition still land in tiles"
+    )
+    affinity_half_life_h: float = Field(168, gt=0, description="user x category decay")
+    trending_half_life_h: float = Field(6, gt=0, description="trending products' decay")
+    # Partial overrides keep the other defaults; a type left out adds nothing.
+    feature_weights: dict[EventType, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS), description="per type, for decayed scores"
+    )
+    rate_prior_views: float = Field(
+        20, gt=0, description="product rates smoothed as if this many views showed the global rate"
+    )
+    triggers_enabled: bool = Field(True, description="publish rank-refresh triggers")
+    trigger_topic: str = Field("signals.triggers", description="rank-refresh triggers, by user")
+    trigger_debounce_s: float = Field(
+        10, ge=0, description="at most one trigger per user this often (high intent excepted)"
+    )
+    trigger_views: int = Field(5, ge=1, description="views since the last trigger that fire one")
+
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"
     cql_port: int = 9042
@@ -161,6 +183,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"last_k for {name} must be between 1 and {MAX_LAST_K}")
             merged[event_type] = int(k)
         return merged
+
+    @field_validator("feature_weights", mode="before")
+    @classmethod
+    def _merge_weights(cls, value: Any) -> dict[EventType, float]:
+        merged: dict[EventType, float] = dict(DEFAULT_WEIGHTS)
+        for name, weight in dict(value or {}).items():
+            if float(weight) <= 0:
+                merged.pop(EventType(name), None)  # 0: the type adds nothing
+            else:
+                merged[EventType(name)] = float(weight)
+        return merged
+
+    @model_validator(mode="after")
+    def _triggers_need_features(self) -> Settings:
+        if self.triggers_enabled and not self.features_enabled:
+            raise ValueError(
+                "SIGNALS_TRIGGERS_ENABLED needs SIGNALS_FEATURES_ENABLED: triggers are decided "
+                "from what the feature write reports (session starts, top categories)"
+            )
+        return self
+
+    def feature_config(self) -> FeatureConfig:
+        """The feature definitions' settings."""
+        return FeatureConfig(
+            allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
+            session_gap_ms=int(self.inactivity_gap_s * 1000),
+            affinity_half_life_ms=int(self.affinity_half_life_h * 3_600_000),
+            trending_half_life_ms=int(self.trending_half_life_h * 3_600_000),
+            weights=dict(self.feature_weights),
+            rate_prior_views=self.rate_prior_views,
+        )
 
     @model_validator(mode="after")
     def _no_hot_key_expiry(self) -> Settings:

@@ -51,6 +51,7 @@ def isolated_env(stack: None) -> dict[str, str]:
     return {
         "SIGNALS_EVENTS_TOPIC": f"test.events.{tag}",
         "SIGNALS_DEAD_LETTER_TOPIC": f"test.dlq.{tag}",
+        "SIGNALS_TRIGGER_TOPIC": f"test.triggers.{tag}",
         "SIGNALS_EVENTS_PARTITIONS": "4",
         "SIGNALS_APP_ID": f"test-{tag}",
         "SIGNALS_REDIS_KEY_PREFIX": f"t{tag}",

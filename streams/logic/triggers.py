@@ -12,21 +12,22 @@ All but high-intent are debounced: at most one per `debounce_ms` of event time a
 previous trigger. A reason held back by the debounce is not lost while it still holds
 (the views keep counting, the top category still differs), so it fires on a later batch;
 a session start held back is dropped, since a trigger went out moments before it.
-Each trigger carries the next per-user sequence number, so the ranker can drop stale or
-repeated ones.
+Each trigger's sequence is the events-topic offset of the newest event behind it: it
+grows per user (a user's events share a partition) across restarts and owners without
+any stored counter, and a batch read again yields the same sequence, so the ranker can
+drop stale or repeated triggers.
+
+The state lives in the worker's memory. After a restart or a rebalance a user starts
+fresh, with the top category as the store had it before the batch (so no change is
+invented) and no views counted: the first batch triggers only for what it really shows,
+and the re-read batches repeat their triggers with their old sequences.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
-
-class Reason(StrEnum):
-    HIGH_INTENT = "high_intent"
-    SESSION_START = "session_start"
-    TOP_CATEGORY = "top_category"
-    VIEWS = "views"
+from schemas.triggers import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +44,10 @@ class TriggerRules:
 class TriggerState:
     """What the decision remembers per user between batches."""
 
-    sequence: int = 0  # of the last trigger sent (0: none yet)
     last_trigger_ms: int | None = None  # event time of the last trigger
     views_since: int = 0
     top_category: str | None = None  # as of the last trigger
+    seen_ms: int | None = None  # newest event time of the user's batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +80,20 @@ def decide(
         state.last_trigger_ms is not None
         and batch.newest_event_ms - state.last_trigger_ms < rules.debounce_ms
     )
+    seen = (
+        batch.newest_event_ms
+        if state.seen_ms is None
+        else max(state.seen_ms, batch.newest_event_ms)
+    )
     if reason is None or (debounced and reason is not Reason.HIGH_INTENT):
-        return None, replace(state, views_since=views)
-    trigger = Trigger(state.sequence + 1, reason, batch.newest_event_ms, batch.newest_offset)
+        return None, replace(state, views_since=views, seen_ms=seen)
+    trigger = Trigger(batch.newest_offset, reason, batch.newest_event_ms, batch.newest_offset)
     last = max(state.last_trigger_ms or batch.newest_event_ms, batch.newest_event_ms)
     return trigger, TriggerState(
-        sequence=trigger.sequence,
         last_trigger_ms=last,
         views_since=0,
         top_category=batch.top_category or state.top_category,
+        seen_ms=seen,
     )
 
 

@@ -49,12 +49,17 @@ TYPES = [
 
 def generated_log(rnd: random.Random, size: int) -> list[CountedEvent]:
     """Two partitions, users keyed to one each, time moving ~2 h forward with jitter:
-    some events late within the lateness, some beyond it, some in a category-less
-    product, a user with a brace in the id."""
+    some events late within the lateness, some beyond it, some sent twice (a new record
+    of the same event), some in a category-less product, a user with a brace in the id."""
     offsets = {0: 1000, 1: 7}
     clock = T0
     events = []
-    for _ in range(size):
+    for index in range(size):
+        if events and rnd.random() < 0.05:  # an app's retry: the same event, a new record
+            again = rnd.choice(events[-30:])
+            offsets[again.partition] += 1
+            events.append(again._replace(offset=offsets[again.partition]))
+            continue
         clock += rnd.randrange(0, 30_000)
         partition = rnd.randrange(2)
         offsets[partition] += 1
@@ -73,6 +78,7 @@ def generated_log(rnd: random.Random, size: int) -> list[CountedEvent]:
                 None if event_type is EventType.APP_OPEN or product == 11 else f"c{product % 4}",
                 partition,
                 offsets[partition],
+                f"e{index}",
             )
         )
     return events
@@ -84,15 +90,19 @@ def assert_user_equal(online: UserFeatures, offline: UserFeatures) -> None:
     assert online.ms_since_previous == offline.ms_since_previous
     assert online.session_events == offline.session_events
     assert online.late_events == offline.late_events
-    assert [c for c, _ in online.top_categories] == [c for c, _ in offline.top_categories]
-    for (_, a), (_, b) in zip(online.top_categories, offline.top_categories, strict=True):
-        assert math.isclose(a, b, rel_tol=1e-9)
+    assert_top_equal(online.top_categories, offline.top_categories)
 
 
 def assert_product_equal(online: ProductFeatures, offline: ProductFeatures) -> None:
     assert online.counts == offline.counts
     assert math.isclose(online.click_rate_24h, offline.click_rate_24h, rel_tol=1e-12)
     assert math.isclose(online.cart_rate_24h, offline.cart_rate_24h, rel_tol=1e-12)
+
+
+def assert_top_equal(online: list[tuple[str, float]], offline: list[tuple[str, float]]) -> None:
+    assert [member for member, _ in online] == [member for member, _ in offline]
+    for (_, a), (_, b) in zip(online, offline, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-9)
 
 
 async def compare(store: RedisFeatureStore, log: list[CountedEvent], at_ms: int) -> int:
@@ -109,11 +119,9 @@ async def compare(store: RedisFeatureStore, log: list[CountedEvent], at_ms: int)
         assert_product_equal(online, offline.product(product, at_ms))
         compared += 1
     for category in sorted({e.category_id for e in log if e.category_id}):
-        online_top = await store.trending(category, 20, at_ms)
-        offline_top = offline.trending(category, at_ms, 20)
-        assert [p for p, _ in online_top] == [p for p, _ in offline_top]
-        for (_, a), (_, b) in zip(online_top, offline_top, strict=True):
-            assert math.isclose(a, b, rel_tol=1e-9)
+        assert_top_equal(
+            await store.trending(category, 20, at_ms), offline.trending(category, at_ms, 20)
+        )
         compared += 1
     return compared
 

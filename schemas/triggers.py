@@ -1,0 +1,84 @@
+"""The rank-refresh trigger: what the ingest worker tells the ranker, and its wire form.
+
+Avro under the embedded registry's trigger schema (`schemas/avro/trigger-v1.avsc`), with
+the same Confluent framing as events, keyed by user id on the trigger topic. Delivery is
+at least once: a batch read again after a crash publishes its triggers again with the
+same sequence, so a consumer keeps, per user, the highest sequence it acted on and drops
+anything not above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from io import BytesIO
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from schemas.registry import CURRENT_TRIGGER_SCHEMA_ID, schema_for
+from schemas.wire import HEADER, HEADER_SIZE, MAGIC, unframe
+
+
+class Reason(StrEnum):
+    HIGH_INTENT = "high_intent"
+    SESSION_START = "session_start"
+    TOP_CATEGORY = "top_category"
+    VIEWS = "views"
+
+
+@dataclass(frozen=True, slots=True)
+class RankTrigger:
+    user_id: str
+    sequence: int  # the offset of the newest event that caused it
+    reason: Reason
+    newest_event_time_ms: int
+    partition: int
+    top_category: str | None
+    published_at_ms: int
+
+
+class InvalidTrigger(ValueError):
+    """A trigger message that cannot be decoded."""
+
+
+def encode_trigger(trigger: RankTrigger) -> bytes:
+    out = BytesIO()
+    out.write(HEADER.pack(MAGIC, CURRENT_TRIGGER_SCHEMA_ID))
+    record: dict[str, Any] = {
+        "user_id": trigger.user_id,
+        "sequence": trigger.sequence,
+        "reason": trigger.reason.value,
+        "newest_event_time_ms": trigger.newest_event_time_ms,
+        "partition": trigger.partition,
+        "top_category": trigger.top_category,
+        "published_at_ms": trigger.published_at_ms,
+    }
+    schemaless_writer(out, schema_for(CURRENT_TRIGGER_SCHEMA_ID), record)
+    return out.getvalue()
+
+
+def decode_trigger(data: bytes | None) -> RankTrigger:
+    """A framed trigger message; raises InvalidTrigger saying why not."""
+    if data is None or len(data) < HEADER_SIZE:
+        raise InvalidTrigger("empty or too short for Confluent framing")
+    try:
+        schema_id, body = unframe(data)
+    except ValueError as exc:
+        raise InvalidTrigger(str(exc)) from None
+    if schema_id != CURRENT_TRIGGER_SCHEMA_ID:
+        raise InvalidTrigger(f"schema id {schema_id} is not a trigger schema")
+    try:
+        record = schemaless_reader(BytesIO(body), schema_for(schema_id))
+    except (EOFError, IndexError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidTrigger(f"corrupt Avro body ({exc!r})") from None
+    assert isinstance(record, dict)
+    return RankTrigger(
+        user_id=record["user_id"],
+        sequence=record["sequence"],
+        reason=Reason(record["reason"]),
+        newest_event_time_ms=record["newest_event_time_ms"],
+        partition=record["partition"],
+        top_category=record["top_category"],
+        published_at_ms=record["published_at_ms"],
+    )
