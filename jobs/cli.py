@@ -1,4 +1,4 @@
-"""`signals`: run the worker, produce events, read a user's last-k, run the demo.
+"""`signals`: run the worker, produce events, read a user's last-k and features, run the demo.
 
 Every address comes from settings (environment, or the local stack's env file written by
 `signals-stack up`). Bad arguments get a one-line error and the usage, not a traceback.
@@ -27,10 +27,16 @@ from jobs.dead_letters import read_dead_letters
 from jobs.generate import bounded, paced, send_all
 from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, write_traffic
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
+from schemas.features import ProductFeatures, UserFeatures
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
-from streams.bootstrap import build_hot_store, build_interaction_reader, build_worker_app
+from streams.bootstrap import (
+    build_feature_store,
+    build_hot_store,
+    build_interaction_reader,
+    build_worker_app,
+)
 from streams.settings import Settings
 
 PROG = "signals"
@@ -160,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this type (repeatable); default: every type",
     )
     last_k.add_argument("-k", type=_positive_int, default=10, help="how many per type (default 10)")
+
+    features = commands.add_parser(
+        "features",
+        help="print a user's or products' features, or a category's trending products",
+        description="Read the online feature store (written by the worker; see README, "
+        "Features): `features user U`, `features product P [P ...]`, `features trending C`. "
+        "Values are as of --at (ms since the epoch; default: now).",
+    )
+    features.add_argument("kind", choices=["user", "product", "trending"], help="what to read")
+    features.add_argument("ids", nargs="+", help="the user id, product ids, or category id")
+    features.add_argument("--at", type=_positive_int, default=None, help="ms since the epoch")
+    features.add_argument("-n", type=_positive_int, default=10, help="trending: how many (10)")
 
     demo = commands.add_parser(
         "demo",
@@ -327,6 +345,72 @@ def cmd_last_k(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
+    if args.kind in ("user", "trending") and len(args.ids) != 1:
+        raise CliError(f"features {args.kind} takes one id, got {len(args.ids)}")
+    if args.kind == "user":
+        _valid_user(args.ids[0])
+
+    async def read() -> list[str]:
+        store = build_feature_store(settings)
+        try:
+            if args.kind == "user":
+                return _user_lines(await store.user_features(args.ids[0], args.at))
+            if args.kind == "product":
+                return [
+                    line
+                    for features in await store.product_features(args.ids, args.at)
+                    for line in _product_lines(features)
+                ]
+            top = await store.trending(args.ids[0], args.n, args.at)
+            return [f"trending in {args.ids[0]} (decayed popularity)"] + [
+                f"  {rank:>3}. {product:<24} {score:10.3f}"
+                for rank, (product, score) in enumerate(top, 1)
+            ] or ["  -"]
+        finally:
+            await store.close()
+
+    print("\n".join(asyncio.run(read())))
+    return 0
+
+
+def _valid_user(user: str) -> bool:
+    try:
+        check_user_id(user)
+    except InvalidEvent as exc:
+        raise CliError(str(exc)) from None
+    return True
+
+
+def _counts_line(name: str, counts: dict[EventType, int]) -> str:
+    shown = "  ".join(f"{kind.value}={n}" for kind, n in counts.items() if n) or "-"
+    return f"  {name:<4} {shown}"
+
+
+def _user_lines(features: UserFeatures) -> list[str]:
+    since = features.ms_since_previous
+    lines = [
+        f"features of user {features.user_id} at {_clock(features.at_ms)}",
+        *(_counts_line(window, counts) for window, counts in features.counts.items()),
+        f"  distinct categories (24h) {features.distinct_categories_24h}",
+        f"  since the previous event  {'-' if since is None else f'{since / 1000:.1f}s'}",
+        f"  events in the session     {features.session_events}",
+        f"  too late for their tiles  {features.late_events}",
+        "  top categories            "
+        + (", ".join(f"{c} {v:.2f}" for c, v in features.top_categories) or "-"),
+    ]
+    return lines
+
+
+def _product_lines(features: ProductFeatures) -> list[str]:
+    return [
+        f"features of product {features.product_id} at {_clock(features.at_ms)}",
+        *(_counts_line(window, counts) for window, counts in features.counts.items()),
+        f"  click rate (24h, smoothed)       {features.click_rate_24h:.4f}",
+        f"  add-to-cart rate (24h, smoothed) {features.cart_rate_24h:.4f}",
+    ]
+
+
 def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
 
@@ -378,7 +462,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         _wait_for_drain(loop, store, applied_before, worker)
         user = user_id(0)  # the most active user
         print()
-        return cmd_last_k(argparse.Namespace(user_id=user, types=None, k=5), settings)
+        cmd_last_k(argparse.Namespace(user_id=user, types=None, k=5), settings)
+        print()
+        return cmd_features(argparse.Namespace(kind="user", ids=[user], at=None), settings)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -422,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             "produce": cmd_produce,
             "generate": cmd_generate,
             "last-k": cmd_last_k,
+            "features": cmd_features,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

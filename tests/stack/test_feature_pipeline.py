@@ -24,7 +24,7 @@ from schemas.triggers import RankTrigger, Reason, decode_trigger
 from sinks.events_producer import EventProducer
 from streams.bootstrap import build_feature_store
 from streams.settings import Settings
-from tests.conftest import on_backend, wait_for
+from tests.conftest import TcpProxy, on_backend, wait_for
 from tests.stack.test_feature_store import assert_product_equal, assert_top_equal, assert_user_equal
 
 
@@ -228,3 +228,89 @@ def check_triggers(triggers: list[RankTrigger], log: list[CountedEvent]) -> None
     # The kill re-reads at most what was applied since the last commit (0.5 s of it).
     assert repeats < len(triggers) // 4
     assert len(triggers) < len(log), "triggers per event must stay below one"
+
+
+def compare_all(settings: Settings, log: list[CountedEvent]) -> int:
+    """Every user's and product's features online against the offline computation."""
+    offline = OfflineFeatures(log, settings.feature_config())
+    newest = max(e.event_time_ms for e in log)
+
+    async def run() -> int:
+        store = build_feature_store(settings)
+        try:
+            users = sorted({e.user_id for e in log})
+            for user in users:
+                assert_user_equal(
+                    await store.user_features(user, newest), offline.user(user, newest)
+                )
+            products = sorted({e.product_id for e in log if e.product_id})
+            online = await store.product_features(products, newest)
+            for features, product in zip(online, products, strict=True):
+                assert_product_equal(features, offline.product(product, newest))
+            return len(users) + len(products)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_a_redis_outage_mid_stream_loses_and_doubles_no_count(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    """Redis cut away from the worker mid-stream (replies of calls it made may be lost):
+    the worker retries until it is back, and every count equals the offline one."""
+    port = int(provisioned.redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy(port)
+    env = {**isolated_env, "SIGNALS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+    params = TrafficParams(seed=31, users=20, products=100, categories=6, rate=25.0)
+    events = list(itertools.islice(simulate(params, int(time.time() * 1000) - 600_000), 1500))
+    try:
+        with worker(env) as running:
+            send(provisioned, events[:500])
+            wait_for(some_applied(provisioned), 60, "a first batch", on_fail=running.log_text)
+            proxy.cut()
+            send(provisioned, events[500:1000])
+            wait_for(lambda: "store unavailable" in running.log_text(), 30, "the worker to retry")
+            time.sleep(1.0)
+            proxy.restore()
+            send(provisioned, events[1000:])
+            wait_for(
+                committed_to_the_end(provisioned), 90, "every offset committed", running.log_text
+            )
+            assert running.process.poll() is None, "the worker must ride the outage out"
+    finally:
+        proxy.close()
+    assert compare_all(provisioned, counted_log(provisioned)) > 50
+
+
+def test_a_restart_invents_no_trigger(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    """After a restart every user starts fresh in the new worker's memory: a batch that
+    changes nothing worth a re-rank (one view in the user's top category, within the
+    session, past the debounce) triggers nothing, for any of them."""
+    now = int(time.time() * 1000) - 120_000
+    users = [f"rs-u{i}" for i in range(12)]
+    clicks = [
+        Event(f"c-{user}", user, EventType.CLICK, now, product_id="p1", category_id="shoes")
+        for user in users
+    ]
+    views = [
+        Event(f"v-{user}", user, EventType.VIEW, now + 30_000, product_id="p2", category_id="shoes")
+        for user in users
+    ]
+    with worker(isolated_env) as first:
+        send(provisioned, clicks)
+        wait_for(committed_to_the_end(provisioned), 60, "the clicks committed", first.log_text)
+    first_triggers = trigger_list(provisioned)
+    assert sorted(t.user_id for t in first_triggers) == sorted(users)
+    assert {t.reason for t in first_triggers} == {Reason.HIGH_INTENT}
+    with worker(isolated_env) as second:
+        send(provisioned, views)
+        wait_for(committed_to_the_end(provisioned), 60, "the views committed", second.log_text)
+    assert trigger_list(provisioned) == first_triggers  # nothing new
+
+
+def trigger_list(settings: Settings) -> list[RankTrigger]:
+    records = read_topic(settings, settings.trigger_topic)
+    return [decode_trigger(value) for batch in records.values() for _, value in batch]

@@ -32,6 +32,10 @@ def run(
         (["last-k", "u1", "--type", "like"], "unknown type 'like'"),
         (["last-k"], "required: user_id"),
         (["last-k", "}u1"], "without spaces, '{' or '}'"),
+        (["features", "user", "a b"], "without spaces"),
+        (["features", "trending", "c1", "c2"], "takes one id, got 2"),
+        (["features", "shop", "x"], "invalid choice"),
+        (["features", "product", "p1", "--at", "soon"], "expected a whole number"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -47,7 +51,7 @@ def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> 
 def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("worker", "produce", "generate", "last-k", "demo"):
+    for command in ("worker", "produce", "generate", "last-k", "features", "demo"):
         assert command in result.stdout
 
 
@@ -60,6 +64,14 @@ def test_unreachable_redis_is_one_line_not_a_traceback(tmp_path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("signals: error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_redis_for_features_is_one_line(tmp_path) -> None:
+    env = bare_env(tmp_path, SIGNALS_REDIS_URL="redis://127.0.0.1:1/0")
+    result = run("features", "product", "p1", env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
