@@ -139,6 +139,7 @@ class Isolated:
         env = {
             "SIGNALS_EVENTS_TOPIC": f"bench.events.{tag}",
             "SIGNALS_DEAD_LETTER_TOPIC": f"bench.dlq.{tag}",
+            "SIGNALS_TRIGGER_TOPIC": f"bench.triggers.{tag}",
             "SIGNALS_APP_ID": f"bench-{tag}",
             "SIGNALS_REDIS_KEY_PREFIX": f"b{tag}",
             "SIGNALS_CQL_KEYSPACE": f"bench_{tag.replace('-', '_')}",

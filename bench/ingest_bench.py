@@ -103,6 +103,8 @@ class WorkerRun:
     sustained_s: float  # first applied batch -> all applied
     middle_s: float  # 10% -> 90% of interactions applied
     cpu_s: float  # worker CPU while applying (first applied -> all applied)
+    triggers: int = 0  # rank-refresh triggers the run published
+    feature_bytes: dict[str, float] | None = None  # mean Redis bytes per user / product
 
     @property
     def events_per_s(self) -> float:
@@ -128,6 +130,7 @@ class WorkerRun:
             "interactions_per_s": round(self.interactions_per_s),
             "middle_events_per_s": round(self.middle_events_per_s),
             "cpu_us_per_event": round(self.cpu_us_per_event, 1),
+            "triggers_per_1000_events": round(1000 * self.triggers / self.events, 1),
         }
 
 
@@ -144,13 +147,14 @@ def run_worker(
     """One worker with its own consumer group and key prefix over the shared topic."""
     import redis  # noqa: PLC0415
 
-    from infra.topics import apply_topics  # noqa: PLC0415
+    from infra.topics import apply_topics, declared_topics, delete_topics  # noqa: PLC0415
 
     suffix = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
     env = {
         **iso.env,
         "SIGNALS_APP_ID": f"{iso.env['SIGNALS_APP_ID']}-{suffix}",
         "SIGNALS_REDIS_KEY_PREFIX": f"{iso.env['SIGNALS_REDIS_KEY_PREFIX']}-{suffix}",
+        "SIGNALS_TRIGGER_TOPIC": f"{iso.env['SIGNALS_TRIGGER_TOPIC']}-{suffix}",
         **extra_env,
     }
     settings = Settings.load(
@@ -187,6 +191,9 @@ def run_worker(
                         f" log:\n{worker.tail()}"
                     )
                 time.sleep(POLL_S)
+            # Everything applied: the last batch's triggers are out once it commits.
+            time.sleep(max(1.0, 2 * settings.commit_interval_s))
+            triggers = _published(settings)
         # The first poll that sees a count sees a whole batch already applied: scale the
         # events to the part applied after it.
         remaining = interactions - first_count
@@ -198,13 +205,63 @@ def run_worker(
             sustained_s=now - first_t,
             middle_s=t90 - t10,
             cpu_s=cpu_last - cpu_first,
+            triggers=triggers,
+            feature_bytes=_feature_bytes(client, settings) if settings.features_enabled else None,
         )
     finally:
         client.close()
         iso.cleanup_redis()  # the next run starts on a Redis without this run's keys
+        delete_topics(
+            settings, [s for s in declared_topics(settings) if s.name == settings.trigger_topic]
+        )
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script)
+def _published(settings: Settings) -> int:
+    """Messages on the run's trigger topic (its partitions' end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-count"})
+    try:
+        topic = settings.trigger_topic
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
+
+
+def _feature_bytes(client: Any, settings: Settings, sample: int = 500) -> dict[str, float]:
+    """Mean Redis bytes (MEMORY USAGE) of the feature keys per user (hash and affinity
+    set) and per product, over a sample of each."""
+    prefix = settings.redis_key_prefix
+
+    def sampled(pattern: str) -> list[bytes]:
+        keys: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= sample:
+                break
+        return keys
+
+    def usage(key: bytes | str) -> int:
+        return int(client.memory_usage(key, samples=0) or 0)
+
+    users = sampled(f"{prefix}:f:u:*")
+    products = sampled(f"{prefix}:f:p:*")
+    per_user = [
+        sum(usage(key.replace(b":f:u:", part)) for part in (b":f:u:", b":f:a:")) for key in users
+    ]
+    return {
+        "user_bytes": statistics.mean(per_user) if per_user else 0.0,
+        "product_bytes": statistics.mean(usage(k) for k in products) if products else 0.0,
+        "users_sampled": len(users),
+        "products_sampled": len(products),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915  (a flat script)
     parser = argparse.ArgumentParser(
         description="Ingest throughput of one worker vs a raw aiokafka consumer, same run.",
         epilog="Writes bench/results/ingest.json. Needs the local stack (started if not up).",
@@ -289,10 +346,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
     runs: list[WorkerRun] = []
     clean_runs: list[WorkerRun] = []
     bad_runs: list[WorkerRun] = []
+    store_only = {"SIGNALS_FEATURES_ENABLED": "false", "SIGNALS_TRIGGERS_ENABLED": "false"}
     variants: list[tuple[str, Path | None, dict[str, str]]] = [
         *((f"worker@{ref}", None, {}) for ref in args.compare),
+        ("worker, interaction store only", ROOT, {**extra_env, **store_only}),
         ("worker (this tree)", ROOT, extra_env),
     ]
+    alone_runs: list[WorkerRun] = []
     try:
         # Clean and bad runs alternate, so the machine's drift (page cache, Cassandra's
         # background work) does not land on one side of the comparison.
@@ -315,13 +375,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
                     )
                 runs.append(run)
                 if source is ROOT:
-                    clean_runs.append(run)
+                    (alone_runs if env.get("SIGNALS_FEATURES_ENABLED") else clean_runs).append(run)
                 table.add(
                     run.label,
                     run.events_per_s,
                     "events/s",
                     f"10-90%: {run.middle_events_per_s:,.0f}/s; "
-                    f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s",
+                    f"{run.cpu_us_per_event:.0f} us CPU/event; startup {run.startup_s:.1f}s"
+                    + (
+                        f"; {1000 * run.triggers / run.events:.0f} triggers/1000 events"
+                        if run.triggers
+                        else ""
+                    ),
                 )
             if bad is not None:
                 print(f"worker over {args.bad_share:.1%} bad messages (run {attempt + 1}) ...")
@@ -345,6 +410,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
     finally:
         if bad is not None:
             bad[0].cleanup()
+    if alone_runs and clean_runs:
+        with_rate = statistics.median(r.events_per_s for r in clean_runs)
+        alone_rate = statistics.median(r.events_per_s for r in alone_runs)
+        table.add(
+            "features + triggers vs store only (medians)",
+            f"{with_rate / alone_rate:.0%}",
+            "",
+            f"CPU per event {statistics.median(r.cpu_us_per_event for r in clean_runs):.1f} vs "
+            f"{statistics.median(r.cpu_us_per_event for r in alone_runs):.1f} us",
+        )
+        result["features_vs_store_only"] = round(with_rate / alone_rate, 3)
+        sizes = clean_runs[-1].feature_bytes or {}
+        if sizes:
+            table.add(
+                "Redis bytes per user (features)", sizes["user_bytes"], "B", "hash + affinity set"
+            )
+            table.add(
+                "Redis bytes per product (features)", sizes["product_bytes"], "B", "counts hash"
+            )
+            result["feature_bytes"] = sizes
     if bad_runs:
         clean_rate = statistics.median(r.events_per_s for r in clean_runs)
         bad_rate = statistics.median(r.events_per_s for r in bad_runs)

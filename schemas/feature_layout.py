@@ -3,10 +3,6 @@
     <prefix>:f:u:{<user_id>}     hash: one user's windowed counts, session and recency
     <prefix>:f:a:{<user_id>}     sorted set: the user's category affinity, member =
                                  category id, score = log2 decayed score (see below)
-    <prefix>:f:e:{<user_id>}     sorted set: the ids of the user's last DEDUPE_KEEP
-                                 distinct events, score = the offset they were first
-                                 read at; an event whose id is in it under another
-                                 offset is a duplicate and counts in no feature
     <prefix>:f:p:{<product_id>}  hash: one product's windowed counts
     <prefix>:f:g                 hash: the same counts over every product (the global
                                  rates products are smoothed toward) and each events
@@ -28,11 +24,17 @@ Hash fields:
     t                         the newest event time applied (ms)
     s, sn                     (users) the current session's start time and its events
     c:<category_id>           (users) the newest event time in that category
+    e:<event_id>              (users) the offset the event was first read at: a later
+                              record with the same id within DEDUPE_OFFSETS of it is a
+                              duplicate and counts in no feature
+    top, ts                   (users) the top category and its log2 score
     late                      (users) events beyond the allowed lateness, in no tile
     w:<partition>             (global) the newest event time the partition delivered
     o:<partition>             the highest events-topic offset of that partition applied
                               to this key: the fence
-    pt                        the 5-minute tile of the last pruning of old tiles
+    pt                        the 5-minute step of the last pruning: tiles no window
+                              at the newest event covers, categories out of the 24h
+                              window and event ids beyond DEDUPE_OFFSETS are dropped
 
 Decayed scores are stored as `L = log2(sum(w * 2 ** (t / h)))` (`schemas.features`): the
 score at time T is `2 ** (L - T / h)`, and ordering by L is ordering by score at any T.
@@ -47,6 +49,7 @@ a trending set in its `tf` hash), so check and write are one script call per slo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -64,9 +67,10 @@ PRODUCT_COUNTED_TYPES = frozenset(
 )
 #: Old tiles are pruned from a hash at most once per this much event time.
 PRUNE_EVERY_MS = 300_000
-#: How many of a user's distinct event ids are remembered to recognise duplicates (an
-#: app's retry of an event it already sent: another record, another offset, same id).
-DEDUPE_KEEP = 200
+#: How far back (in offsets of the user's partition) a repeated event id is a duplicate:
+#: an app's retry of an event it already sent is another record, at another offset, with
+#: the same id. At 5k events/s over 8 partitions, 100,000 offsets are ~2.7 minutes.
+DEDUPE_OFFSETS = 100_000
 
 #: A counts hash expires this long after its last write: the longest window (24 h) plus
 #: its tile (1 h), so every tile a read can cover outlives it, plus an hour of slack for
@@ -91,8 +95,13 @@ class WriteKind(StrEnum):
     TRENDING = "t"
 
 
+_NEEDS_ESCAPE = re.compile(r"[%{}]").search
+
+
 def key_part(entity_id: str) -> str:
     """An id as it appears inside a key's hash tag."""
+    if _NEEDS_ESCAPE(entity_id) is None:  # nearly always: one C call instead of three
+        return entity_id
     return entity_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
@@ -102,10 +111,6 @@ def user_features_key(prefix: str, user_id: str) -> str:
 
 def user_affinity_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:f:a:{{{key_part(user_id)}}}"
-
-
-def user_event_ids_key(prefix: str, user_id: str) -> str:
-    return f"{prefix}:f:e:{{{key_part(user_id)}}}"
 
 
 def product_features_key(prefix: str, product_id: str) -> str:
@@ -166,22 +171,22 @@ class CountedEvent(NamedTuple):
     event_id: str = ""
 
 
-#: One event of a write: (offset, event type, event time, member, too late, event id).
-#: The member is the category (user writes), the product (trending writes) or "" (none);
-#: the event id is sent with user writes only ("" otherwise).
-WriteEvent = tuple[int, str, int, str, int, str]
+#: One event of a write: (partition, offset, event type, event time, member, too late,
+#: event id). The member is the category (user writes), the product (trending writes) or
+#: "" (none); the event id is sent with user writes only ("" otherwise).
+WriteEvent = tuple[int, int, str, int, str, int, str]
 
 
 @dataclass(slots=True)
 class FencedWrite:
-    """One key's share of a batch from one partition, in read order; `also` are the keys
-    the key's fence also guards, in its slot (users: affinity and event ids; trending:
-    the products)."""
+    """One key's share of a batch, in read order (each event names its partition: a
+    product's come from all of them); `also` are the keys its fences also guard, in its
+    slot (users: the affinity set; trending: the products)."""
 
     kind: WriteKind
     entity: str  # the user, product or category id ("" for the global hash)
     key: str
-    partition: int
+    partition: int  # of its first event (a user's events all come from one)
     also: tuple[str, ...] = ()
     events: list[WriteEvent] = field(default_factory=list)
 

@@ -30,9 +30,9 @@ Online, a read at T sums the stored tiles `tile(T - W) .. tile(T)`: it equals th
 definition whenever no event later than T is stored yet (reads at the current time; a
 device ahead of the clock, within the allowed future skew, is the exception).
 
-Duplicates: an event whose id the user sent before, among their last 200 distinct ids
-(an app retrying a send: a second record of the same event), counts in no feature; the
-partition's watermark still takes it.
+Duplicates: an event whose id the user sent before, at most 100,000 offsets earlier in
+their partition (an app retrying a send: a second record of the same event), counts in
+no feature; the partition's watermark still takes it.
 
 Late events: an event more than the allowed lateness behind its partition's watermark
 (the newest event time the partition had delivered before it, in read order) is added to
@@ -61,7 +61,7 @@ from schemas.events import EventType
 from schemas.feature_layout import (
     COUNTER_TTL_MS,
     DECAYED_TTL_HALF_LIVES,
-    DEDUPE_KEEP,
+    DEDUPE_OFFSETS,
     LATE_FIELD,
     NEWEST_FIELD,
     PRODUCT_COUNTED_TYPES,
@@ -82,7 +82,6 @@ from schemas.feature_layout import (
     trending_fence_key,
     trending_key,
     user_affinity_key,
-    user_event_ids_key,
     user_features_key,
 )
 
@@ -421,60 +420,85 @@ def plan_features(
     (`is_duplicate`, kept in Redis) and the others leave those out. What a write does
     with its events is the script's (`sinks.feature_store`), with this module's arithmetic.
     """
-    writes: dict[tuple[WriteKind, str, int], FencedWrite] = {}
+    # Hot path (once per event in the worker): plain dicts of event lists per entity,
+    # keys built once per entity at the end, nothing but appends per event.
+    users: dict[str, list[WriteEvent]] = {}
+    products: dict[str, list[WriteEvent]] = {}
+    categories: dict[str, list[WriteEvent]] = {}
+    every: list[WriteEvent] = []
     newest = dict(watermarks)
     late = 0
-    weights = config.weights
-
-    def write_for(
-        kind: WriteKind, entity: str, key: str, partition: int, also: tuple[str, ...] = ()
-    ) -> list[WriteEvent]:
-        found = writes.get((kind, key, partition))
-        if found is None:
-            found = writes[(kind, key, partition)] = FencedWrite(kind, entity, key, partition, also)
-        return found.events
-
-    global_key = global_features_key(prefix)
-    for event in events:
-        partition = event.partition
+    lateness = config.allowed_lateness_ms
+    weighted = frozenset(kind.value for kind in config.weights)
+    counted_types = frozenset(kind.value for kind in PRODUCT_COUNTED_TYPES)
+    # Positional unpacking: the worker passes plain tuples of CountedEvent's fields.
+    for user, event_type, time_ms, product, category_id, partition, offset, event_id in events:
         watermark = newest.get(partition)
-        is_late = too_late(event.event_time_ms, watermark, config.allowed_lateness_ms)
-        newest[partition] = advanced(watermark, event.event_time_ms)
-        late += is_late
-        kind = event.event_type.value
-        category = event.category_id or ""
-        item = (event.offset, kind, event.event_time_ms, category, int(is_late), "")
-        user = event.user_id
-        write_for(
+        if watermark is None or time_ms > watermark:
+            newest[partition] = time_ms
+            is_late = 0
+        else:
+            is_late = 1 if time_ms < watermark - lateness else 0
+            late += is_late
+        kind = event_type._value_  # the wire name, a plain str (hashes in C, unlike the enum)
+        category = category_id or ""
+        item = (partition, offset, kind, time_ms, category, is_late, "")
+        found = users.get(user)
+        if found is None:
+            found = users[user] = []
+        found.append((partition, offset, kind, time_ms, category, is_late, event_id))
+        every.append(item)  # every event: the global hash keeps the partition's watermark
+        if product is None:
+            continue
+        if kind in counted_types:
+            found = products.get(product)
+            if found is None:
+                found = products[product] = []
+            found.append(item)
+        if category and kind in weighted:
+            found = categories.get(category)
+            if found is None:
+                found = categories[category] = []
+            found.append((partition, offset, kind, time_ms, product, is_late, ""))
+    # Users first: their writes find the duplicates the others then leave out.
+    writes = [
+        FencedWrite(
             WriteKind.USER,
             user,
             user_features_key(prefix, user),
-            partition,
-            (user_affinity_key(prefix, user), user_event_ids_key(prefix, user)),
-        ).append((*item[:5], event.event_id))
-        counted = event.product_id is not None and event.event_type in PRODUCT_COUNTED_TYPES
-        # Every event goes to the global write: it keeps the partition's watermark.
-        write_for(WriteKind.GLOBAL, "", global_key, partition).append(item)
-        if event.product_id is None:
-            continue
-        if counted:
-            write_for(
-                WriteKind.PRODUCT,
-                event.product_id,
-                product_features_key(prefix, event.product_id),
-                partition,
-            ).append(item)
-        if category and event.event_type in weights:
-            write_for(
-                WriteKind.TRENDING,
-                category,
-                trending_fence_key(prefix, category),
-                partition,
-                (trending_key(prefix, category),),
-            ).append((event.offset, kind, event.event_time_ms, event.product_id, int(is_late), ""))
-    # Users first: their writes find the duplicates the others then leave out.
-    ordered = sorted(writes.values(), key=lambda write: write.kind is not WriteKind.USER)
-    return FeaturePlan(ordered, late, newest)
+            items[0][0],
+            (user_affinity_key(prefix, user),),
+            items,
+        )
+        for user, items in users.items()
+    ]
+    if every:
+        writes.append(
+            FencedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), every[0][0], (), every)
+        )
+    writes += [
+        FencedWrite(
+            WriteKind.PRODUCT,
+            product,
+            product_features_key(prefix, product),
+            items[0][0],
+            (),
+            items,
+        )
+        for product, items in products.items()
+    ]
+    writes += [
+        FencedWrite(
+            WriteKind.TRENDING,
+            category,
+            trending_fence_key(prefix, category),
+            items[0][0],
+            (trending_key(prefix, category),),
+            items,
+        )
+        for category, items in categories.items()
+    ]
+    return FeaturePlan(writes, late, newest)
 
 
 def script_config(config: FeatureConfig) -> dict[str, object]:
@@ -507,17 +531,15 @@ class _Logged:
 
 
 def is_duplicate(first_reads: dict[str, int], event: CountedEvent) -> bool:
-    """The duplicate rule, in read order per user: an event whose id is among the user's
-    last DEDUPE_KEEP distinct ids (by the offset first read at) under another offset is a
-    duplicate; otherwise its id is remembered (an empty id never is)."""
+    """The duplicate rule, in read order per user: an event whose id was first read at
+    another offset at most DEDUPE_OFFSETS before is a duplicate; otherwise this offset is
+    where its id was first read (an empty id is never a duplicate)."""
     if not event.event_id:
         return False
     first = first_reads.get(event.event_id)
-    if first is not None:
-        return first != event.offset
+    if first is not None and first != event.offset and event.offset - first <= DEDUPE_OFFSETS:
+        return True
     first_reads[event.event_id] = event.offset
-    if len(first_reads) > DEDUPE_KEEP:
-        del first_reads[min(first_reads, key=first_reads.__getitem__)]
     return False
 
 

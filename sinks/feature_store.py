@@ -16,7 +16,7 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from schemas.feature_layout import (
-    DEDUPE_KEEP,
+    DEDUPE_OFFSETS,
     PRODUCT_COUNTED_TYPES,
     PRUNE_EVERY_MS,
     FencedWrite,
@@ -67,182 +67,288 @@ class FeatureWriter(Protocol):
 
 
 #: The write script. KEYS: each write's keys in order (user writes: hash, affinity set;
-#: trending: fence hash, set; product and global: the hash). ARGV[1] is JSON: [config,
-#: [[kind, partition, [[offset, type, time, member, late], ...]], ...]]; ARGV[2] is the
-#: prune step. Per write: only events above the key's fence `o:<partition>` are taken, in
-#: order; their tile increments, maxima and decayed adds are gathered in Lua, then
-#: written with one command per field or member, the fence raised, TTLs set, and old
-#: tiles pruned at most once per prune step of event time. Decayed adds are log-sum-exps
-#: of log2(weight) + time / half-life (`schemas.features`); scores are written with
-#: %.17g (Lua's default number formatting keeps only 14 digits). Returns, per write,
-#: {session started, top before, top after} for users and {} otherwise.
+#: trending: fence hash, set; product and global: the hash). ARGV[1] is the JSON config
+#: (`script_config`), ARGV[2] the writes, [[kind, [[partition, offset, type, time,
+#: member, late, event id], ...]], ...], ARGV[3] the prune step, ARGV[4] a JSON list of
+#: "partition:offset" already known to be duplicates (from the users' calls, on a
+#: cluster). Per write, in a fixed number of commands whatever its events: one HMGET of
+#: every field its events touch, the events above their partition's fence `o:<partition>`
+#: taken in order (duplicates, told by the user's `e:<event id>` fields, left out), then
+#: one HSET of every changed field and the raised fences, and for a sorted set one
+#: ZMSCORE and one ZADD of its members (trimmed only when ZADD added some); TTLs; old
+#: fields pruned at most once per prune step of event time. Decayed adds are
+#: log-sum-exps of log2(weight) + time / half-life (`schemas.features`); numbers are
+#: written with %.17g (Lua's own formatting keeps 14 digits). A user's top category and
+#: its score are kept in their hash (`top`, `ts`), so the top after a write needs no
+#: second read of the set. Returns, per write, {session started, top before, top after,
+#: {duplicate offsets}} for users and {} otherwise.
 _FEATURES_LUA = """
 local cfg = cjson.decode(ARGV[1])
 local writes = cjson.decode(ARGV[2])
 local prune_every = tonumber(ARGV[3])
 local dups = {}
 for _, known in ipairs(cjson.decode(ARGV[4])) do dups[known] = true end
-local widths = cfg.widths
-local weights = cfg.weights
+local widths, windows = cfg.widths, cfg.windows
+local horizon = cfg.dedupe_offsets
 local counted = {}
 for _, kind in ipairs(cfg.counted) do counted[kind] = true end
 local LN2 = math.log(2)
+local log_weight = {}
+for kind, weight in pairs(cfg.weights) do log_weight[kind] = math.log(weight) / LN2 end
+local BASE = {u = {'t', 'pt', 's', 'sn', 'top', 'ts', 'late'}, p = {'t', 'pt'},
+  g = {'t', 'pt'}, t = {}}
+local floor, format = math.floor, string.format
 local function lse(a, b)
   if a == nil then return b end
   if a < b then a, b = b, a end
   return a + math.log(1 + 2 ^ (b - a)) / LN2
 end
-local function top_of(zkey)
-  local top = redis.call('ZREVRANGE', zkey, 0, 0)
-  return top[1] or ''
+local function above(a_score, a_member, b_score, b_member)
+  -- ZREVRANGE's order: higher score first, then the greater member.
+  return a_score > b_score or (a_score == b_score and a_member > b_member)
 end
 local results = {}
 local k = 1
 for w = 1, #writes do
-  local kind, partition, events = writes[w][1], writes[w][2], writes[w][3]
+  local kind, events = writes[w][1], writes[w][2]
+  local is_user, is_trend = kind == 'u', kind == 't'
   local key = KEYS[k]
   k = k + 1
-  local zkey, ids = nil, nil
-  if kind == 'u' or kind == 't' then
+  local zkey = nil
+  if is_user or is_trend then
     zkey = KEYS[k]
     k = k + 1
   end
-  if kind == 'u' then
-    ids = KEYS[k]
-    k = k + 1
+  local tile_widths = is_user and cfg.user_widths or cfg.product_widths
+  local tiles_per_event = is_trend and 0 or #tile_widths
+  -- Every field the events touch, read in one HMGET.
+  local names, index, n = {}, {}, 0
+  for _, name in ipairs(BASE[kind]) do
+    n = n + 1
+    names[n], index[name] = name, n
   end
-  local found = {}
-  local id_count = ids and redis.call('ZCARD', ids) or 0
-  local fence_name = 'o:' .. partition
-  local state = redis.call('HMGET', key, fence_name, 't', 's', 'sn', 'pt')
-  local fence = tonumber(state[1] or '-1')
-  local newest = tonumber(state[2] or '-1')
-  local session_start = tonumber(state[3] or '-1')
-  local session_events = tonumber(state[4] or '0')
-  local top = fence
-  local incr, maxes, adds = {}, {}, {}
-  local started = 0
-  local tile_widths = (kind == 'u') and cfg.user_widths or cfg.product_widths
-  local half_life = (kind == 't') and cfg.trending_half_life or cfg.affinity_half_life
+  local tiles = {}
   for i = 1, #events do
     local e = events[i]
-    local offset, etype, t, member, late = e[1], e[2], e[3], e[4], e[5]
-    local dup = dups[partition .. ':' .. offset]
-    if ids and e[6] ~= '' then
-      local first = redis.call('ZSCORE', ids, e[6])
-      if first then
-        dup = tonumber(first) ~= offset
-      elseif offset > fence then
-        redis.call('ZADD', ids, offset, e[6])
-        id_count = id_count + 1
-        if id_count > cfg.dedupe_keep then
-          redis.call('ZREMRANGEBYRANK', ids, 0, 0)
-          id_count = id_count - 1
+    local name = 'o:' .. e[1]
+    if not index[name] then
+      n = n + 1
+      names[n], index[name] = name, n
+      if kind == 'g' then
+        name = 'w:' .. e[1]
+        n = n + 1
+        names[n], index[name] = name, n
+      end
+    end
+    if tiles_per_event > 0 and (is_user or counted[e[3]]) then
+      local t = e[4]
+      for j = 1, tiles_per_event do
+        local width = tile_widths[j]
+        name = 'n:' .. e[3] .. ':' .. width .. ':' .. floor(t / widths[width])
+        tiles[(i - 1) * tiles_per_event + j] = name
+        if not index[name] then
+          n = n + 1
+          names[n], index[name] = name, n
         end
       end
-      if dup then found[#found + 1] = offset end
+    end
+    if is_user then
+      if e[5] ~= '' then
+        name = 'c:' .. e[5]
+        if not index[name] then
+          n = n + 1
+          names[n], index[name] = name, n
+        end
+      end
+      if e[7] ~= '' then
+        name = 'e:' .. e[7]
+        if not index[name] then
+          n = n + 1
+          names[n], index[name] = name, n
+        end
+      end
+    end
+  end
+  local values = {}
+  for i = 1, n, 1000 do
+    local part = redis.call('HMGET', key, unpack(names, i, math.min(i + 999, n)))
+    for j = 1, #part do
+      if part[j] then values[names[i + j - 1]] = part[j] end
+    end
+  end
+  local fences, tops = {}, {}
+  local newest = tonumber(values['t'] or '-1')
+  local session_start = tonumber(values['s'] or '-1')
+  local session_events = tonumber(values['sn'] or '0')
+  local changed = {}
+  local adds = {}
+  local started, moved, newest_offset = 0, false, -1
+  local found = {}
+  local half_life = is_trend and cfg.trending_half_life or cfg.affinity_half_life
+  for i = 1, #events do
+    local e = events[i]
+    local partition, offset, etype, t, member = e[1], e[2], e[3], e[4], e[5]
+    local fence = fences[partition]
+    if fence == nil then
+      fence = tonumber(values['o:' .. partition] or '-1')
+      fences[partition], tops[partition] = fence, fence
+    end
+    local dup = dups[partition .. ':' .. offset] or false
+    if is_user and e[7] ~= '' then
+      local id_name = 'e:' .. e[7]
+      local first = tonumber(values[id_name])
+      if first and first ~= offset and offset - first <= horizon then
+        dup = true
+        found[#found + 1] = offset
+      elseif offset > fence and first ~= offset then
+        values[id_name] = offset
+        changed[id_name] = true
+      end
     end
     if offset > fence then
-      if offset > top then top = offset end
+      moved = true
+      if offset > tops[partition] then tops[partition] = offset end
+      if offset > newest_offset then newest_offset = offset end
       if kind == 'g' then
         local name = 'w:' .. partition
-        if not maxes[name] or t > maxes[name] then maxes[name] = t end
+        if t > tonumber(values[name] or '-1') then
+          values[name] = t
+          changed[name] = true
+        end
       end
     end
     if offset > fence and not dup then
-      if kind ~= 't' then
-        if late == 1 then
-          if kind == 'u' then incr['late'] = (incr['late'] or 0) + 1 end
-        elseif kind == 'u' or counted[etype] then
-          for _, width in ipairs(tile_widths) do
-            local name = 'n:' .. etype .. ':' .. width .. ':' .. math.floor(t / widths[width])
-            incr[name] = (incr[name] or 0) + 1
+      if not is_trend then
+        if e[6] == 1 then
+          if is_user then
+            values['late'] = tonumber(values['late'] or '0') + 1
+            changed['late'] = true
+          end
+        elseif tiles_per_event > 0 and (is_user or counted[etype]) then
+          for j = (i - 1) * tiles_per_event + 1, i * tiles_per_event do
+            local name = tiles[j]
+            values[name] = tonumber(values[name] or '0') + 1
+            changed[name] = true
           end
         end
-        if kind == 'u' then
+        if is_user then
           if newest < 0 or t > newest + cfg.session_gap then
-            session_start = t
-            session_events = 1
-            started = 1
+            session_start, session_events, started = t, 1, 1
           else
             session_events = session_events + 1
           end
           if member ~= '' then
             local name = 'c:' .. member
-            if not maxes[name] or t > maxes[name] then maxes[name] = t end
+            if t > tonumber(values[name] or '-1') then
+              values[name] = t
+              changed[name] = true
+            end
           end
         end
         if t > newest then newest = t end
       end
-      local weight = weights[etype]
-      if zkey and member ~= '' and weight then
-        adds[member] = lse(adds[member], math.log(weight) / LN2 + t / half_life)
+      if zkey and member ~= '' and log_weight[etype] then
+        adds[member] = lse(adds[member], log_weight[etype] + t / half_life)
       end
     end
   end
-  local result = {}
-  if kind == 'u' then result = {started, top_of(zkey), '', {}} end
-  if top > fence then
-    for name, amount in pairs(incr) do
-      redis.call('HINCRBY', key, name, amount)
+  local top_before = values['top'] or ''
+  local top_score = tonumber(values['ts'])
+  if is_user and top_before == '' and next(adds) then
+    -- The hash expired while the (longer-lived) affinity set did not: read its top.
+    local best = redis.call('ZREVRANGE', zkey, 0, 0, 'WITHSCORES')
+    if best[1] then
+      top_before, top_score = best[1], tonumber(best[2])
     end
-    for name, value in pairs(maxes) do
-      local current = tonumber(redis.call('HGET', key, name) or '-1')
-      if value > current then
-        redis.call('HSET', key, name, string.format('%.0f', value))
+  end
+  local top_after = top_before
+  if moved then
+    if zkey and next(adds) then
+      local members = {}
+      for member in pairs(adds) do members[#members + 1] = member end
+      local current = redis.call('ZMSCORE', zkey, unpack(members))
+      local scored = {}
+      for i, member in ipairs(members) do
+        local score = lse(tonumber(current[i]), adds[member])
+        scored[2 * i - 1], scored[2 * i] = format('%.17g', score), member
+        -- The top so far stays on top when it gains (scores only grow); others must pass it.
+        if is_user and (top_after == '' or member == top_after
+            or above(score, member, top_score, top_after)) then
+          top_after, top_score = member, score
+        end
+      end
+      if redis.call('ZADD', zkey, unpack(scored)) > 0 then
+        local keep = is_trend and cfg.trending_keep or cfg.affinity_keep
+        redis.call('ZREMRANGEBYRANK', zkey, 0, -(keep + 1))
+      end
+      redis.call('PEXPIRE', zkey, is_trend and cfg.trending_ttl or cfg.affinity_ttl)
+      if is_user then
+        values['top'], values['ts'] = top_after, format('%.17g', top_score)
+        changed['top'], changed['ts'] = true, true
       end
     end
-    redis.call('HSET', key, fence_name, string.format('%.0f', top))
-    if kind ~= 't' and newest >= 0 then
-      redis.call('HSET', key, 't', string.format('%.0f', newest))
-    end
-    if kind == 'u' then
-      redis.call('HSET', key, 's', string.format('%.0f', session_start), 'sn', session_events)
-    end
-    if ids then
-      redis.call('PEXPIRE', ids, cfg.counter_ttl)
-    end
-    if zkey then
-      for member, add in pairs(adds) do
-        local current = tonumber(redis.call('ZSCORE', zkey, member))
-        redis.call('ZADD', zkey, string.format('%.17g', lse(current, add)), member)
+    for partition, highest in pairs(tops) do
+      if highest > fences[partition] then
+        values['o:' .. partition] = highest
+        changed['o:' .. partition] = true
       end
-      local keep = (kind == 't') and cfg.trending_keep or cfg.affinity_keep
-      redis.call('ZREMRANGEBYRANK', zkey, 0, -(keep + 1))
-      local ttl = (kind == 't') and cfg.trending_ttl or cfg.affinity_ttl
-      redis.call('PEXPIRE', zkey, ttl)
-      redis.call('PEXPIRE', key, (kind == 't') and ttl or cfg.counter_ttl)
-    else
-      redis.call('PEXPIRE', key, cfg.counter_ttl)
     end
-    local step = math.floor(newest / prune_every)
-    if kind ~= 't' and newest >= 0 and step > tonumber(state[5] or '-1') then
-      local fields = redis.call('HGETALL', key)
+    local step, pruned = -1, nil
+    if not is_trend then
+      values['t'] = newest
+      changed['t'] = true
+      step = floor(math.max(newest, 0) / prune_every)
+      pruned = tonumber(values['pt'])
+      if pruned == nil or step > pruned then
+        values['pt'] = step
+        changed['pt'] = true
+      end
+    end
+    if is_user then
+      values['s'], values['sn'] = session_start, session_events
+      changed['s'], changed['sn'] = true, true
+    end
+    local out, m = {}, 0
+    for name in pairs(changed) do
+      local value = values[name]
+      out[m + 1] = name
+      out[m + 2] = type(value) == 'number' and format('%.17g', value) or value
+      m = m + 2
+    end
+    for i = 1, m, 1000 do
+      redis.call('HSET', key, unpack(out, i, math.min(i + 999, m)))
+    end
+    redis.call('PEXPIRE', key, is_trend and cfg.trending_ttl or cfg.counter_ttl)
+    if pruned ~= nil and step > pruned then
+      local all = redis.call('HGETALL', key)
       local stale = {}
-      local category_start = math.floor((newest - cfg.category_window[1]) / cfg.category_window[2])
+      local category_start = floor((newest - cfg.category_window[1]) / cfg.category_window[2])
         * cfg.category_window[2]
-      for i = 1, #fields, 2 do
-        local name = fields[i]
-        local width, tile = string.match(name, '^n:[^:]+:([^:]+):(%-?%d+)$')
-        if width then
-          local cutoff = math.floor((newest - cfg.windows[width]) / widths[width])
-          if tonumber(tile) < cutoff then stale[#stale + 1] = name end
-        elseif string.sub(name, 1, 2) == 'c:' and tonumber(fields[i + 1]) < category_start then
+      for i = 1, #all, 2 do
+        local name = all[i]
+        local prefix = string.sub(name, 1, 2)
+        if prefix == 'n:' then
+          local width, tile = string.match(name, '^n:[^:]+:([^:]+):(%d+)$')
+          if width and tonumber(tile) < floor((newest - windows[width]) / widths[width]) then
+            stale[#stale + 1] = name
+          end
+        elseif prefix == 'c:' and tonumber(all[i + 1]) < category_start then
+          stale[#stale + 1] = name
+        elseif prefix == 'e:' and tonumber(all[i + 1]) < newest_offset - horizon then
           stale[#stale + 1] = name
         end
       end
       for i = 1, #stale, 1000 do
         redis.call('HDEL', key, unpack(stale, i, math.min(i + 999, #stale)))
       end
-      redis.call('HSET', key, 'pt', step)
     end
   end
-  if kind == 'u' then
-    result[3] = top_of(zkey)
-    result[4] = found
-    for _, offset in ipairs(found) do dups[partition .. ':' .. offset] = true end
+  if is_user then
+    results[w] = {started, top_before, top_after, found}
+    for _, offset in ipairs(found) do dups[events[1][1] .. ':' .. offset] = true end
+  else
+    results[w] = {}
   end
-  results[w] = result
 end
 return results
 """
@@ -261,7 +367,7 @@ class RedisFeatureStore:
             {
                 **script_config(config),
                 "counted": sorted(t.value for t in PRODUCT_COUNTED_TYPES),
-                "dedupe_keep": DEDUPE_KEEP,
+                "dedupe_offsets": DEDUPE_OFFSETS,
             }
         )
 
@@ -312,7 +418,7 @@ class RedisFeatureStore:
 
     def _call(self, writes: Sequence[FencedWrite], duplicates: Sequence[str]) -> ScriptCall:
         keys = [key for write in writes for key in write.keys]
-        rows = [[write.kind.value, write.partition, write.events] for write in writes]
+        rows = [[write.kind.value, write.events] for write in writes]
         return keys, [
             self._config_json,
             _compact_json(rows),

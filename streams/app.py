@@ -218,8 +218,10 @@ class IngestPipeline:
                 prepared.rejected.append((record, exc))
                 continue
             if count is not None:
+                # A plain tuple of CountedEvent's fields (what plan_features unpacks):
+                # building the named tuple costs ~1 us more per event.
                 count(
-                    CountedEvent(
+                    (  # type: ignore[arg-type]
                         event.user_id,
                         event.event_type,
                         event.event_time_ms,
@@ -452,13 +454,13 @@ def _user_batch(write: FencedWrite, outcome: UserOutcome | None) -> UserBatch:
     """One user's signals in a batch, from their feature write (events in read order),
     duplicates left out."""
     duplicates = outcome.duplicates if outcome else frozenset()
-    events = [e for e in write.events if e[0] not in duplicates] if duplicates else write.events
+    events = [e for e in write.events if e[1] not in duplicates] if duplicates else write.events
     if not events:
-        return UserBatch(newest_event_ms=write.events[-1][2], newest_offset=write.events[-1][0])
-    kinds = [e[1] for e in events]
+        return UserBatch(newest_event_ms=write.events[-1][3], newest_offset=write.events[-1][1])
+    kinds = [e[2] for e in events]
     return UserBatch(
-        newest_event_ms=max(e[2] for e in events),
-        newest_offset=events[-1][0],
+        newest_event_ms=max(e[3] for e in events),
+        newest_offset=events[-1][1],
         views=kinds.count(_VIEW),
         high_intent=not _HIGH_INTENT.isdisjoint(kinds),
         session_started=outcome.session_started if outcome else False,

@@ -75,7 +75,7 @@ def test_where_each_event_goes() -> None:
         {},
         CONFIG,
     )
-    by_kind = {(w.kind, w.entity): [e[0] for e in w.events] for w in plan.writes}
+    by_kind = {(w.kind, w.entity): [e[1] for e in w.events] for w in plan.writes}
     assert by_kind == {
         (WriteKind.USER, "u1"): [1, 2, 3, 4],
         (WriteKind.GLOBAL, ""): [1, 2, 3, 4],
