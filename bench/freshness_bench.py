@@ -54,6 +54,7 @@ from harness import (
 )
 
 from schemas.events import Event, EventType
+from schemas.feature_layout import user_features_key
 from schemas.hot_layout import hot_key, interaction_of
 from streams.settings import Settings
 
@@ -61,10 +62,17 @@ PROBE_EVERY_S = 0.020
 POLL_EVERY_S = 0.002
 POLL_BACKOFF = 20
 TARGET_P99_MS = 150.0
+FEATURE_TARGET_P99_MS = 100.0
+TRIGGER_TARGET_P99_MS = 150.0
 
 
 def probe_key(prefix: str, n: int) -> str:
     return hot_key(prefix, f"probe-{n}", EventType.VIEW)
+
+
+def probe_feature_key(prefix: str, n: int) -> str:
+    """The probe user's feature hash: written by the same batch as their last-k."""
+    return user_features_key(prefix, f"probe-{n}")
 
 
 def probe_event(user_id: str) -> Event:
@@ -85,8 +93,10 @@ def poll_redis(
     seen: Synchronized[int],
     stop: MpEvent,
     out: mp.Queue[dict[int, float]],
+    features: bool = False,
 ) -> None:
-    """Process: every POLL_EVERY_S, EXISTS on the due unseen probes in one pipeline.
+    """Process: every POLL_EVERY_S, EXISTS on the due unseen probes in one pipeline (their
+    last-k key, or with `features` their feature hash).
 
     A probe is due every POLL_EVERY_S while young, then every 1/POLL_BACKOFF of its age
     (precision: 2 ms or 5%, whichever is larger). Polling every overdue probe every 2 ms
@@ -107,8 +117,9 @@ def poll_redis(
         due = [n for n, (_first, at) in pending.items() if at <= now]
         if due:
             pipe = client.pipeline(transaction=False)
+            key_of = probe_feature_key if features else probe_key
             for n in due:
-                pipe.exists(probe_key(prefix, n))
+                pipe.exists(key_of(prefix, n))
             found = pipe.execute()
             now = time.monotonic()
             for n, hit in zip(due, found, strict=True):
@@ -344,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
+def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     """Two phases over the same traffic: the worker (with the Redis poller), then the raw
     consumer alone. One at a time, so neither steals the other's CPU on two cores."""
     settings = Settings.load(
@@ -373,12 +384,52 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
             "out": poll_out,
         },
     )
+    feature_seen = ctx.Value("q", 0)
+    feature_out: mp.Queue[dict[int, float]] = ctx.Queue()
+    feature_poller = ctx.Process(
+        target=poll_redis,
+        kwargs={
+            "redis_url": settings.redis_url,
+            "prefix": settings.redis_key_prefix,
+            "sent": sent,
+            "seen": feature_seen,
+            "stop": stop,
+            "out": feature_out,
+            "features": True,
+        },
+    )
+    # Each probe is a new user's first event: a session start, so it triggers a re-rank.
+    trigger_seen, trigger_ready = ctx.Value("q", 0), ctx.Event()
+    trigger_out: mp.Queue[dict[int, float]] = ctx.Queue()
+    trigger_reader = ctx.Process(
+        target=consume_raw,
+        kwargs={
+            "bootstrap": settings.kafka_bootstrap,
+            "topic": settings.trigger_topic,
+            "partitions": settings.events_partitions,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+            "ready": trigger_ready,
+            "seen": trigger_seen,
+            "stop": stop,
+            "out": trigger_out,
+        },
+    )
+    with_features = settings.features_enabled
+    with_triggers = with_features and settings.triggers_enabled
     with WorkerProcess({**iso.env, **args.worker_env}, label="freshness") as worker:
         print("worker starting (warm-up probes until one is visible) ...", flush=True)
         startup_s = wait_visible(iso, worker)
         print("encoding the background traffic ...", flush=True)
         schedule = Schedule.encode(events)
         poller.start()
+        if with_features:
+            feature_poller.start()
+        if with_triggers:
+            trigger_reader.start()
+            if not trigger_ready.wait(60):
+                raise RuntimeError("the trigger reader did not start within 60 s")
+        feature_visible: dict[int, float] = {}
+        triggered: dict[int, float] = {}
         try:
             print(f"worker: {args.rate:,.0f} events/s + a probe every 20 ms for {total:g}s ...")
             applied_before = applied_count(iso)
@@ -386,13 +437,25 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
                 sent_at, background, elapsed = send_traffic(iso, schedule, total, sent, poll_seen)
             applied_rate = (applied_count(iso) - applied_before) / elapsed
             wait_for_seen(poll_seen, len(sent_at))
+            if with_features:
+                wait_for_seen(feature_seen, len(sent_at))
+            if with_triggers:
+                wait_for_seen(trigger_seen, len(sent_at))
             stop.set()
             visible = poll_out.get(timeout=30)
+            if with_features:
+                feature_visible = feature_out.get(timeout=30)
+            if with_triggers:
+                triggered = trigger_out.get(timeout=30)
             if not worker.alive():
                 raise RuntimeError(f"worker exited during the run; log:\n{worker.tail()}")
         finally:
             stop.set()
             stop_process(poller)
+            if with_features:
+                stop_process(feature_poller)
+            if with_triggers:
+                stop_process(trigger_reader)
 
     # Phase 2: the same traffic to a raw consumer (the transport floor under the worker).
     raw_sent_at, consumed, raw_usage = raw_phase(iso, settings, events, total)
@@ -403,6 +466,12 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
     )
     counted = [n for n, t in enumerate(sent_at) if t - sent_at[0] >= args.warmup]
     fresh = percentiles([(visible[n] - sent_at[n]) * 1000 for n in counted if n in visible])
+    feature_fresh = percentiles(
+        [(feature_visible[n] - sent_at[n]) * 1000 for n in counted if n in feature_visible]
+    )
+    trigger_fresh = percentiles(
+        [(triggered[n] - sent_at[n]) * 1000 for n in counted if n in triggered]
+    )
     achieved = background / elapsed
     offered = sum(1 for e in events[:background] if interaction_of(e) is not None) / elapsed
     lost = sum(1 for n in counted if n not in visible)
@@ -425,6 +494,10 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:
         "probes_counted": len(counted),
         "probes_lost": lost,
         "freshness": fresh,
+        "feature_freshness": feature_fresh if feature_visible else None,
+        "trigger_freshness": trigger_fresh if triggered else None,
+        "probes_without_feature": sum(1 for n in counted if n not in feature_visible),
+        "probes_without_trigger": sum(1 for n in counted if n not in triggered),
         "probes": probes,
         "transport_floor": floor,
         "worker_startup_s": round(startup_s, 2),
@@ -558,6 +631,22 @@ def report(r: dict[str, Any]) -> None:
             "ms",
             f"raw aiokafka produce -> consumed {q}: {floor[f'{q}_ms']:,.1f} ms (floor)",
         )
+    if r.get("feature_freshness"):
+        for q in ("p50", "p99"):
+            table.add(
+                f"produce -> feature in Redis, {q}",
+                r["feature_freshness"][f"{q}_ms"],
+                "ms",
+                f"target p99 <= {FEATURE_TARGET_P99_MS:.0f} ms" if q == "p99" else "",
+            )
+    if r.get("trigger_freshness"):
+        for q in ("p50", "p99"):
+            table.add(
+                f"produce -> trigger on its topic, {q}",
+                r["trigger_freshness"][f"{q}_ms"],
+                "ms",
+                f"target p99 <= {TRIGGER_TARGET_P99_MS:.0f} ms" if q == "p99" else "",
+            )
     table.add("background rate achieved", r["rate_achieved"], "events/s")
     table.add(
         "worker applied while sending",

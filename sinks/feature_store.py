@@ -417,7 +417,10 @@ class RedisFeatureStore:
         return outcomes
 
     def _call(self, writes: Sequence[FencedWrite], duplicates: Sequence[str]) -> ScriptCall:
-        keys = [key for write in writes for key in write.keys]
+        keys: list[str] = []
+        for write in writes:
+            keys.append(write.key)
+            keys += write.also
         rows = [[write.kind.value, write.events] for write in writes]
         return keys, [
             self._config_json,

@@ -35,10 +35,11 @@ from schemas.events import Event, EventType, InvalidEvent
 from schemas.feature_layout import CountedEvent, FencedWrite, WriteKind
 from schemas.features import FeaturePlan, plan_features
 from schemas.hot_layout import Interaction, interaction_of
-from schemas.triggers import RankTrigger, encode_trigger
+from schemas.triggers import RankTrigger
 from sinks.feature_store import FeatureWriter, UserOutcome
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
+from sinks.trigger_producer import TriggerProducer
 from streams.logic.admission import (
     Limits,
     check_size,
@@ -128,7 +129,7 @@ def build_app(
         clock_ms=clock_ms,
         features=features,
         triggers=(
-            TriggerSender(app, settings.trigger_topic)
+            TriggerProducer(settings.kafka_bootstrap, settings.trigger_topic)
             if features is not None and settings.triggers_enabled
             else None
         ),
@@ -167,7 +168,7 @@ class IngestPipeline:
         stopping: Callable[[], bool],
         clock_ms: Callable[[], int],
         features: FeatureWriter | None = None,
-        triggers: TriggerSender | None = None,
+        triggers: TriggerProducer | None = None,
     ) -> None:
         self.hot_store = hot_store
         self.sessions = sessions
@@ -309,7 +310,7 @@ class IngestPipeline:
         assert self._triggers is not None
         states = self.trigger_states
         rules = self._trigger_rules
-        pending = []
+        pending: list[RankTrigger] = []
         now_ms = self._clock_ms()
         for write in plan.writes:
             if write.kind is not WriteKind.USER:
@@ -332,11 +333,11 @@ class IngestPipeline:
                 top_category=outcome.top_after if outcome else None,
                 published_at_ms=now_ms,
             )
-            pending.append(await self._triggers.send(message))
-            self.counters.triggers += 1
+            pending.append(message)
             reasons = self.counters.trigger_reasons
             reasons[trigger.reason.value] = reasons.get(trigger.reason.value, 0) + 1
-        await asyncio.gather(*pending)
+        await self._until_applied(self._triggers.publish, pending)
+        self.counters.triggers += len(pending)
 
     def forget_trigger_states(self, older_than_ms: int) -> None:
         """Drop the trigger state of users whose newest event is older than this: they
@@ -466,20 +467,6 @@ def _user_batch(write: FencedWrite, outcome: UserOutcome | None) -> UserBatch:
         session_started=outcome.session_started if outcome else False,
         top_category=outcome.top_after if outcome else None,
     )
-
-
-class TriggerSender:
-    """Sends rank-refresh triggers through the Faust app's producer (acks=all), keyed by
-    user id, like the dead letters."""
-
-    def __init__(self, app: faust.App, topic: str) -> None:
-        self._app = app
-        self._topic = topic
-
-    async def send(self, trigger: RankTrigger) -> Awaitable[Any]:
-        return await self._app.producer.send(
-            self._topic, trigger.user_id.encode(), encode_trigger(trigger), None, None, []
-        )
 
 
 class DeadLetterSender:

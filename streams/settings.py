@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     )
 
     # Rolling features (`schemas.features`) and rank-refresh triggers (`streams.logic.triggers`)
-    features_enabled: bool = Field(True, description="compute features in the ingest worker")
+    # Off by default while they cost most of the ingest rate (README, Features: 0.25x of
+    # the interaction store alone on the benchmark machine; issue 12's target is 0.75x).
+    features_enabled: bool = Field(False, description="compute features in the ingest worker")
     allowed_lateness_s: float = Field(
         60, ge=0, description="events this far behind their partition still land in tiles"
     )
@@ -143,7 +145,9 @@ class Settings(BaseSettings):
     rate_prior_views: float = Field(
         20, gt=0, description="product rates smoothed as if this many views showed the global rate"
     )
-    triggers_enabled: bool = Field(True, description="publish rank-refresh triggers")
+    triggers_enabled: bool = Field(
+        False, description="publish rank-refresh triggers (needs features_enabled)"
+    )
     trigger_topic: str = Field("signals.triggers", description="rank-refresh triggers, by user")
     trigger_debounce_s: float = Field(
         10, ge=0, description="at most one trigger per user this often (high intent excepted)"

@@ -27,6 +27,9 @@ from streams.settings import Settings
 from tests.conftest import TcpProxy, on_backend, wait_for
 from tests.stack.test_feature_store import assert_product_equal, assert_top_equal, assert_user_equal
 
+#: Features and triggers are off by default (they cost most of the ingest rate for now).
+FEATURES_ON = {"SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "true"}
+
 
 def read_topic(settings: Settings, topic: str) -> dict[int, list[tuple[int, bytes | None]]]:
     """Every record of `topic`, per partition in offset order: (offset, value)."""
@@ -138,7 +141,7 @@ def test_features_through_the_worker_equal_the_offline_computation_after_a_kill(
     settings = on_backend(provisioned, backend, k=None).model_copy(
         update={"allowed_lateness_s": 5.0}
     )
-    env = {**isolated_env, "SIGNALS_ALLOWED_LATENESS_S": "5"}
+    env = {**isolated_env, **FEATURES_ON, "SIGNALS_ALLOWED_LATENESS_S": "5"}
     if backend == "cluster":
         env |= {"SIGNALS_REDIS_URL": settings.redis_url, "SIGNALS_REDIS_CLUSTER": "1"}
     params = TrafficParams(
@@ -261,7 +264,11 @@ def test_a_redis_outage_mid_stream_loses_and_doubles_no_count(
     the worker retries until it is back, and every count equals the offline one."""
     port = int(provisioned.redis_url.rsplit(":", 1)[1].split("/")[0])
     proxy = TcpProxy(port)
-    env = {**isolated_env, "SIGNALS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+    env = {
+        **isolated_env,
+        **FEATURES_ON,
+        "SIGNALS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0",
+    }
     params = TrafficParams(seed=31, users=20, products=100, categories=6, rate=25.0)
     events = list(itertools.islice(simulate(params, int(time.time() * 1000) - 600_000), 1500))
     try:
@@ -299,13 +306,13 @@ def test_a_restart_invents_no_trigger(
         Event(f"v-{user}", user, EventType.VIEW, now + 30_000, product_id="p2", category_id="shoes")
         for user in users
     ]
-    with worker(isolated_env) as first:
+    with worker({**isolated_env, **FEATURES_ON}) as first:
         send(provisioned, clicks)
         wait_for(committed_to_the_end(provisioned), 60, "the clicks committed", first.log_text)
     first_triggers = trigger_list(provisioned)
     assert sorted(t.user_id for t in first_triggers) == sorted(users)
     assert {t.reason for t in first_triggers} == {Reason.HIGH_INTENT}
-    with worker(isolated_env) as second:
+    with worker({**isolated_env, **FEATURES_ON}) as second:
         send(provisioned, views)
         wait_for(committed_to_the_end(provisioned), 60, "the views committed", second.log_text)
     assert trigger_list(provisioned) == first_triggers  # nothing new
