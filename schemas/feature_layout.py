@@ -27,7 +27,8 @@ Hash fields:
     e:<event_id>              (users) the offset the event was first read at: a later
                               record with the same id within DEDUPE_OFFSETS of it is a
                               duplicate and counts in no feature
-    top, ts                   (users) the top category and its log2 score
+    top, ts, ac               (users) the top category, its log2 score, and how many
+                              categories the affinity set holds
     late                      (users) events beyond the allowed lateness, in no tile
     w:<partition>             (global) the newest event time the partition delivered
     o:<partition>             the highest events-topic offset of that partition applied

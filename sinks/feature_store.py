@@ -95,9 +95,37 @@ for _, kind in ipairs(cfg.counted) do counted[kind] = true end
 local LN2 = math.log(2)
 local log_weight = {}
 for kind, weight in pairs(cfg.weights) do log_weight[kind] = math.log(weight) / LN2 end
-local BASE = {u = {'t', 'pt', 's', 'sn', 'top', 'ts', 'late'}, p = {'t', 'pt'},
+local BASE = {u = {'t', 'pt', 's', 'sn', 'top', 'ts', 'late', 'ac'}, p = {'t', 'pt'},
   g = {'t', 'pt'}, t = {}}
 local floor, format = math.floor, string.format
+local has_dups = next(dups) ~= nil
+-- Number-to-string conversions (sprintf in Lua 5.1) are the script's main cost: each
+-- partition's field names and each tile's number are converted once per call.
+local fence_of, watermark_of, tile_text = {}, {}, {}
+local function fence_name(partition)
+  local name = fence_of[partition]
+  if not name then
+    name = 'o:' .. partition
+    fence_of[partition] = name
+  end
+  return name
+end
+local function watermark_name(partition)
+  local name = watermark_of[partition]
+  if not name then
+    name = 'w:' .. partition
+    watermark_of[partition] = name
+  end
+  return name
+end
+local function tile_name(etype, width, tile)
+  local text = tile_text[tile]
+  if not text then
+    text = tostring(tile)
+    tile_text[tile] = text
+  end
+  return 'n:' .. etype .. ':' .. width .. ':' .. text
+end
 local function lse(a, b)
   if a == nil then return b end
   if a < b then a, b = b, a end
@@ -130,12 +158,12 @@ for w = 1, #writes do
   local tiles = {}
   for i = 1, #events do
     local e = events[i]
-    local name = 'o:' .. e[1]
+    local name = fence_name(e[1])
     if not index[name] then
       n = n + 1
       names[n], index[name] = name, n
       if kind == 'g' then
-        name = 'w:' .. e[1]
+        name = watermark_name(e[1])
         n = n + 1
         names[n], index[name] = name, n
       end
@@ -144,7 +172,7 @@ for w = 1, #writes do
       local t = e[4]
       for j = 1, tiles_per_event do
         local width = tile_widths[j]
-        name = 'n:' .. e[3] .. ':' .. width .. ':' .. floor(t / widths[width])
+        name = tile_name(e[3], width, floor(t / widths[width]))
         tiles[(i - 1) * tiles_per_event + j] = name
         if not index[name] then
           n = n + 1
@@ -190,10 +218,10 @@ for w = 1, #writes do
     local partition, offset, etype, t, member = e[1], e[2], e[3], e[4], e[5]
     local fence = fences[partition]
     if fence == nil then
-      fence = tonumber(values['o:' .. partition] or '-1')
+      fence = tonumber(values[fence_name(partition)] or '-1')
       fences[partition], tops[partition] = fence, fence
     end
-    local dup = dups[partition .. ':' .. offset] or false
+    local dup = has_dups and dups[partition .. ':' .. offset] or false
     if is_user and e[7] ~= '' then
       local id_name = 'e:' .. e[7]
       local first = tonumber(values[id_name])
@@ -210,7 +238,7 @@ for w = 1, #writes do
       if offset > tops[partition] then tops[partition] = offset end
       if offset > newest_offset then newest_offset = offset end
       if kind == 'g' then
-        local name = 'w:' .. partition
+        local name = watermark_name(partition)
         if t > tonumber(values[name] or '-1') then
           values[name] = t
           changed[name] = true
@@ -277,9 +305,19 @@ for w = 1, #writes do
           top_after, top_score = member, score
         end
       end
-      if redis.call('ZADD', zkey, unpack(scored)) > 0 then
+      local added = redis.call('ZADD', zkey, unpack(scored))
+      if added > 0 then
+        -- Users keep their set's size in their hash (`ac`): trim only when it is over.
         local keep = is_trend and cfg.trending_keep or cfg.affinity_keep
-        redis.call('ZREMRANGEBYRANK', zkey, 0, -(keep + 1))
+        local size = is_user and tonumber(values['ac'] or '0') + added or keep + 1
+        if size > keep then
+          redis.call('ZREMRANGEBYRANK', zkey, 0, -(keep + 1))
+          size = keep
+        end
+        if is_user then
+          values['ac'] = size
+          changed['ac'] = true
+        end
       end
       redis.call('PEXPIRE', zkey, is_trend and cfg.trending_ttl or cfg.affinity_ttl)
       if is_user then
@@ -289,8 +327,8 @@ for w = 1, #writes do
     end
     for partition, highest in pairs(tops) do
       if highest > fences[partition] then
-        values['o:' .. partition] = highest
-        changed['o:' .. partition] = true
+        values[fence_name(partition)] = highest
+        changed[fence_name(partition)] = true
       end
     end
     local step, pruned = -1, nil
@@ -310,9 +348,9 @@ for w = 1, #writes do
     end
     local out, m = {}, 0
     for name in pairs(changed) do
-      local value = values[name]
-      out[m + 1] = name
-      out[m + 2] = type(value) == 'number' and format('%.17g', value) or value
+      -- Numbers here are whole (counts, times, offsets, steps), under 14 digits: Lua's own
+      -- conversion writes them exactly. Scores were formatted with %.17g above.
+      out[m + 1], out[m + 2] = name, values[name]
       m = m + 2
     end
     for i = 1, m, 1000 do
@@ -345,7 +383,10 @@ for w = 1, #writes do
   end
   if is_user then
     results[w] = {started, top_before, top_after, found}
-    for _, offset in ipairs(found) do dups[events[1][1] .. ':' .. offset] = true end
+    for _, offset in ipairs(found) do
+      dups[events[1][1] .. ':' .. offset] = true
+      has_dups = true
+    end
   else
     results[w] = {}
   end
