@@ -15,9 +15,9 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from jobs.event_log import counted_events, topic_records
 from jobs.traffic import TrafficParams, simulate
-from schemas.codec import decode_event
-from schemas.events import Event, EventType, InvalidEvent
+from schemas.events import Event, EventType
 from schemas.feature_layout import CountedEvent, fence_field, global_features_key
 from schemas.features import HOUR_MS, OfflineFeatures
 from schemas.triggers import RankTrigger, Reason, decode_trigger
@@ -32,52 +32,11 @@ FEATURES_ON = {"SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "
 
 
 def read_topic(settings: Settings, topic: str) -> dict[int, list[tuple[int, bytes | None]]]:
-    """Every record of `topic`, per partition in offset order: (offset, value)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"reader-{time.monotonic_ns()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        records: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in partitions}
-        deadline = time.monotonic() + 60
-        while any(len(records[p]) < ends[p] for p in partitions) and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=1.0):
-                if message.error() is None:
-                    records[message.partition()].append((message.offset(), message.value()))
-        return records
-    finally:
-        consumer.close()
+    return topic_records(settings.kafka_bootstrap, topic)
 
 
 def counted_log(settings: Settings) -> list[CountedEvent]:
-    log = []
-    for partition, records in read_topic(settings, settings.events_topic).items():
-        for offset, value in records:
-            try:
-                event = decode_event(value)
-            except InvalidEvent:
-                continue
-            log.append(
-                CountedEvent(
-                    event.user_id,
-                    event.event_type,
-                    event.event_time_ms,
-                    event.product_id,
-                    event.category_id,
-                    partition,
-                    offset,
-                    event.event_id,
-                )
-            )
+    log, _invalid = counted_events(settings.kafka_bootstrap, settings.events_topic)
     return log
 
 

@@ -1,0 +1,85 @@
+"""Read a topic from its start into memory: the event log the offline feature
+computation (`schemas.features.OfflineFeatures`) and the training job work from.
+
+Reads with an assigned consumer (no group join, nothing committed), every partition from
+offset 0 to its end as of the call, so a live worker's group is never disturbed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas.codec import decode_event
+from schemas.events import InvalidEvent
+from schemas.feature_layout import CountedEvent
+
+
+def topic_records(
+    bootstrap: str, topic: str, timeout_s: float = 60.0
+) -> dict[int, list[tuple[int, bytes | None]]]:
+    """Every record of `topic` up to its current end, per partition in offset order:
+    (offset, value). Raises TimeoutError if the end is not reached in `timeout_s`."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"event-log-{uuid.uuid4().hex[:8]}",  # required; never joined
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        records: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions if ends[p] > 0])
+        deadline = time.monotonic() + timeout_s
+
+        def behind() -> bool:
+            return any(
+                records[p][-1][0] + 1 < ends[p] if records[p] else ends[p] > 0 for p in partitions
+            )
+
+        while behind():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} to its end took over {timeout_s:.0f}s")
+            for message in consumer.consume(1000, timeout=0.5):
+                partition, offset = message.partition(), message.offset()
+                if message.error() is None and partition is not None and offset is not None:
+                    if offset < ends[partition]:
+                        records[partition].append((offset, message.value()))
+        return records
+    finally:
+        consumer.close()
+
+
+def counted_events(bootstrap: str, topic: str) -> tuple[list[CountedEvent], int]:
+    """The events of an events topic as the features count them (partition by partition,
+    in offset order), and how many records were not valid events (the worker
+    dead-letters those; they count nowhere)."""
+    log: list[CountedEvent] = []
+    invalid = 0
+    for partition, records in topic_records(bootstrap, topic).items():
+        for offset, value in records:
+            try:
+                event = decode_event(value)
+            except InvalidEvent:
+                invalid += 1
+                continue
+            log.append(
+                CountedEvent(
+                    event.user_id,
+                    event.event_type,
+                    event.event_time_ms,
+                    event.product_id,
+                    event.category_id,
+                    partition,
+                    offset,
+                    event.event_id,
+                )
+            )
+    return log, invalid
