@@ -49,9 +49,13 @@ def topic_records(
                 raise TimeoutError(f"reading {topic} to its end took over {timeout_s:.0f}s")
             for message in consumer.consume(1000, timeout=0.5):
                 partition, offset = message.partition(), message.offset()
-                if message.error() is None and partition is not None and offset is not None:
-                    if offset < ends[partition]:
-                        records[partition].append((offset, message.value()))
+                if (
+                    message.error() is None
+                    and partition is not None
+                    and offset is not None
+                    and offset < ends[partition]
+                ):
+                    records[partition].append((offset, message.value()))
         return records
     finally:
         consumer.close()
