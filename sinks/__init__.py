@@ -1,1 +1,2 @@
-"""Adapters to the stores the stream writes: Redis (hot tier) and CQL (cold tier)."""
+"""Adapters to the stores the stream writes and reads: Redis (hot tier, online features),
+CQL (cold tier), and Kafka for what the worker publishes (triggers) and producers send."""
