@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="worker + synthetic traffic + live rate + a user's last-k",
+        help="worker + synthetic traffic + live rate + a user's last-k and features",
         description="Start a worker, send synthetic traffic for a while, show the rate at which "
         "events land in Redis, then print one user's last-k. Needs the stack (signals-stack up).",
     )
@@ -430,12 +430,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     store = build_hot_store(settings)
     loop = asyncio.new_event_loop()
     applied_before = loop.run_until_complete(store.applied_count())
-    print(f"starting worker (log: {log_path})")
+    print(f"starting worker with features and triggers on (log: {log_path})")
+    # Off by default for now (README, Rolling features); at the demo's rate they keep up.
+    env = {**os.environ, "SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "true"}
     with log_path.open("ab") as log_file:
         worker = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "warning"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         start_ms = _wall_ms()

@@ -59,6 +59,8 @@ DEAD_LETTER_LOG_EVERY_S = 10.0
 RECORD_AGENT = "record-interactions"
 
 T = TypeVar("T")
+#: How often the trigger states of users quiet for a session gap are dropped.
+TRIGGER_STATE_PRUNE_MS = 60_000
 #: A batch whose store work takes longer than this is logged with where the time went.
 SLOW_BATCH_S = 0.25
 
@@ -187,6 +189,7 @@ class IngestPipeline:
         )
         self.trigger_states: dict[str, TriggerState] = {}
         self._trigger_state_ttl_ms = int(settings.inactivity_gap_s * 1000)
+        self._states_pruned_ms = 0
         self._dead_letters = dead_letters
         self._stopping = stopping
         self._clock_ms = clock_ms
@@ -391,8 +394,10 @@ class IngestPipeline:
         # A partition handed over is loaded again if it comes back: its new owner moved on.
         self._watermarks_known &= partitions
         self._watermarks = {p: w for p, w in self._watermarks.items() if p in partitions}
-        if self.trigger_states:
-            self.forget_trigger_states(self._clock_ms() - self._trigger_state_ttl_ms)
+        now_ms = self._clock_ms()
+        if self.trigger_states and now_ms - self._states_pruned_ms >= TRIGGER_STATE_PRUNE_MS:
+            self.forget_trigger_states(now_ms - self._trigger_state_ttl_ms)
+            self._states_pruned_ms = now_ms
         await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
         moved: int = await self._until_applied(
             self.sessions.flush_ended, self._clock_ms(), partitions
