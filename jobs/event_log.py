@@ -15,13 +15,16 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import decode_event
 from schemas.events import InvalidEvent
 from schemas.feature_layout import CountedEvent
+from streams.logic.admission import Limits, check_size, check_time
+
+#: (offset, value, timestamp in ms) of one record.
+Record = tuple[int, bytes | None, int]
 
 
-def topic_records(
-    bootstrap: str, topic: str, timeout_s: float = 60.0
-) -> dict[int, list[tuple[int, bytes | None]]]:
+def topic_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[int, list[Record]]:
     """Every record of `topic` up to its current end, per partition in offset order:
-    (offset, value). Raises TimeoutError if the end is not reached in `timeout_s`."""
+    (offset, value, record timestamp). Raises TimeoutError if the end is not reached in
+    `timeout_s`."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -35,7 +38,7 @@ def topic_records(
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
             for p in partitions
         }
-        records: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in partitions}
+        records: dict[int, list[Record]] = {p: [] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions if ends[p] > 0])
         deadline = time.monotonic() + timeout_s
 
@@ -55,22 +58,30 @@ def topic_records(
                     and offset is not None
                     and offset < ends[partition]
                 ):
-                    records[partition].append((offset, message.value()))
+                    records[partition].append((offset, message.value(), message.timestamp()[1]))
         return records
     finally:
         consumer.close()
 
 
-def counted_events(bootstrap: str, topic: str) -> tuple[list[CountedEvent], int]:
+def counted_events(
+    bootstrap: str, topic: str, limits: Limits | None = None
+) -> tuple[list[CountedEvent], int]:
     """The events of an events topic as the features count them (partition by partition,
-    in offset order), and how many records were not valid events (the worker
-    dead-letters those; they count nowhere)."""
+    in offset order), and how many records the worker dead-letters instead (they count
+    nowhere). With the worker's `limits`, records it rejects for their size or time are
+    left out too; "now" for the future-skew check is the record's timestamp (when it was
+    produced), which is about when a worker keeping up saw it."""
     log: list[CountedEvent] = []
     invalid = 0
     for partition, records in topic_records(bootstrap, topic).items():
-        for offset, value in records:
+        for offset, value, timestamp_ms in records:
             try:
+                if limits is not None:
+                    check_size(value, limits)
                 event = decode_event(value)
+                if limits is not None:
+                    check_time(event, timestamp_ms, limits)
             except InvalidEvent:
                 invalid += 1
                 continue

@@ -417,7 +417,8 @@ def plan_features(
     write and to the global one (which keeps the partition's watermark); events of the
     counted types with a product to the product's; events with a category and a weight
     to the category's trending write. User writes come first: they tell duplicates
-    (`is_duplicate`, kept in Redis) and the others leave those out. What a write does
+    (`is_duplicate`, kept in Redis) and the others leave those out; the global write comes
+    last. A record read twice within the batch is planned once. What a write does
     with its events is the script's (`sinks.feature_store`), with this module's arithmetic.
     """
     # Hot path (once per event in the worker): plain dicts of event lists per entity,
@@ -427,12 +428,18 @@ def plan_features(
     categories: dict[str, list[WriteEvent]] = {}
     every: list[WriteEvent] = []
     newest = dict(watermarks)
+    read_upto: dict[int, int] = {}  # partition -> highest offset planned so far
     late = 0
     lateness = config.allowed_lateness_ms
     weighted = frozenset(kind.value for kind in config.weights)
     counted_types = frozenset(kind.value for kind in PRODUCT_COUNTED_TYPES)
     # Positional unpacking: the worker passes plain tuples of CountedEvent's fields.
     for user, event_type, time_ms, product, category_id, partition, offset, event_id in events:
+        # A batch can hold a record twice (a fetch repeated after a rebalance, merged with
+        # the one before it): the fences only guard against what earlier calls applied.
+        if offset <= read_upto.get(partition, -1):
+            continue
+        read_upto[partition] = offset
         watermark = newest.get(partition)
         if watermark is None or time_ms > watermark:
             newest[partition] = time_ms
@@ -472,10 +479,6 @@ def plan_features(
         )
         for user, items in users.items()
     ]
-    if every:
-        writes.append(
-            FencedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), every[0][0], (), every)
-        )
     writes += [
         FencedWrite(
             WriteKind.PRODUCT,
@@ -498,6 +501,12 @@ def plan_features(
         )
         for category, items in categories.items()
     ]
+    # The global hash last: it keeps the partitions' watermarks, and a worker that finds
+    # them must not find them ahead of keys of this batch that were not written.
+    if every:
+        writes.append(
+            FencedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), every[0][0], (), every)
+        )
     return FeaturePlan(writes, late, newest)
 
 

@@ -282,7 +282,7 @@ for w = 1, #writes do
   end
   local top_before = values['top'] or ''
   local top_score = tonumber(values['ts'])
-  if is_user and top_before == '' and next(adds) then
+  if is_user and top_before == '' then
     -- The hash expired while the (longer-lived) affinity set did not: read its top.
     local best = redis.call('ZREVRANGE', zkey, 0, 0, 'WITHSCORES')
     if best[1] then
@@ -294,7 +294,11 @@ for w = 1, #writes do
     if zkey and next(adds) then
       local members = {}
       for member in pairs(adds) do members[#members + 1] = member end
-      local current = redis.call('ZMSCORE', zkey, unpack(members))
+      local current = {}
+      for i = 1, #members, 1000 do  -- unpack takes ~8000 values at most
+        local part = redis.call('ZMSCORE', zkey, unpack(members, i, math.min(i + 999, #members)))
+        for j = 1, #part do current[i + j - 1] = part[j] end
+      end
       local scored = {}
       for i, member in ipairs(members) do
         local score = lse(tonumber(current[i]), adds[member])
@@ -305,7 +309,10 @@ for w = 1, #writes do
           top_after, top_score = member, score
         end
       end
-      local added = redis.call('ZADD', zkey, unpack(scored))
+      local added = 0
+      for i = 1, #scored, 2000 do
+        added = added + redis.call('ZADD', zkey, unpack(scored, i, math.min(i + 1999, #scored)))
+      end
       if added > 0 then
         -- Users keep their set's size in their hash (`ac`): trim only when it is over.
         local keep = is_trend and cfg.trending_keep or cfg.affinity_keep
@@ -395,6 +402,9 @@ return results
 """
 
 
+_FIRST_AND_LAST = frozenset({WriteKind.USER, WriteKind.GLOBAL})
+
+
 class RedisFeatureStore:
     """The feature store on a single Redis or a Redis Cluster: writes and reads."""
 
@@ -424,9 +434,11 @@ class RedisFeatureStore:
             results = await self._script.run([self._call(plan.writes, [])])
             return self._outcomes([(plan.writes, results[0])])
         # A script call only reaches one slot: users' writes first, in one round trip,
-        # then everything else with the duplicates they found, in a second.
+        # then products and categories with the duplicates they found, in a second.
+        # The global hash (the partitions' watermarks) goes in a third, once the rest is in.
         users = [write for write in plan.writes if write.kind is WriteKind.USER]
-        others = [write for write in plan.writes if write.kind is not WriteKind.USER]
+        every = [write for write in plan.writes if write.kind is WriteKind.GLOBAL]
+        others = [write for write in plan.writes if write.kind not in _FIRST_AND_LAST]
         groups = by_slot(self._redis, users, lambda write: write.key)
         results = await self._script.run([self._call(group, []) for group in groups])
         outcomes = self._outcomes(list(zip(groups, results, strict=True)))
@@ -435,6 +447,8 @@ class RedisFeatureStore:
         ]
         rest = by_slot(self._redis, others, lambda write: write.key)
         await self._script.run([self._call(group, duplicates) for group in rest])
+        if every:
+            await self._script.run([self._call(every, duplicates)])
         return outcomes
 
     def _outcomes(

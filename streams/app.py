@@ -41,7 +41,6 @@ from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from sinks.trigger_producer import TriggerProducer
 from streams.logic.admission import (
-    Limits,
     check_size,
     check_time,
     dead_letter_headers,
@@ -198,11 +197,7 @@ class IngestPipeline:
         self._unreported: dict[str, int] = {}
         self._reported_at = -DEAD_LETTER_LOG_EVERY_S
         self._dead_letter_max_bytes = settings.dead_letter_max_bytes
-        self._limits = Limits(
-            max_payload_bytes=settings.max_payload_bytes,
-            max_future_skew_ms=settings.max_future_skew_s * 1000,
-            min_event_time_ms=settings.min_event_time_ms,
-        )
+        self._limits = settings.admission_limits()
 
     def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Admit a batch: decode and validate each event (CPU only, no I/O).
@@ -396,7 +391,10 @@ class IngestPipeline:
         self._watermarks = {p: w for p, w in self._watermarks.items() if p in partitions}
         now_ms = self._clock_ms()
         if self.trigger_states and now_ms - self._states_pruned_ms >= TRIGGER_STATE_PRUNE_MS:
-            self.forget_trigger_states(now_ms - self._trigger_state_ttl_ms)
+            # In event time, as the decisions are: a worker catching up on a backlog must
+            # not forget users who were active moments before in the stream.
+            stream_ms = max(self._watermarks.values(), default=now_ms)
+            self.forget_trigger_states(stream_ms - self._trigger_state_ttl_ms)
             self._states_pruned_ms = now_ms
         await self._until_applied(self.sessions.adopt, partitions, self._clock_ms())
         moved: int = await self._until_applied(

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from schemas.features import DEFAULT_WEIGHTS, FeatureConfig
+from streams.logic.admission import Limits
 
 #: Last-k per type, in the spirit of the seeds: many views, fewer high-intent actions.
 DEFAULT_LAST_K: dict[EventType, int] = {
@@ -207,6 +208,14 @@ class Settings(BaseSettings):
                 "from what the feature write reports (session starts, top categories)"
             )
         return self
+
+    def admission_limits(self) -> Limits:
+        """What the worker admits (bigger or mistimed events are dead-lettered)."""
+        return Limits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_future_skew_ms=self.max_future_skew_s * 1000,
+            min_event_time_ms=self.min_event_time_ms,
+        )
 
     def feature_config(self) -> FeatureConfig:
         """The feature definitions' settings."""

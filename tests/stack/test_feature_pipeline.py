@@ -32,11 +32,16 @@ FEATURES_ON = {"SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "
 
 
 def read_topic(settings: Settings, topic: str) -> dict[int, list[tuple[int, bytes | None]]]:
-    return topic_records(settings.kafka_bootstrap, topic)
+    return {
+        partition: [(offset, value) for offset, value, _ in records]
+        for partition, records in topic_records(settings.kafka_bootstrap, topic).items()
+    }
 
 
 def counted_log(settings: Settings) -> list[CountedEvent]:
-    log, _invalid = counted_events(settings.kafka_bootstrap, settings.events_topic)
+    log, _invalid = counted_events(
+        settings.kafka_bootstrap, settings.events_topic, settings.admission_limits()
+    )
     return log
 
 

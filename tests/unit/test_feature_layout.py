@@ -126,3 +126,14 @@ def test_the_session_rule_an_event_exactly_the_gap_after_joins() -> None:
     assert offline.user("u1", T0 + 2 * gap + 1).session_events == 2
     assert offline.user("u1", T0 + 3 * gap + 1).session_events == 2  # exactly the gap quiet
     assert offline.user("u1", T0 + 3 * gap + 2).session_events == 0  # over
+
+
+def test_a_record_read_twice_within_a_batch_is_planned_once() -> None:
+    """A fetch repeated after a rebalance can sit in one batch beside the first: the
+    fences only guard against earlier calls, so the plan itself keeps one copy."""
+    first = [event(150 + i, EventType.VIEW, T0 + i) for i in range(3)]
+    plan = plan_features([*first, *first, event(153, EventType.CLICK, T0 + 9)], "ix", {}, CONFIG)
+    for write in plan.writes:
+        offsets = [e[1] for e in write.events]
+        assert offsets == sorted(set(offsets)), write.kind
+    assert plan.writes[-1].kind is WriteKind.GLOBAL  # the watermarks' hash goes last
