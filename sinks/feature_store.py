@@ -53,7 +53,7 @@ class UserOutcome:
     top_before: str | None
     top_after: str | None
     partition: int = 0
-    duplicates: frozenset[int] = frozenset()  # offsets of the user's duplicate events
+    duplicates: frozenset[str] = frozenset()  # "partition:offset" of duplicate events
 
 
 class FeatureWriter(Protocol):
@@ -81,7 +81,7 @@ class FeatureWriter(Protocol):
 #: written with %.17g (Lua's own formatting keeps 14 digits). A user's top category and
 #: its score are kept in their hash (`top`, `ts`), so the top after a write needs no
 #: second read of the set. Returns, per write, {session started, top before, top after,
-#: {duplicate offsets}} for users and {} otherwise.
+#: {"partition:offset" of duplicates}} for users and {} otherwise.
 _FEATURES_LUA = """
 local cfg = cjson.decode(ARGV[1])
 local writes = cjson.decode(ARGV[2])
@@ -227,7 +227,7 @@ for w = 1, #writes do
       local first = tonumber(values[id_name])
       if first and first ~= offset and offset - first <= horizon then
         dup = true
-        found[#found + 1] = offset
+        found[#found + 1] = partition .. ':' .. offset
       elseif offset > fence and first ~= offset then
         values[id_name] = offset
         changed[id_name] = true
@@ -390,8 +390,8 @@ for w = 1, #writes do
   end
   if is_user then
     results[w] = {started, top_before, top_after, found}
-    for _, offset in ipairs(found) do
-      dups[events[1][1] .. ':' .. offset] = true
+    for _, known in ipairs(found) do
+      dups[known] = true
       has_dups = true
     end
   else
@@ -442,9 +442,7 @@ class RedisFeatureStore:
         groups = by_slot(self._redis, users, lambda write: write.key)
         results = await self._script.run([self._call(group, []) for group in groups])
         outcomes = self._outcomes(list(zip(groups, results, strict=True)))
-        duplicates = [
-            f"{o.partition}:{offset}" for o in outcomes.values() for offset in o.duplicates
-        ]
+        duplicates = [known for outcome in outcomes.values() for known in outcome.duplicates]
         rest = by_slot(self._redis, others, lambda write: write.key)
         await self._script.run([self._call(group, duplicates) for group in rest])
         if every:
@@ -467,7 +465,7 @@ class RedisFeatureStore:
                     _text(before) or None,
                     _text(after) or None,
                     write.partition,
-                    frozenset(int(offset) for offset in duplicates),
+                    frozenset(_text(known) for known in duplicates),
                 )
         return outcomes
 

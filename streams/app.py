@@ -315,11 +315,18 @@ class IngestPipeline:
                 continue
             outcome = outcomes.get(write.entity)
             state = states.get(write.entity)
+            # A state kept in memory remembers the offsets it decided on: events fetched
+            # again (after a rebalance) are left out. A fresh state (a restart, a partition
+            # taken over) decides on re-read events again, so a trigger lost in a crash
+            # goes out, with its old sequence.
+            decided_upto = state.decided_offset if state is not None else -1
             if state is None:
-                # Fresh (new user, or this worker restarted or just took the partition
-                # over): the store's top category before the batch, so none is invented.
+                # The store's top category before the batch, so none is invented.
                 state = TriggerState(top_category=outcome.top_before if outcome else None)
-            trigger, states[write.entity] = decide(state, _user_batch(write, outcome), rules)
+            batch = _user_batch(write, outcome, decided_upto)
+            if batch is None:
+                continue
+            trigger, states[write.entity] = decide(state, batch, rules)
             if trigger is None:
                 continue
             message = RankTrigger(
@@ -454,13 +461,20 @@ _HIGH_INTENT = frozenset(
 _VIEW = EventType.VIEW.value
 
 
-def _user_batch(write: FencedWrite, outcome: UserOutcome | None) -> UserBatch:
+def _user_batch(
+    write: FencedWrite, outcome: UserOutcome | None, decided_upto: int
+) -> UserBatch | None:
     """One user's signals in a batch, from their feature write (events in read order),
-    duplicates left out."""
+    without duplicates and without events at or below `decided_upto`; None if no event is
+    left."""
     duplicates = outcome.duplicates if outcome else frozenset()
-    events = [e for e in write.events if e[1] not in duplicates] if duplicates else write.events
+    events = [
+        e
+        for e in write.events
+        if e[1] > decided_upto and (not duplicates or f"{e[0]}:{e[1]}" not in duplicates)
+    ]
     if not events:
-        return UserBatch(newest_event_ms=write.events[-1][3], newest_offset=write.events[-1][1])
+        return None
     kinds = [e[2] for e in events]
     return UserBatch(
         newest_event_ms=max(e[3] for e in events),

@@ -48,6 +48,7 @@ class TriggerState:
     views_since: int = 0
     top_category: str | None = None  # as of the last trigger
     seen_ms: int | None = None  # newest event time of the user's batches
+    decided_offset: int = -1  # the highest offset decided on (the caller skips re-reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +86,9 @@ def decide(
         if state.seen_ms is None
         else max(state.seen_ms, batch.newest_event_ms)
     )
+    decided = max(state.decided_offset, batch.newest_offset)
     if reason is None or (debounced and reason is not Reason.HIGH_INTENT):
-        return None, replace(state, views_since=views, seen_ms=seen)
+        return None, replace(state, views_since=views, seen_ms=seen, decided_offset=decided)
     trigger = Trigger(batch.newest_offset, reason, batch.newest_event_ms, batch.newest_offset)
     last = max(state.last_trigger_ms or batch.newest_event_ms, batch.newest_event_ms)
     return trigger, TriggerState(
@@ -94,6 +96,7 @@ def decide(
         views_since=0,
         top_category=batch.top_category or state.top_category,
         seen_ms=seen,
+        decided_offset=decided,
     )
 
 

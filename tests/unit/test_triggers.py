@@ -107,3 +107,12 @@ def test_a_fresh_state_with_the_stored_top_category_invents_no_change() -> None:
     before the batch: an unchanged one fires nothing, however many users come back."""
     trigger, _ = decide(TriggerState(top_category="c1"), batch(0, top_category="c1"), RULES)
     assert trigger is None
+
+
+def test_the_state_remembers_the_offsets_it_decided_on() -> None:
+    """The worker leaves out events at or below `decided_offset` (a batch fetched again
+    after a rebalance), so their views are not counted twice."""
+    _, state = decide(TriggerState(), batch(100, views=2), RULES)
+    assert state.decided_offset == 100
+    _, state = decide(state, batch(50, views=1), RULES)  # never moves back
+    assert state.decided_offset == 100
