@@ -373,31 +373,27 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:  # noqa:
     # Phase 1: the worker, and a poller that sees probes appear in Redis.
     sent, poll_seen, stop = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event()
     poll_out: mp.Queue[dict[int, float]] = ctx.Queue()
-    poller = ctx.Process(
-        target=poll_redis,
-        kwargs={
-            "redis_url": settings.redis_url,
-            "prefix": settings.redis_key_prefix,
-            "sent": sent,
-            "seen": poll_seen,
-            "stop": stop,
-            "out": poll_out,
-        },
-    )
+
+    def poller_of(
+        seen: Synchronized[int], out: mp.Queue[dict[int, float]], *, features: bool
+    ) -> Any:
+        return ctx.Process(
+            target=poll_redis,
+            kwargs={
+                "redis_url": settings.redis_url,
+                "prefix": settings.redis_key_prefix,
+                "sent": sent,
+                "seen": seen,
+                "stop": stop,
+                "out": out,
+                "features": features,
+            },
+        )
+
+    poller = poller_of(poll_seen, poll_out, features=False)
     feature_seen = ctx.Value("q", 0)
     feature_out: mp.Queue[dict[int, float]] = ctx.Queue()
-    feature_poller = ctx.Process(
-        target=poll_redis,
-        kwargs={
-            "redis_url": settings.redis_url,
-            "prefix": settings.redis_key_prefix,
-            "sent": sent,
-            "seen": feature_seen,
-            "stop": stop,
-            "out": feature_out,
-            "features": True,
-        },
-    )
+    feature_poller = poller_of(feature_seen, feature_out, features=True)
     # Each probe is a new user's first event: a session start, so it triggers a re-rank.
     trigger_seen, trigger_ready = ctx.Value("q", 0), ctx.Event()
     trigger_out: mp.Queue[dict[int, float]] = ctx.Queue()

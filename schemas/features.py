@@ -54,7 +54,7 @@ scores of different entities compare directly (a sorted set's score). The score 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from schemas.events import EventType
@@ -467,40 +467,29 @@ def plan_features(
             if found is None:
                 found = categories[category] = []
             found.append((partition, offset, kind, time_ms, product, is_late, ""))
+
+    def writes_of(
+        kind: WriteKind,
+        grouped: dict[str, list[WriteEvent]],
+        key: Callable[[str, str], str],
+        also: Callable[[str, str], str] | None = None,
+    ) -> list[FencedWrite]:
+        return [
+            FencedWrite(
+                kind,
+                entity,
+                key(prefix, entity),
+                items[0][0],
+                (also(prefix, entity),) if also else (),
+                items,
+            )
+            for entity, items in grouped.items()
+        ]
+
     # Users first: their writes find the duplicates the others then leave out.
-    writes = [
-        FencedWrite(
-            WriteKind.USER,
-            user,
-            user_features_key(prefix, user),
-            items[0][0],
-            (user_affinity_key(prefix, user),),
-            items,
-        )
-        for user, items in users.items()
-    ]
-    writes += [
-        FencedWrite(
-            WriteKind.PRODUCT,
-            product,
-            product_features_key(prefix, product),
-            items[0][0],
-            (),
-            items,
-        )
-        for product, items in products.items()
-    ]
-    writes += [
-        FencedWrite(
-            WriteKind.TRENDING,
-            category,
-            trending_fence_key(prefix, category),
-            items[0][0],
-            (trending_key(prefix, category),),
-            items,
-        )
-        for category, items in categories.items()
-    ]
+    writes = writes_of(WriteKind.USER, users, user_features_key, user_affinity_key)
+    writes += writes_of(WriteKind.PRODUCT, products, product_features_key)
+    writes += writes_of(WriteKind.TRENDING, categories, trending_fence_key, trending_key)
     # The global hash last: it keeps the partitions' watermarks, and a worker that finds
     # them must not find them ahead of keys of this batch that were not written.
     if every:

@@ -101,23 +101,20 @@ local floor, format = math.floor, string.format
 local has_dups = next(dups) ~= nil
 -- Number-to-string conversions (sprintf in Lua 5.1) are the script's main cost: each
 -- partition's field names and each tile's number are converted once per call.
-local fence_of, watermark_of, tile_text = {}, {}, {}
-local function fence_name(partition)
-  local name = fence_of[partition]
-  if not name then
-    name = 'o:' .. partition
-    fence_of[partition] = name
+local tile_text = {}
+local function named(prefix)
+  -- prefix .. number, converted once per call.
+  local names = {}
+  return function(number)
+    local name = names[number]
+    if not name then
+      name = prefix .. number
+      names[number] = name
+    end
+    return name
   end
-  return name
 end
-local function watermark_name(partition)
-  local name = watermark_of[partition]
-  if not name then
-    name = 'w:' .. partition
-    watermark_of[partition] = name
-  end
-  return name
-end
+local fence_name, watermark_name = named('o:'), named('w:')
 local function tile_name(etype, width, tile)
   local text = tile_text[tile]
   if not text then
