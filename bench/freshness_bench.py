@@ -627,21 +627,16 @@ def report(r: dict[str, Any]) -> None:
             "ms",
             f"raw aiokafka produce -> consumed {q}: {floor[f'{q}_ms']:,.1f} ms (floor)",
         )
-    if r.get("feature_freshness"):
-        for q in ("p50", "p99"):
+    for key, what, target in (
+        ("feature_freshness", "feature in Redis", FEATURE_TARGET_P99_MS),
+        ("trigger_freshness", "trigger on its topic", TRIGGER_TARGET_P99_MS),
+    ):
+        for q in ("p50", "p99") if r.get(key) else ():
             table.add(
-                f"produce -> feature in Redis, {q}",
-                r["feature_freshness"][f"{q}_ms"],
+                f"produce -> {what}, {q}",
+                r[key][f"{q}_ms"],
                 "ms",
-                f"target p99 <= {FEATURE_TARGET_P99_MS:.0f} ms" if q == "p99" else "",
-            )
-    if r.get("trigger_freshness"):
-        for q in ("p50", "p99"):
-            table.add(
-                f"produce -> trigger on its topic, {q}",
-                r["trigger_freshness"][f"{q}_ms"],
-                "ms",
-                f"target p99 <= {TRIGGER_TARGET_P99_MS:.0f} ms" if q == "p99" else "",
+                f"target p99 <= {target:.0f} ms" if q == "p99" else "",
             )
     table.add("background rate achieved", r["rate_achieved"], "events/s")
     table.add(

@@ -630,33 +630,39 @@ class OfflineFeatures:
 
     def affinity_scores(self, user_id: str, at_ms: int) -> dict[str, float]:
         """Per category, the user's log2 decayed score over events at or before `at_ms`."""
-        scores: dict[str, float] = {}
-        for item in self._by_user.get(user_id, []):
-            event = item.event
-            weight = self.config.weights.get(event.event_type)
-            if event.event_time_ms > at_ms or not event.category_id or weight is None:
-                continue
-            scores[event.category_id] = decayed_add(
-                scores.get(event.category_id, EMPTY_DECAYED),
-                weight,
-                event.event_time_ms,
-                self.config.affinity_half_life_ms,
-            )
-        return scores
+        return self._decayed(
+            self._by_user.get(user_id, []),
+            lambda event: event.category_id,
+            at_ms,
+            self.config.affinity_half_life_ms,
+        )
 
     def trending_scores(self, category_id: str, at_ms: int) -> dict[str, float]:
         """Per product of the category, its log2 decayed popularity at `at_ms`."""
+        return self._decayed(
+            self._by_category.get(category_id, []),
+            lambda event: event.product_id,
+            at_ms,
+            self.config.trending_half_life_ms,
+        )
+
+    def _decayed(
+        self,
+        logged: Iterable[_Logged],
+        member_of: Callable[[CountedEvent], str | None],
+        at_ms: int,
+        half_life_ms: int,
+    ) -> dict[str, float]:
+        """Per member, the log2 decayed sum of the weighted events at or before `at_ms`."""
         scores: dict[str, float] = {}
-        for item in self._by_category.get(category_id, []):
+        for item in logged:
             event = item.event
             weight = self.config.weights.get(event.event_type)
-            if event.event_time_ms > at_ms or weight is None or event.product_id is None:
+            member = member_of(event)
+            if event.event_time_ms > at_ms or weight is None or not member:
                 continue
-            scores[event.product_id] = decayed_add(
-                scores.get(event.product_id, EMPTY_DECAYED),
-                weight,
-                event.event_time_ms,
-                self.config.trending_half_life_ms,
+            scores[member] = decayed_add(
+                scores.get(member, EMPTY_DECAYED), weight, event.event_time_ms, half_life_ms
             )
         return scores
 

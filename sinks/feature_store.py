@@ -128,6 +128,14 @@ local function lse(a, b)
   if a < b then a, b = b, a end
   return a + math.log(1 + 2 ^ (b - a)) / LN2
 end
+local function want(names, index, n, name)
+  -- Adds a field name to a write's HMGET list once; returns the list's length.
+  if not index[name] then
+    n = n + 1
+    names[n], index[name] = name, n
+  end
+  return n
+end
 local function above(a_score, a_member, b_score, b_member)
   -- ZREVRANGE's order: higher score first, then the greater member.
   return a_score > b_score or (a_score == b_score and a_member > b_member)
@@ -171,26 +179,17 @@ for w = 1, #writes do
         local width = tile_widths[j]
         name = tile_name(e[3], width, floor(t / widths[width]))
         tiles[(i - 1) * tiles_per_event + j] = name
-        if not index[name] then
-          n = n + 1
-          names[n], index[name] = name, n
-        end
+        n = want(names, index, n, name)
       end
     end
     if is_user then
       if e[5] ~= '' then
         name = 'c:' .. e[5]
-        if not index[name] then
-          n = n + 1
-          names[n], index[name] = name, n
-        end
+        n = want(names, index, n, name)
       end
       if e[7] ~= '' then
         name = 'e:' .. e[7]
-        if not index[name] then
-          n = n + 1
-          names[n], index[name] = name, n
-        end
+        n = want(names, index, n, name)
       end
     end
   end
