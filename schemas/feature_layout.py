@@ -1,8 +1,6 @@
 """The online feature store's layout: a public contract, like the hot tier's.
 
-    <prefix>:f:u:{<user_id>}     hash: one user's windowed counts, session and recency
-    <prefix>:f:a:{<user_id>}     sorted set: the user's category affinity, member =
-                                 category id, score = log2 decayed score (see below)
+    <prefix>:f:u:{<user_id>}     string: one user's features, `<fence>|<JSON>` (below)
     <prefix>:f:p:{<product_id>}  hash: one product's windowed counts
     <prefix>:f:g                 hash: the same counts over every product (the global
                                  rates products are smoothed toward) and each events
@@ -11,47 +9,59 @@
                                  product id, score = log2 decayed popularity
     <prefix>:f:tf:{<category_id>} hash: the fences of that sorted set
 
-A user's keys carry the same hash tag as their last-k keys (one Redis Cluster slot), a
+A user's key carries the same hash tag as their last-k keys (one Redis Cluster slot), a
 category's two keys share theirs. Ids in keys have `%`, `{` and `}` written as `%25`,
 `%7B` and `%7D` (`key_part`), so no id can split or empty a hash tag.
 
-Hash fields:
+A user's value is the highest offset of their events partition applied (the fence), a
+`|`, and a JSON object (`schemas.features.encode_user_share`):
+
+    p        the events partition the user's events come from
+    t        the newest event time applied (ms); null before any
+    s, sn    the current session's start time and its events
+    late     events beyond the allowed lateness, in no tile
+    pt       the 5-minute step of the last pruning (below)
+    n        {"n:<type>:<width>:<tile>": events}: the tiles, for the widths 1m, 5m, 1h
+    c        {category id: the newest event time in that category}
+    e        {event id: the offset it was first read at}: a later record with the same
+             id within DEDUPE_OFFSETS of it is a duplicate and counts in no feature
+    a        {category id: log2 decayed affinity}, at most `affinity_keep` categories
+
+The user's partition owns the value: the worker reads it, applies the batch in Python
+(`schemas.features.advance_user`) and writes it back only if the stored fence is still
+the one it read (a check-and-set in one script call), so a batch read again after a crash
+or a rebalance changes nothing, and a worker that lost the partition cannot overwrite its
+successor's writes. The key expires `DECAYED_TTL_HALF_LIVES` affinity half-lives after
+its last write (the affinity must outlive the counts; reads ignore tiles out of window).
+
+Product, global and trending-fence hash fields:
 
     n:<type>:<width>:<tile>   events of that type in tile <tile> = event time // width,
-                              for the tile widths 1m, 5m and 1h (users: all three and
-                              every type; products and the global hash: 5m and 1h of
-                              view, click, add_to_cart and order)
+                              for the tile widths 5m and 1h, of view, click,
+                              add_to_cart and order
     t                         the newest event time applied (ms)
-    s, sn                     (users) the current session's start time and its events
-    c:<category_id>           (users) the newest event time in that category
-    e:<event_id>              (users) the offset the event was first read at: a later
-                              record with the same id within DEDUPE_OFFSETS of it is a
-                              duplicate and counts in no feature
-    top, ts, ac               (users) the top category, its log2 score, and how many
-                              categories the affinity set holds
-    late                      (users) events beyond the allowed lateness, in no tile
     w:<partition>             (global) the newest event time the partition delivered
     o:<partition>             the highest events-topic offset of that partition applied
                               to this key: the fence
     pt                        the 5-minute step of the last pruning: tiles no window
-                              at the newest event covers, categories out of the 24h
-                              window and event ids beyond DEDUPE_OFFSETS are dropped
+                              at the newest event covers are dropped
 
 Decayed scores are stored as `L = log2(sum(w * 2 ** (t / h)))` (`schemas.features`): the
 score at time T is `2 ** (L - T / h)`, and ordering by L is ordering by score at any T.
 
-Every write is fenced: per key and source partition the write carries each event's
-offset, and the script applies only events above the key's fence, then raises it. A
-batch read again after a crash or a rebalance (in part or whole) changes nothing; a
-user's events come from one partition, a product's from all, hence one fence per
-partition. The fence lives in the key it guards (the affinity set in the user's hash,
-a trending set in its `tf` hash), so check and write are one script call per slot.
+These keys collect events from every partition, so they take increments, fenced: per key
+and source partition a batch's events arrive as one group with their lowest and highest
+offsets, and the script adds the group whole when all of it is above the key's fence for
+that partition, skips it when none is, and otherwise hands it back to be cut at the fence
+(only after a crash or a rebalance), then raises the fence. The fence lives in the key it
+guards (a trending set's in its `tf` hash), so check and write are one script call per
+slot. A hash's TTL is refreshed when its pruning step moves, so it outlives its last
+write by at least COUNTER_TTL_MS.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -81,11 +91,6 @@ COUNTER_TTL_MS = 26 * 3_600_000
 #: in them is below 2^-10 of what it was, indistinguishable from gone.
 DECAYED_TTL_HALF_LIVES = 10
 
-LATE_FIELD = "late"
-NEWEST_FIELD = "t"
-SESSION_START_FIELD = "s"
-SESSION_EVENTS_FIELD = "sn"
-
 
 class WriteKind(StrEnum):
     """What the write script does with a key's events (its one-letter wire name)."""
@@ -110,10 +115,6 @@ def user_features_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:f:u:{{{key_part(user_id)}}}"
 
 
-def user_affinity_key(prefix: str, user_id: str) -> str:
-    return f"{prefix}:f:a:{{{key_part(user_id)}}}"
-
-
 def product_features_key(prefix: str, product_id: str) -> str:
     return f"{prefix}:f:p:{{{key_part(product_id)}}}"
 
@@ -132,10 +133,6 @@ def trending_fence_key(prefix: str, category_id: str) -> str:
 
 def count_field(event_type: EventType | str, width: str, event_time_ms: int) -> str:
     return f"n:{EventType(event_type).value}:{width}:{event_time_ms // TILE_WIDTHS[width]}"
-
-
-def category_field(category_id: str) -> str:
-    return f"c:{category_id}"
 
 
 def fence_field(partition: int) -> str:
@@ -170,27 +167,3 @@ class CountedEvent(NamedTuple):
     partition: int
     offset: int
     event_id: str = ""
-
-
-#: One event of a write: (partition, offset, event type, event time, member, too late,
-#: event id). The member is the category (user writes), the product (trending writes) or
-#: "" (none); the event id is sent with user writes only ("" otherwise).
-WriteEvent = tuple[int, int, str, int, str, int, str]
-
-
-@dataclass(slots=True)
-class FencedWrite:
-    """One key's share of a batch, in read order (each event names its partition: a
-    product's come from all of them); `also` are the keys its fences also guard, in its
-    slot (users: the affinity set; trending: the products)."""
-
-    kind: WriteKind
-    entity: str  # the user, product or category id ("" for the global hash)
-    key: str
-    partition: int  # of its first event (a user's events all come from one)
-    also: tuple[str, ...] = ()
-    events: list[WriteEvent] = field(default_factory=list)
-
-    @property
-    def keys(self) -> list[str]:
-        return [self.key, *self.also]

@@ -56,23 +56,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from schemas.events import EventType
 from schemas.feature_layout import (
     COUNTER_TTL_MS,
     DECAYED_TTL_HALF_LIVES,
     DEDUPE_OFFSETS,
-    LATE_FIELD,
-    NEWEST_FIELD,
     PRODUCT_COUNTED_TYPES,
     PRODUCT_TILE_WIDTHS,
-    SESSION_EVENTS_FIELD,
+    PRUNE_EVERY_MS,
     TILE_WIDTHS,
     USER_TILE_WIDTHS,
     WIDTH_NAMES,
     CountedEvent,
-    FencedWrite,
-    WriteEvent,
     WriteKind,
     advanced,
     count_field,
@@ -81,8 +80,6 @@ from schemas.feature_layout import (
     too_late,
     trending_fence_key,
     trending_key,
-    user_affinity_key,
-    user_features_key,
 )
 
 MINUTE_MS = 60_000
@@ -165,6 +162,10 @@ class FeatureConfig:
     affinity_keep: int = 200
     trending_keep: int = 500
     counter_ttl_ms: int = COUNTER_TTL_MS
+    #: log2 of each weight by the type's wire name (derived: what the hot paths use).
+    log2_weights: Mapping[str, float] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0 or self.session_gap_ms <= 0:
@@ -173,6 +174,8 @@ class FeatureConfig:
             raise ValueError("half-lives must be positive")
         if any(weight <= 0 for weight in self.weights.values()):
             raise ValueError("event weights must be positive (leave a type out for none)")
+        logs = {EventType(kind).value: math.log2(weight) for kind, weight in self.weights.items()}
+        object.__setattr__(self, "log2_weights", logs)
 
     @property
     def affinity_ttl_ms(self) -> int:
@@ -309,44 +312,29 @@ def top_decayed(
     return [(member, decayed_value(score, at_ms, half_life_ms)) for member, score in ranked]
 
 
-def _parse_user_hash(fields: Mapping[str, str]) -> tuple[dict[str, int], UserState]:
-    tiles: dict[str, int] = {}
-    categories: dict[str, int] = {}
-    for name, value in fields.items():
-        if name.startswith("n:"):
-            tiles[name] = int(value)
-        elif name.startswith("c:"):
-            categories[name[2:]] = int(value)
-    newest = fields.get(NEWEST_FIELD)
-    return tiles, UserState(
-        newest_ms=int(newest) if newest is not None else None,
-        session_events=int(fields.get(SESSION_EVENTS_FIELD, 0)),
-        late_events=int(fields.get(LATE_FIELD, 0)),
-        category_newest_ms=categories,
-    )
-
-
 def user_features_of(
     user_id: str,
-    fields: Mapping[str, str],
-    affinity: Iterable[tuple[str, float]],
+    share: UserShare | None,
     *,
     at_ms: int,
     config: FeatureConfig,
     top_n: int = 5,
 ) -> UserFeatures:
-    """The online read: a user's features at `at_ms` from their stored hash and affinity
-    set (log2 scores)."""
-    tiles, state = _parse_user_hash(fields)
+    """The online read: a user's features at `at_ms` from their stored share (None: no
+    event of theirs is stored)."""
+    share = share if share is not None else UserShare()
+    state = UserState(share.newest_ms, share.session_events, share.late_events, share.categories)
     return UserFeatures(
         user_id=user_id,
         at_ms=at_ms,
-        counts=window_counts(tiles, WINDOWS, EventType, at_ms),
-        distinct_categories_24h=distinct_categories_at(state.category_newest_ms, at_ms),
-        ms_since_previous=None if state.newest_ms is None else at_ms - state.newest_ms,
+        counts=window_counts(share.tiles, WINDOWS, EventType, at_ms),
+        distinct_categories_24h=distinct_categories_at(share.categories, at_ms),
+        ms_since_previous=None if share.newest_ms is None else at_ms - share.newest_ms,
         session_events=session_events_at(state, at_ms, config),
-        late_events=state.late_events,
-        top_categories=top_decayed(affinity, at_ms, config.affinity_half_life_ms, top_n),
+        late_events=share.late_events,
+        top_categories=top_decayed(
+            share.affinity.items(), at_ms, config.affinity_half_life_ms, top_n
+        ),
     )
 
 
@@ -395,48 +383,43 @@ def product_features_of(
 
 # --- The live worker's write plan ------------------------------------------------------
 
+#: One event as the worker plans it: (partition, offset, event type, event time,
+#: category or "", too late (0/1), event id or "", product or ""). A plain tuple: the
+#: worker builds one per event.
+PlannedEvent = tuple[int, int, str, int, str, int, str, str]
+
 
 @dataclass(frozen=True, slots=True)
 class FeaturePlan:
-    writes: list[FencedWrite]
+    """A batch's events per user, in read order, with lateness decided."""
+
+    users: dict[str, list[PlannedEvent]]
     too_late: int  # events of this batch too late for their tiles
     watermarks: dict[int, int]  # each partition's watermark after the batch
 
 
 def plan_features(
     events: Iterable[CountedEvent],
-    prefix: str,
     watermarks: Mapping[int, int],
     config: FeatureConfig,
 ) -> FeaturePlan:
-    """A batch's fenced writes, in the order its events were read.
+    """Group a batch's events by user, in the order they were read.
 
     `watermarks` is each partition's newest event time before this batch; it advances
     through the batch event by event, so the too-late decision is the one an in-order
-    replay of the partition makes (`OfflineFeatures`). Every event goes to its user's
-    write and to the global one (which keeps the partition's watermark); events of the
-    counted types with a product to the product's; events with a category and a weight
-    to the category's trending write. User writes come first: they tell duplicates
-    (`is_duplicate`, kept in Redis) and the others leave those out; the global write comes
-    last. A record read twice within the batch is planned once. What a write does
-    with its events is the script's (`sinks.feature_store`), with this module's arithmetic.
+    replay of the partition makes (`OfflineFeatures`). A record read twice within the
+    batch is planned once. What the writes are follows from the users' stored shares
+    (`advance_user`, then `shared_writes`).
     """
-    # Hot path (once per event in the worker): plain dicts of event lists per entity,
-    # keys built once per entity at the end, nothing but appends per event.
-    users: dict[str, list[WriteEvent]] = {}
-    products: dict[str, list[WriteEvent]] = {}
-    categories: dict[str, list[WriteEvent]] = {}
-    every: list[WriteEvent] = []
+    users: dict[str, list[PlannedEvent]] = {}
     newest = dict(watermarks)
     read_upto: dict[int, int] = {}  # partition -> highest offset planned so far
     late = 0
     lateness = config.allowed_lateness_ms
-    weighted = frozenset(kind.value for kind in config.weights)
-    counted_types = frozenset(kind.value for kind in PRODUCT_COUNTED_TYPES)
     # Positional unpacking: the worker passes plain tuples of CountedEvent's fields.
     for user, event_type, time_ms, product, category_id, partition, offset, event_id in events:
         # A batch can hold a record twice (a fetch repeated after a rebalance, merged with
-        # the one before it): the fences only guard against what earlier calls applied.
+        # the one before it): the fences only guard against what earlier writes applied.
         if offset <= read_upto.get(partition, -1):
             continue
         read_upto[partition] = offset
@@ -447,56 +430,359 @@ def plan_features(
         else:
             is_late = 1 if time_ms < watermark - lateness else 0
             late += is_late
-        kind = event_type._value_  # the wire name, a plain str (hashes in C, unlike the enum)
-        category = category_id or ""
-        item = (partition, offset, kind, time_ms, category, is_late, "")
+        item = (
+            partition,
+            offset,
+            event_type._value_,  # the wire name, a plain str (hashes in C, unlike the enum)
+            time_ms,
+            category_id or "",
+            is_late,
+            event_id,
+            product or "",
+        )
         found = users.get(user)
         if found is None:
-            found = users[user] = []
-        found.append((partition, offset, kind, time_ms, category, is_late, event_id))
-        every.append(item)  # every event: the global hash keeps the partition's watermark
-        if product is None:
-            continue
-        if kind in counted_types:
-            found = products.get(product)
-            if found is None:
-                found = products[product] = []
+            users[user] = [item]
+        else:
             found.append(item)
-        if category and kind in weighted:
-            found = categories.get(category)
-            if found is None:
-                found = categories[category] = []
-            found.append((partition, offset, kind, time_ms, product, is_late, ""))
+    return FeaturePlan(users, late, newest)
 
-    def writes_of(
-        kind: WriteKind,
-        grouped: dict[str, list[WriteEvent]],
-        key: Callable[[str, str], str],
-        also: Callable[[str, str], str] | None = None,
-    ) -> list[FencedWrite]:
-        return [
-            FencedWrite(
-                kind,
-                entity,
-                key(prefix, entity),
-                items[0][0],
-                (also(prefix, entity),) if also else (),
-                items,
+
+@dataclass(slots=True)
+class UserShare:
+    """A user's stored features (their one key, `schemas.feature_layout`), as the worker
+    updates them. Tiles are named like the count fields of the product hashes."""
+
+    partition: int = -1
+    fence: int = -1  # the highest offset of the user's partition applied
+    newest_ms: int | None = None
+    session_start_ms: int | None = None
+    session_events: int = 0
+    late_events: int = 0
+    prune_step: int | None = None
+    tiles: dict[str, int] = field(default_factory=dict)  # count_field name -> events
+    categories: dict[str, int] = field(default_factory=dict)  # category -> newest time
+    event_ids: dict[str, int] = field(default_factory=dict)  # event id -> first offset
+    affinity: dict[str, float] = field(default_factory=dict)  # category -> log2 score
+
+    def top_category(self) -> str | None:
+        """The highest affinity, ties to the greater id (a sorted set's ZREVRANGE order)."""
+        if not self.affinity:
+            return None
+        return max(self.affinity.items(), key=_score_then_member)[0]
+
+
+def _score_then_member(pair: tuple[str, float]) -> tuple[float, str]:
+    return pair[1], pair[0]
+
+
+def encode_user_share(share: UserShare) -> bytes:
+    """The stored value: `<fence>|<JSON>` (the layout's docstring names the fields)."""
+    body = {
+        "p": share.partition,
+        "t": share.newest_ms,
+        "s": share.session_start_ms,
+        "sn": share.session_events,
+        "late": share.late_events,
+        "pt": share.prune_step,
+        "n": share.tiles,
+        "c": share.categories,
+        "e": share.event_ids,
+        "a": share.affinity,
+    }
+    return b"%d|%b" % (share.fence, orjson.dumps(body))
+
+
+def decode_user_share(value: bytes | str) -> UserShare:
+    raw = value.encode() if isinstance(value, str) else value
+    fence, _, body = raw.partition(b"|")
+    fields = orjson.loads(body)
+    return UserShare(
+        partition=fields["p"],
+        fence=int(fence),
+        newest_ms=fields["t"],
+        session_start_ms=fields["s"],
+        session_events=fields["sn"],
+        late_events=fields["late"],
+        prune_step=fields["pt"],
+        tiles=fields["n"],
+        categories=fields["c"],
+        event_ids=fields["e"],
+        affinity=fields["a"],
+    )
+
+
+@dataclass(slots=True)
+class UserStep:
+    """What one batch did to a user: the share to store (None: nothing above its fence),
+    for the triggers whether a session started and the top category before and after,
+    the duplicates ("partition:offset"), and the events that are not duplicates (those at
+    or below the user's fence too: the shared keys have fences of their own)."""
+
+    share: UserShare | None
+    session_started: bool
+    top_before: str | None
+    top_after: str | None
+    duplicates: list[str]
+    kept: list[PlannedEvent]
+
+
+def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
+    stored: UserShare | None, events: Sequence[PlannedEvent], config: FeatureConfig
+) -> UserStep:
+    """Apply a user's events of a batch (read order) to their stored share.
+
+    Events at or below the share's fence were applied before (a batch read again) and
+    change nothing, but are still told apart as duplicates or not (`is_duplicate`'s rule:
+    an id first read at another offset at most DEDUPE_OFFSETS before)."""
+    share = stored if stored is not None else UserShare(partition=events[0][0])
+    top_before = share.top_category()
+    fence = share.fence
+    newest = share.newest_ms
+    session_start, session_events = share.session_start_ms, share.session_events
+    tiles, categories, ids, affinity = (
+        share.tiles,
+        share.categories,
+        share.event_ids,
+        share.affinity,
+    )
+    log_weights = config.log2_weights
+    gap, half_life = config.session_gap_ms, config.affinity_half_life_ms
+    started = moved = False
+    highest = fence
+    duplicates: list[str] = []
+    kept: list[PlannedEvent] = []
+    for event in events:
+        partition, offset, kind, time_ms, category, is_late, event_id, _product = event
+        duplicate = False
+        if event_id:
+            first = ids.get(event_id)
+            if first is not None and first != offset and offset - first <= DEDUPE_OFFSETS:
+                duplicate = True
+                duplicates.append(f"{partition}:{offset}")
+            elif offset > fence and first != offset:
+                ids[event_id] = offset
+        if not duplicate:
+            kept.append(event)
+        if offset <= fence:
+            continue
+        moved = True
+        highest = max(highest, offset)
+        if duplicate:
+            continue
+        if is_late:
+            share.late_events += 1
+        else:
+            for width, width_ms in _USER_WIDTHS:
+                name = f"n:{kind}:{width}:{time_ms // width_ms}"
+                tiles[name] = tiles.get(name, 0) + 1
+        if newest is None or time_ms > newest + gap:
+            session_start, session_events, started = time_ms, 1, True
+        else:
+            session_events += 1
+        if newest is None or time_ms > newest:
+            newest = time_ms
+        if category:
+            if time_ms > categories.get(category, -1):
+                categories[category] = time_ms
+            log_weight = log_weights.get(kind)
+            if log_weight is not None:
+                affinity[category] = log_sum(
+                    affinity.get(category, EMPTY_DECAYED), log_weight + time_ms / half_life
+                )
+    if not moved:
+        return UserStep(None, False, top_before, top_before, duplicates, kept)
+    share.fence = highest
+    share.newest_ms = newest
+    share.session_start_ms, share.session_events = session_start, session_events
+    if len(affinity) > config.affinity_keep:
+        ranked = sorted(affinity.items(), key=_score_then_member, reverse=True)
+        share.affinity = affinity = dict(ranked[: config.affinity_keep])
+    _prune_user(share)
+    return UserStep(share, started, top_before, share.top_category(), duplicates, kept)
+
+
+def _prune_user(share: UserShare) -> None:
+    """At most once per PRUNE_EVERY_MS of event time: drop tiles no window at the newest
+    event covers, categories out of the 24h window and event ids beyond DEDUPE_OFFSETS."""
+    newest = share.newest_ms if share.newest_ms is not None else 0
+    step = max(newest, 0) // PRUNE_EVERY_MS
+    if share.prune_step is not None and step <= share.prune_step:
+        return
+    first_prune = share.prune_step is None
+    share.prune_step = step
+    if first_prune:
+        return  # a new share: nothing in it is old yet
+    oldest = {WIDTH_NAMES[w.tile_ms]: w.oldest_tile_needed(newest) for w in WINDOWS}
+    share.tiles = {
+        name: count
+        for name, count in share.tiles.items()
+        if int(name.rsplit(":", 1)[1]) >= oldest[name.split(":", 3)[2]]
+    }
+    category_start = ONE_DAY.start_at(newest)
+    share.categories = {c: t for c, t in share.categories.items() if t >= category_start}
+    horizon = share.fence - DEDUPE_OFFSETS
+    share.event_ids = {i: o for i, o in share.event_ids.items() if o >= horizon}
+
+
+_USER_WIDTHS = tuple((width, TILE_WIDTHS[width]) for width in USER_TILE_WIDTHS)
+_PRODUCT_WIDTHS = tuple((width, TILE_WIDTHS[width]) for width in PRODUCT_TILE_WIDTHS)
+
+
+@dataclass(slots=True)
+class SharedWrite:
+    """One shared key's part of a batch (a product's, a category's trending set, the
+    global hash), one group per source partition, as the script takes them: [partition,
+    lowest offset, highest offset, newest event time, watermark, deltas], the deltas a
+    flat list of field name and count (hashes) or of product and log2 decayed add
+    (trending). Every partition has its own fence in the key (`o:<partition>`): a group
+    applies whole when all its events are above it, not at all when none is, and is cut
+    at the fence otherwise (`shared_writes` with `cut_at`)."""
+
+    kind: WriteKind
+    entity: str  # the product or category id ("" for the global hash)
+    key: str  # the hash holding the fences (and, but for trending, the counts)
+    also: tuple[str, ...]  # trending: the sorted set
+    groups: list[list[object]]
+
+
+#: A shared key's part of a batch from one partition while it is summed up: lowest and
+#: highest offset, newest event time, watermark, deltas by field or product.
+_Group = list[Any]
+
+
+def shared_writes(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
+    steps: Mapping[str, UserStep],
+    plan: FeaturePlan,
+    prefix: str,
+    config: FeatureConfig,
+    cut_at: Mapping[tuple[WriteKind, str, int], int] | None = None,
+) -> list[SharedWrite]:
+    """The products', categories' and global writes of a batch, from the users' steps:
+    duplicates count in none of them (the global hash still takes their time for its
+    watermark). Products and categories first, the global hash last: it keeps the
+    partitions' watermarks, and a worker that finds them must not find them ahead of
+    keys of this batch that were not written.
+
+    With `cut_at` (kind, entity, partition) -> fence, only those groups, with only
+    their events above the fence (a group the script handed back)."""
+    products: dict[str, dict[int, _Group]] = {}
+    categories: dict[str, dict[int, _Group]] = {}
+    every: dict[int, _Group] = {}
+    log_weights = config.log2_weights
+    half_life = config.trending_half_life_ms
+    (w1, s1), (w2, s2) = _PRODUCT_WIDTHS
+    for user, events in plan.users.items():
+        duplicates = steps[user].duplicates
+        for event in events:
+            partition, offset, kind, time_ms, category, is_late, _id, product = event
+            duplicate = bool(duplicates) and f"{partition}:{offset}" in duplicates
+            every_group = None
+            if cut_at is None or offset > cut_at.get((WriteKind.GLOBAL, "", partition), _NONE):
+                every_group = every.get(partition)
+                if every_group is None:
+                    every_group = every[partition] = [offset, offset, -1, time_ms, {}]
+                else:
+                    _span(every_group, offset)
+                    if time_ms > every_group[3]:  # noqa: PLR1730  (faster than max)
+                        every_group[3] = time_ms  # the watermark takes duplicates too
+                if not duplicate and time_ms > every_group[2]:
+                    every_group[2] = time_ms
+            if duplicate or not product:
+                continue
+            if kind in _COUNTED:
+                names = (
+                    None
+                    if is_late
+                    else (f"n:{kind}:{w1}:{time_ms // s1}", f"n:{kind}:{w2}:{time_ms // s2}")
+                )
+                if every_group is not None:
+                    _add_counts(every_group, time_ms, names)
+                if cut_at is None or offset > cut_at.get(
+                    (WriteKind.PRODUCT, product, partition), _NONE
+                ):
+                    by_partition = products.get(product)
+                    if by_partition is None:
+                        by_partition = products[product] = {}
+                    group = by_partition.get(partition)
+                    if group is None:
+                        group = by_partition[partition] = [offset, offset, -1, -1, {}]
+                    else:
+                        _span(group, offset)
+                    _add_counts(group, time_ms, names)
+            log_weight = log_weights.get(kind)
+            if not category or log_weight is None:
+                continue
+            if cut_at is not None and offset <= cut_at.get(
+                (WriteKind.TRENDING, category, partition), _NONE
+            ):
+                continue
+            by_partition = categories.get(category)
+            if by_partition is None:
+                by_partition = categories[category] = {}
+            group = by_partition.get(partition)
+            if group is None:
+                group = by_partition[partition] = [offset, offset, -1, -1, {}]
+            else:
+                _span(group, offset)
+            adds = group[4]
+            adds[product] = log_sum(
+                adds.get(product, EMPTY_DECAYED), log_weight + time_ms / half_life
             )
-            for entity, items in grouped.items()
-        ]
-
-    # Users first: their writes find the duplicates the others then leave out.
-    writes = writes_of(WriteKind.USER, users, user_features_key, user_affinity_key)
-    writes += writes_of(WriteKind.PRODUCT, products, product_features_key)
-    writes += writes_of(WriteKind.TRENDING, categories, trending_fence_key, trending_key)
-    # The global hash last: it keeps the partitions' watermarks, and a worker that finds
-    # them must not find them ahead of keys of this batch that were not written.
+    writes = [
+        SharedWrite(
+            WriteKind.PRODUCT, product, product_features_key(prefix, product), (), _rows(groups)
+        )
+        for product, groups in products.items()
+    ]
+    writes += [
+        SharedWrite(
+            WriteKind.TRENDING,
+            category,
+            trending_fence_key(prefix, category),
+            (trending_key(prefix, category),),
+            _rows(groups),
+        )
+        for category, groups in categories.items()
+    ]
     if every:
         writes.append(
-            FencedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), every[0][0], (), every)
+            SharedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), (), _rows(every))
         )
-    return FeaturePlan(writes, late, newest)
+    return writes
+
+
+def _span(group: _Group, offset: int) -> None:
+    if offset < group[0]:
+        group[0] = offset
+    elif offset > group[1]:
+        group[1] = offset
+
+
+def _add_counts(group: _Group, time_ms: int, names: tuple[str, str] | None) -> None:
+    """One counted event (not a duplicate) into a hash group: its newest time, and its
+    two tiles unless it is too late for them (`names` None)."""
+    if time_ms > group[2]:  # noqa: PLR1730  (faster than max)
+        group[2] = time_ms
+    if names is not None:
+        counts = group[4]
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+
+
+def _rows(groups: Mapping[int, _Group]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for partition, (lowest, highest, newest, watermark, deltas) in groups.items():
+        flat: list[object] = []
+        for name, value in deltas.items():
+            flat += (name, value)
+        rows.append([partition, lowest, highest, newest, watermark, flat])
+    return rows
+
+
+_COUNTED = frozenset(kind.value for kind in PRODUCT_COUNTED_TYPES)
+#: No cut for this group: no offset is above it.
+_NONE = math.inf
 
 
 def script_config(config: FeatureConfig) -> dict[str, object]:

@@ -1,41 +1,47 @@
 """The online feature store on Redis: the worker's fenced writes and the read client.
 
 The layout is `schemas.feature_layout`; what the features mean, and how stored values
-become them, is `schemas.features`. A batch is one script call per slot it touches (on a
-single Redis: one call), all in one pipeline, sent beside the interaction store's call.
+become them, is `schemas.features`. A batch is one read of its users' values (MGET) and
+one script call per slot it touches (on a single Redis: one call in all), sent beside the
+interaction store's call.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import orjson
 import redis.asyncio as aioredis
 
 from schemas.feature_layout import (
-    DEDUPE_OFFSETS,
-    PRODUCT_COUNTED_TYPES,
     PRUNE_EVERY_MS,
-    FencedWrite,
+    TILE_WIDTHS,
     WriteKind,
     global_features_key,
     product_features_key,
     trending_key,
-    user_affinity_key,
     user_features_key,
     watermark_field,
 )
 from schemas.features import (
+    WINDOW_OF_WIDTH,
     FeatureConfig,
     FeaturePlan,
     ProductFeatures,
+    SharedWrite,
     UserFeatures,
+    UserShare,
+    UserStep,
+    advance_user,
     decayed_value,
+    decode_user_share,
+    encode_user_share,
     product_features_of,
-    script_config,
+    shared_writes,
+    top_decayed,
     user_features_of,
 )
 from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript, by_slot
@@ -43,7 +49,7 @@ from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript, by_slot
 
 @dataclass(frozen=True, slots=True)
 class UserOutcome:
-    """What a batch's write did to one user (from the script, for the trigger decision):
+    """What a batch's write did to one user (for the trigger decision):
     whether one of their events started a session, their top category (highest affinity)
     before and after, and which of their events were duplicates. Events below the fence
     (read again) change nothing, but are still told apart as duplicates or not."""
@@ -66,339 +72,201 @@ class FeatureWriter(Protocol):
         ...
 
 
-#: The write script. KEYS: each write's keys in order (user writes: hash, affinity set;
-#: trending: fence hash, set; product and global: the hash). ARGV[1] is the JSON config
-#: (`script_config`), ARGV[2] the writes, [[kind, [[partition, offset, type, time,
-#: member, late, event id], ...]], ...], ARGV[3] the prune step, ARGV[4] a JSON list of
-#: "partition:offset" already known to be duplicates (from the users' calls, on a
-#: cluster). Per write, in a fixed number of commands whatever its events: one HMGET of
-#: every field its events touch, the events above their partition's fence `o:<partition>`
-#: taken in order (duplicates, told by the user's `e:<event id>` fields, left out), then
-#: one HSET of every changed field and the raised fences, and for a sorted set one
-#: ZMSCORE and one ZADD of its members (trimmed only when ZADD added some); TTLs; old
-#: fields pruned at most once per prune step of event time. Decayed adds are
-#: log-sum-exps of log2(weight) + time / half-life (`schemas.features`); numbers are
-#: written with %.17g (Lua's own formatting keeps 14 digits). A user's top category and
-#: its score are kept in their hash (`top`, `ts`), so the top after a write needs no
-#: second read of the set. Returns, per write, {session started, top before, top after,
-#: {"partition:offset" of duplicates}} for users and {} otherwise.
+#: The write script. KEYS: the users' keys, then each shared write's key (trending: its
+#: fence hash, then its sorted set). ARGV[1] is JSON [users, shared]: per user [the
+#: fence read, TTL], per shared write [kind, groups], a group [partition, lowest offset,
+#: highest offset, newest event time, watermark, flat deltas] (`shared_deltas`);
+#: ARGV[2] the JSON config; ARGV[3...] the users' new values. First every user's stored
+#: fence is checked against the one the worker read: if one moved (another worker wrote
+#: since), nothing is written and those users are returned, to be read again. Then the
+#: users' values are set, and each shared write's groups are decided against their
+#: partition's fence `o:<partition>`: applied whole (all above it), skipped (none above
+#: it) or handed back with the fence (cut there and sent again). The global write is also
+#: handed back when anything before it was (its watermarks must not run ahead). Per key
+#: a fixed number of commands: one HMGET, one HSET, and for a sorted set one ZMSCORE
+#: and one ZADD (trimmed only when ZADD added some); decayed adds are log-sum-exps in
+#: log2 space, written with %.17g (Lua's own formatting keeps 14 digits). Returns
+#: {users refused, {{write, group, fence}, ...}} (group 0: the deferred global write).
 _FEATURES_LUA = """
-local cfg = cjson.decode(ARGV[1])
-local writes = cjson.decode(ARGV[2])
-local prune_every = tonumber(ARGV[3])
-local dups = {}
-for _, known in ipairs(cjson.decode(ARGV[4])) do dups[known] = true end
-local widths, windows = cfg.widths, cfg.windows
-local horizon = cfg.dedupe_offsets
-local counted = {}
-for _, kind in ipairs(cfg.counted) do counted[kind] = true end
+local body = cjson.decode(ARGV[1])
+local cfg = cjson.decode(ARGV[2])
+local users, shared = body[1], body[2]
+local failed = {}
+for i = 1, #users do
+  local stored = redis.call('GETRANGE', KEYS[i], 0, 24)
+  local fence = tonumber(string.match(stored, '^(%-?%d+)|')) or -1
+  if fence ~= users[i][1] then failed[#failed + 1] = i end
+end
+if #failed > 0 then return {failed, {}} end
+for i = 1, #users do
+  redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', users[i][2])
+end
 local LN2 = math.log(2)
-local log_weight = {}
-for kind, weight in pairs(cfg.weights) do log_weight[kind] = math.log(weight) / LN2 end
-local BASE = {u = {'t', 'pt', 's', 'sn', 'top', 'ts', 'late', 'ac'}, p = {'t', 'pt'},
-  g = {'t', 'pt'}, t = {}}
 local floor, format = math.floor, string.format
-local has_dups = next(dups) ~= nil
--- Number-to-string conversions (sprintf in Lua 5.1) are the script's main cost: each
--- partition's field names and each tile's number are converted once per call.
-local tile_text = {}
-local function named(prefix)
-  -- prefix .. number, converted once per call.
-  local names = {}
-  return function(number)
-    local name = names[number]
-    if not name then
-      name = prefix .. number
-      names[number] = name
-    end
-    return name
-  end
-end
-local fence_name, watermark_name = named('o:'), named('w:')
-local function tile_name(etype, width, tile)
-  local text = tile_text[tile]
-  if not text then
-    text = tostring(tile)
-    tile_text[tile] = text
-  end
-  return 'n:' .. etype .. ':' .. width .. ':' .. text
-end
 local function lse(a, b)
   if a == nil then return b end
   if a < b then a, b = b, a end
   return a + math.log(1 + 2 ^ (b - a)) / LN2
 end
-local function want(names, index, n, name)
-  -- Adds a field name to a write's HMGET list once; returns the list's length.
-  if not index[name] then
-    n = n + 1
-    names[n], index[name] = name, n
-  end
-  return n
-end
-local function above(a_score, a_member, b_score, b_member)
-  -- ZREVRANGE's order: higher score first, then the greater member.
-  return a_score > b_score or (a_score == b_score and a_member > b_member)
-end
-local results = {}
-local k = 1
-for w = 1, #writes do
-  local kind, events = writes[w][1], writes[w][2]
-  local is_user, is_trend = kind == 'u', kind == 't'
+local partials = {}
+local k = #users + 1
+for w = 1, #shared do
+  local kind, groups = shared[w][1], shared[w][2]
   local key = KEYS[k]
   k = k + 1
   local zkey = nil
-  if is_user or is_trend then
+  if kind == 't' then
     zkey = KEYS[k]
     k = k + 1
   end
-  local tile_widths = is_user and cfg.user_widths or cfg.product_widths
-  local tiles_per_event = is_trend and 0 or #tile_widths
-  -- Every field the events touch, read in one HMGET.
-  local names, index, n = {}, {}, 0
-  for _, name in ipairs(BASE[kind]) do
-    n = n + 1
-    names[n], index[name] = name, n
-  end
-  local tiles = {}
-  for i = 1, #events do
-    local e = events[i]
-    local name = fence_name(e[1])
-    if not index[name] then
+  if kind == 'g' and #partials > 0 then
+    partials[#partials + 1] = {w, 0, -1}
+  else
+    -- Positions in one HMGET: each group's fence (and watermark), then t, pt and the
+    -- delta fields (hashes of counts).
+    local names, index, n = {}, {}, 0
+    local per_group = kind == 'g' and 2 or 1
+    for g = 1, #groups do
       n = n + 1
-      names[n], index[name] = name, n
+      names[n] = 'o:' .. groups[g][1]
       if kind == 'g' then
-        name = watermark_name(e[1])
         n = n + 1
-        names[n], index[name] = name, n
+        names[n] = 'w:' .. groups[g][1]
       end
     end
-    if tiles_per_event > 0 and (is_user or counted[e[3]]) then
-      local t = e[4]
-      for j = 1, tiles_per_event do
-        local width = tile_widths[j]
-        name = tile_name(e[3], width, floor(t / widths[width]))
-        tiles[(i - 1) * tiles_per_event + j] = name
-        n = want(names, index, n, name)
+    local tpos = n + 1
+    if kind ~= 't' then
+      names[n + 1], names[n + 2] = 't', 'pt'
+      n = n + 2
+      for g = 1, #groups do
+        local deltas = groups[g][6]
+        for j = 1, #deltas, 2 do
+          local name = deltas[j]
+          if not index[name] then
+            n = n + 1
+            names[n], index[name] = name, n
+          end
+        end
       end
     end
-    if is_user then
-      if e[5] ~= '' then
-        name = 'c:' .. e[5]
-        n = want(names, index, n, name)
-      end
-      if e[7] ~= '' then
-        name = 'e:' .. e[7]
-        n = want(names, index, n, name)
-      end
+    local vals = {}
+    for i = 1, n, 1000 do
+      local part = redis.call('HMGET', key, unpack(names, i, math.min(i + 999, n)))
+      for j = 1, #part do vals[i + j - 1] = part[j] end
     end
-  end
-  local values = {}
-  for i = 1, n, 1000 do
-    local part = redis.call('HMGET', key, unpack(names, i, math.min(i + 999, n)))
-    for j = 1, #part do
-      if part[j] then values[names[i + j - 1]] = part[j] end
-    end
-  end
-  local fences, tops = {}, {}
-  local newest = tonumber(values['t'] or '-1')
-  local session_start = tonumber(values['s'] or '-1')
-  local session_events = tonumber(values['sn'] or '0')
-  local changed = {}
-  local adds = {}
-  local started, moved, newest_offset = 0, false, -1
-  local found = {}
-  local half_life = is_trend and cfg.trending_half_life or cfg.affinity_half_life
-  for i = 1, #events do
-    local e = events[i]
-    local partition, offset, etype, t, member = e[1], e[2], e[3], e[4], e[5]
-    local fence = fences[partition]
-    if fence == nil then
-      fence = tonumber(values[fence_name(partition)] or '-1')
-      fences[partition], tops[partition] = fence, fence
-    end
-    local dup = has_dups and dups[partition .. ':' .. offset] or false
-    if is_user and e[7] ~= '' then
-      local id_name = 'e:' .. e[7]
-      local first = tonumber(values[id_name])
-      if first and first ~= offset and offset - first <= horizon then
-        dup = true
-        found[#found + 1] = partition .. ':' .. offset
-      elseif offset > fence and first ~= offset then
-        values[id_name] = offset
-        changed[id_name] = true
-      end
-    end
-    if offset > fence then
-      moved = true
-      if offset > tops[partition] then tops[partition] = offset end
-      if offset > newest_offset then newest_offset = offset end
-      if kind == 'g' then
-        local name = watermark_name(partition)
-        if t > tonumber(values[name] or '-1') then
-          values[name] = t
-          changed[name] = true
+    local changed, adds = {}, {}
+    local applied = false
+    local newest = tonumber(vals[tpos]) or -1
+    for g = 1, #groups do
+      local group = groups[g]
+      local fpos = (g - 1) * per_group + 1
+      local fence = tonumber(vals[fpos]) or -1
+      if group[3] <= fence then
+        -- applied before
+      elseif group[2] <= fence then
+        partials[#partials + 1] = {w, g, fence}
+      else
+        applied = true
+        vals[fpos], changed[fpos] = group[3], true
+        if kind == 'g' and group[5] > (tonumber(vals[fpos + 1]) or -1) then
+          vals[fpos + 1], changed[fpos + 1] = group[5], true
+        end
+        local deltas = group[6]
+        if kind == 't' then
+          for j = 1, #deltas, 2 do
+            adds[deltas[j]] = lse(adds[deltas[j]], deltas[j + 1])
+          end
+        else
+          if group[4] > newest then newest = group[4] end
+          for j = 1, #deltas, 2 do
+            local pos = index[deltas[j]]
+            vals[pos], changed[pos] = (tonumber(vals[pos]) or 0) + deltas[j + 1], true
+          end
         end
       end
     end
-    if offset > fence and not dup then
-      if not is_trend then
-        if e[6] == 1 then
-          if is_user then
-            values['late'] = tonumber(values['late'] or '0') + 1
-            changed['late'] = true
+    if applied then
+      local step, pruned = -1, nil
+      if kind == 't' then
+        local members = {}
+        for member in pairs(adds) do members[#members + 1] = member end
+        if #members > 0 then
+          local current = {}
+          for i = 1, #members, 1000 do  -- unpack takes ~8000 values at most
+            local last = math.min(i + 999, #members)
+            local part = redis.call('ZMSCORE', zkey, unpack(members, i, last))
+            for j = 1, #part do current[i + j - 1] = part[j] end
           end
-        elseif tiles_per_event > 0 and (is_user or counted[etype]) then
-          for j = (i - 1) * tiles_per_event + 1, i * tiles_per_event do
-            local name = tiles[j]
-            values[name] = tonumber(values[name] or '0') + 1
-            changed[name] = true
+          local scored = {}
+          for i, member in ipairs(members) do
+            scored[2 * i - 1] = format('%.17g', lse(tonumber(current[i]), adds[member]))
+            scored[2 * i] = member
+          end
+          local added = 0
+          for i = 1, #scored, 2000 do
+            added = added + redis.call('ZADD', zkey, unpack(scored, i, math.min(i + 1999, #scored)))
+          end
+          if added > 0 then
+            redis.call('ZREMRANGEBYRANK', zkey, 0, -(cfg.trending_keep + 1))
           end
         end
-        if is_user then
-          if newest < 0 or t > newest + cfg.session_gap then
-            session_start, session_events, started = t, 1, 1
-          else
-            session_events = session_events + 1
-          end
-          if member ~= '' then
-            local name = 'c:' .. member
-            if t > tonumber(values[name] or '-1') then
-              values[name] = t
-              changed[name] = true
+        redis.call('PEXPIRE', zkey, cfg.trending_ttl)
+      else
+        vals[tpos], changed[tpos] = newest, true
+        step = floor(math.max(newest, 0) / cfg.prune_every)
+        pruned = tonumber(vals[tpos + 1])
+        if pruned == nil or step > pruned then
+          vals[tpos + 1], changed[tpos + 1] = step, true
+        end
+      end
+      local out, m = {}, 0
+      for pos in pairs(changed) do
+        -- Whole numbers (counts, times, offsets, steps) under 14 digits: Lua's own
+        -- conversion writes them exactly.
+        out[m + 1], out[m + 2] = names[pos], vals[pos]
+        m = m + 2
+      end
+      for i = 1, m, 1000 do
+        redis.call('HSET', key, unpack(out, i, math.min(i + 999, m)))
+      end
+      if kind == 't' then
+        redis.call('PEXPIRE', key, cfg.trending_ttl)
+      elseif pruned == nil or step > pruned then
+        -- Once per step: the TTL (so the hash outlives its last write by the counter
+        -- TTL) and, but on a new hash, the tiles no window at the newest event covers.
+        redis.call('PEXPIRE', key, cfg.counter_ttl + cfg.prune_every)
+        if pruned ~= nil then
+          local all = redis.call('HGETALL', key)
+          local stale = {}
+          for i = 1, #all, 2 do
+            local width, tile = string.match(all[i], '^n:[^:]+:([^:]+):(%d+)$')
+            local oldest = width and floor((newest - cfg.windows[width]) / cfg.widths[width])
+            if width and tonumber(tile) < oldest then
+              stale[#stale + 1] = all[i]
             end
           end
-        end
-        if t > newest then newest = t end
-      end
-      if zkey and member ~= '' and log_weight[etype] then
-        adds[member] = lse(adds[member], log_weight[etype] + t / half_life)
-      end
-    end
-  end
-  local top_before = values['top'] or ''
-  local top_score = tonumber(values['ts'])
-  if is_user and top_before == '' then
-    -- The hash expired while the (longer-lived) affinity set did not: read its top.
-    local best = redis.call('ZREVRANGE', zkey, 0, 0, 'WITHSCORES')
-    if best[1] then
-      top_before, top_score = best[1], tonumber(best[2])
-    end
-  end
-  local top_after = top_before
-  if moved then
-    if zkey and next(adds) then
-      local members = {}
-      for member in pairs(adds) do members[#members + 1] = member end
-      local current = {}
-      for i = 1, #members, 1000 do  -- unpack takes ~8000 values at most
-        local part = redis.call('ZMSCORE', zkey, unpack(members, i, math.min(i + 999, #members)))
-        for j = 1, #part do current[i + j - 1] = part[j] end
-      end
-      local scored = {}
-      for i, member in ipairs(members) do
-        local score = lse(tonumber(current[i]), adds[member])
-        scored[2 * i - 1], scored[2 * i] = format('%.17g', score), member
-        -- The top so far stays on top when it gains (scores only grow); others must pass it.
-        if is_user and (top_after == '' or member == top_after
-            or above(score, member, top_score, top_after)) then
-          top_after, top_score = member, score
-        end
-      end
-      local added = 0
-      for i = 1, #scored, 2000 do
-        added = added + redis.call('ZADD', zkey, unpack(scored, i, math.min(i + 1999, #scored)))
-      end
-      if added > 0 then
-        -- Users keep their set's size in their hash (`ac`): trim only when it is over.
-        local keep = is_trend and cfg.trending_keep or cfg.affinity_keep
-        local size = is_user and tonumber(values['ac'] or '0') + added or keep + 1
-        if size > keep then
-          redis.call('ZREMRANGEBYRANK', zkey, 0, -(keep + 1))
-          size = keep
-        end
-        if is_user then
-          values['ac'] = size
-          changed['ac'] = true
-        end
-      end
-      redis.call('PEXPIRE', zkey, is_trend and cfg.trending_ttl or cfg.affinity_ttl)
-      if is_user then
-        values['top'], values['ts'] = top_after, format('%.17g', top_score)
-        changed['top'], changed['ts'] = true, true
-      end
-    end
-    for partition, highest in pairs(tops) do
-      if highest > fences[partition] then
-        values[fence_name(partition)] = highest
-        changed[fence_name(partition)] = true
-      end
-    end
-    local step, pruned = -1, nil
-    if not is_trend then
-      values['t'] = newest
-      changed['t'] = true
-      step = floor(math.max(newest, 0) / prune_every)
-      pruned = tonumber(values['pt'])
-      if pruned == nil or step > pruned then
-        values['pt'] = step
-        changed['pt'] = true
-      end
-    end
-    if is_user then
-      values['s'], values['sn'] = session_start, session_events
-      changed['s'], changed['sn'] = true, true
-    end
-    local out, m = {}, 0
-    for name in pairs(changed) do
-      -- Numbers here are whole (counts, times, offsets, steps), under 14 digits: Lua's own
-      -- conversion writes them exactly. Scores were formatted with %.17g above.
-      out[m + 1], out[m + 2] = name, values[name]
-      m = m + 2
-    end
-    for i = 1, m, 1000 do
-      redis.call('HSET', key, unpack(out, i, math.min(i + 999, m)))
-    end
-    redis.call('PEXPIRE', key, is_trend and cfg.trending_ttl or cfg.counter_ttl)
-    if pruned ~= nil and step > pruned then
-      local all = redis.call('HGETALL', key)
-      local stale = {}
-      local category_start = floor((newest - cfg.category_window[1]) / cfg.category_window[2])
-        * cfg.category_window[2]
-      for i = 1, #all, 2 do
-        local name = all[i]
-        local prefix = string.sub(name, 1, 2)
-        if prefix == 'n:' then
-          local width, tile = string.match(name, '^n:[^:]+:([^:]+):(%d+)$')
-          if width and tonumber(tile) < floor((newest - windows[width]) / widths[width]) then
-            stale[#stale + 1] = name
+          for i = 1, #stale, 1000 do
+            redis.call('HDEL', key, unpack(stale, i, math.min(i + 999, #stale)))
           end
-        elseif prefix == 'c:' and tonumber(all[i + 1]) < category_start then
-          stale[#stale + 1] = name
-        elseif prefix == 'e:' and tonumber(all[i + 1]) < newest_offset - horizon then
-          stale[#stale + 1] = name
         end
       end
-      for i = 1, #stale, 1000 do
-        redis.call('HDEL', key, unpack(stale, i, math.min(i + 999, #stale)))
-      end
     end
-  end
-  if is_user then
-    results[w] = {started, top_before, top_after, found}
-    for _, known in ipairs(found) do
-      dups[known] = true
-      has_dups = true
-    end
-  else
-    results[w] = {}
   end
 end
-return results
+return {failed, partials}
 """
 
+#: Rounds of refused users or cut groups before giving up (each needs another worker
+#: writing the same keys at the same time: a rebalance in progress).
+_MAX_ROUNDS = 20
 
-_FIRST_AND_LAST = frozenset({WriteKind.USER, WriteKind.GLOBAL})
+
+class FeatureConflict(RuntimeError):
+    """Keys kept moving under this worker's writes (another worker is writing them)."""
+
+
+#: A user's part of a script call: user, key, the fence read, the new value.
+_UserWrite = tuple[str, str, int, bytes]
 
 
 class RedisFeatureStore:
@@ -410,73 +278,170 @@ class RedisFeatureStore:
         self.config = config
         self._script = SlotScript(client, _FEATURES_LUA)
         self._on_cluster = isinstance(client, aioredis.RedisCluster)
-        self._config_json = _compact_json(
+        self._config_json = orjson.dumps(
             {
-                **script_config(config),
-                "counted": sorted(t.value for t in PRODUCT_COUNTED_TYPES),
-                "dedupe_offsets": DEDUPE_OFFSETS,
+                "widths": TILE_WIDTHS,
+                "windows": WINDOW_OF_WIDTH,
+                "prune_every": PRUNE_EVERY_MS,
+                "counter_ttl": config.counter_ttl_ms,
+                "trending_ttl": config.trending_ttl_ms,
+                "trending_keep": config.trending_keep,
             }
         )
+        self._user_ttl = max(config.affinity_ttl_ms, config.counter_ttl_ms)
 
     # --- writes ---------------------------------------------------------------------
 
     async def apply(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
-        """One script call per slot (one in all on a single Redis), in one pipeline. Safe
-        to repeat, in part or whole: each key takes only events above its fence."""
-        if not plan.writes:
+        """Read the batch's users, apply it to them (`advance_user`), write them back
+        checked against the fences read, then the shared keys' fenced increments. Safe to
+        repeat, in part or whole."""
+        if not plan.users:
             return {}
-        if not self._on_cluster:
-            # One call: its user writes come first and tell the others the duplicates.
-            results = await self._script.run([self._call(plan.writes, [])])
-            return self._outcomes([(plan.writes, results[0])])
-        # A script call only reaches one slot: users' writes first, in one round trip,
-        # then products and categories with the duplicates they found, in a second.
-        # The global hash (the partitions' watermarks) goes in a third, once the rest is in.
-        users = [write for write in plan.writes if write.kind is WriteKind.USER]
-        every = [write for write in plan.writes if write.kind is WriteKind.GLOBAL]
-        others = [write for write in plan.writes if write.kind not in _FIRST_AND_LAST]
-        groups = by_slot(self._redis, users, lambda write: write.key)
-        results = await self._script.run([self._call(group, []) for group in groups])
-        outcomes = self._outcomes(list(zip(groups, results, strict=True)))
-        duplicates = [known for outcome in outcomes.values() for known in outcome.duplicates]
-        rest = by_slot(self._redis, others, lambda write: write.key)
-        await self._script.run([self._call(group, duplicates) for group in rest])
-        if every:
-            await self._script.run([self._call(every, duplicates)])
-        return outcomes
+        steps, expected = await self._advanced(plan, list(plan.users))
+        if self._on_cluster:
+            # A script call reaches one slot: the users first (each in its own), then the
+            # products and categories, then the global hash once the rest is in.
+            await self._write_users(plan, steps, expected)
+            writes = shared_writes(steps, plan, self._prefix, self.config)
+            others = [w for w in writes if w.kind is not WriteKind.GLOBAL]
+            await self._write_shared(plan, steps, others)
+            await self._write_shared(plan, steps, [w for w in writes if w.kind is WriteKind.GLOBAL])
+        else:
+            for _ in range(_MAX_ROUNDS):
+                writes = shared_writes(steps, plan, self._prefix, self.config)
+                users = self._user_writes(steps, expected)
+                [(refused, partials)] = await self._script.run([self._call(users, writes)])
+                if not refused:
+                    await self._finish(plan, steps, writes, partials)
+                    break
+                await self._advance_again(plan, steps, expected, users, refused)
+            else:
+                raise FeatureConflict("users' features kept changing under this worker")
+        return {
+            user: UserOutcome(
+                user,
+                step.session_started,
+                step.top_before,
+                step.top_after,
+                plan.users[user][0][0],
+                frozenset(step.duplicates),
+            )
+            for user, step in steps.items()
+        }
 
-    def _outcomes(
-        self, answered: Sequence[tuple[Sequence[FencedWrite], object]]
-    ) -> dict[str, UserOutcome]:
-        outcomes: dict[str, UserOutcome] = {}
-        for group, result in answered:
-            for write, row in zip(group, cast("list[list[Any]]", result), strict=True):
-                if write.kind is not WriteKind.USER:
-                    continue
-                started, before, after, duplicates = row
-                earlier = outcomes.get(write.entity)
-                outcomes[write.entity] = UserOutcome(
-                    write.entity,
-                    bool(started) or (earlier is not None and earlier.session_started),
-                    _text(before) or None,
-                    _text(after) or None,
-                    write.partition,
-                    frozenset(_text(known) for known in duplicates),
-                )
-        return outcomes
+    async def _advanced(
+        self, plan: FeaturePlan, users: list[str]
+    ) -> tuple[dict[str, UserStep], dict[str, int]]:
+        """The users' steps from their stored values, and the fences those held."""
+        keys = [user_features_key(self._prefix, user) for user in users]
+        if isinstance(self._redis, aioredis.RedisCluster):
+            values = await self._redis.mget_nonatomic(keys)  # per slot, one round trip
+        else:
+            values = await self._redis.mget(keys)
+        steps: dict[str, UserStep] = {}
+        expected: dict[str, int] = {}
+        for user, value in zip(users, values, strict=True):
+            share = decode_user_share(value) if value is not None else None
+            expected[user] = share.fence if share is not None else -1
+            steps[user] = advance_user(share, plan.users[user], self.config)
+        return steps, expected
 
-    def _call(self, writes: Sequence[FencedWrite], duplicates: Sequence[str]) -> ScriptCall:
-        keys: list[str] = []
+    async def _advance_again(
+        self,
+        plan: FeaturePlan,
+        steps: dict[str, UserStep],
+        expected: dict[str, int],
+        sent: Sequence[_UserWrite],
+        refused: Sequence[int],
+    ) -> None:
+        """Users whose stored fence moved since it was read: read and apply them again."""
+        again = [sent[i - 1][0] for i in refused]
+        fresh_steps, fresh_expected = await self._advanced(plan, again)
+        steps.update(fresh_steps)
+        expected.update(fresh_expected)
+
+    def _user_writes(
+        self, steps: Mapping[str, UserStep], expected: Mapping[str, int]
+    ) -> list[_UserWrite]:
+        return [
+            (
+                user,
+                user_features_key(self._prefix, user),
+                expected[user],
+                encode_user_share(step.share),
+            )
+            for user, step in steps.items()
+            if step.share is not None
+        ]
+
+    async def _write_users(
+        self, plan: FeaturePlan, steps: dict[str, UserStep], expected: dict[str, int]
+    ) -> None:
+        """Cluster: every user's check-and-set in its own slot's call, one round trip;
+        refused ones read, applied and sent again."""
+        for _ in range(_MAX_ROUNDS):
+            users = self._user_writes(steps, expected)
+            groups = by_slot(self._redis, users, lambda write: write[1])
+            results = await self._script.run([self._call(group, []) for group in groups])
+            refused: list[int] = []
+            position = 0
+            flat: list[_UserWrite] = []
+            for group, (group_refused, _partials) in zip(groups, results, strict=True):
+                refused += [position + i for i in group_refused]
+                flat += group
+                position += len(group)
+            if not refused:
+                return
+            await self._advance_again(plan, steps, expected, flat, refused)
+        raise FeatureConflict("users' features kept changing under this worker")
+
+    async def _write_shared(
+        self, plan: FeaturePlan, steps: Mapping[str, UserStep], writes: Sequence[SharedWrite]
+    ) -> None:
+        """Cluster: the shared writes, one call per slot, then the cut groups again."""
+        groups = by_slot(self._redis, writes, lambda write: write.key)
+        results = await self._script.run([self._call([], group) for group in groups])
+        for group, (_refused, partials) in zip(groups, results, strict=True):
+            await self._finish(plan, steps, group, partials)
+
+    async def _finish(
+        self,
+        plan: FeaturePlan,
+        steps: Mapping[str, UserStep],
+        writes: Sequence[SharedWrite],
+        partials: Sequence[Any],
+    ) -> None:
+        """Send the groups handed back again, cut at the fences the script found (and a
+        deferred global write whole), until none is."""
+        for _ in range(_MAX_ROUNDS):
+            if not partials:
+                return
+            cut_at: dict[tuple[WriteKind, str, int], int] = {}
+            for write_number, group_number, fence in partials:
+                write = writes[write_number - 1]
+                if group_number == 0:  # the deferred global write: all its groups
+                    for row in write.groups:
+                        cut_at[write.kind, write.entity, cast("int", row[0])] = -1
+                else:
+                    partition = cast("int", write.groups[group_number - 1][0])
+                    cut_at[write.kind, write.entity, partition] = int(fence)
+            writes = shared_writes(steps, plan, self._prefix, self.config, cut_at)
+            [(_refused, partials)] = await self._script.run([self._call([], writes)])
+        raise FeatureConflict("shared features kept changing under this worker")
+
+    def _call(self, users: Sequence[_UserWrite], writes: Sequence[SharedWrite]) -> ScriptCall:
+        keys = [key for _user, key, _fence, _value in users]
         for write in writes:
             keys.append(write.key)
             keys += write.also
-        rows = [[write.kind.value, write.events] for write in writes]
-        return keys, [
-            self._config_json,
-            _compact_json(rows),
-            PRUNE_EVERY_MS,
-            _compact_json(list(duplicates)),
-        ]
+        body = orjson.dumps(
+            [
+                [[fence, self._user_ttl] for _user, _key, fence, _value in users],
+                [[write.kind.value, write.groups] for write in writes],
+            ]
+        )
+        return keys, [body, self._config_json, *(value for *_rest, value in users)]
 
     async def watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         wanted = sorted(set(partitions))
@@ -495,13 +460,12 @@ class RedisFeatureStore:
         """A user's features at `at_ms` (default: now), whether their session is hot or
         long over: features are not part of the session flush."""
         at = _now_ms() if at_ms is None else at_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(user_features_key(self._prefix, user_id))
-            pipe.zrevrange(user_affinity_key(self._prefix, user_id), 0, top_n - 1, withscores=True)
-            fields, affinity = await pipe.execute()
-        return user_features_of(
-            user_id, _decoded(fields), _scored(affinity), at_ms=at, config=self.config, top_n=top_n
-        )
+        share = await self._user_share(user_id)
+        return user_features_of(user_id, share, at_ms=at, config=self.config, top_n=top_n)
+
+    async def _user_share(self, user_id: str) -> UserShare | None:
+        value = await self._redis.get(user_features_key(self._prefix, user_id))
+        return decode_user_share(value) if value is not None else None
 
     async def product_features(
         self, product_ids: Sequence[str], at_ms: int | None = None
@@ -524,25 +488,23 @@ class RedisFeatureStore:
         self, user_id: str, n: int = 20, at_ms: int | None = None
     ) -> list[tuple[str, float]]:
         """The user's `n` highest-affinity categories with their scores at `at_ms`."""
-        return await self._top(user_affinity_key(self._prefix, user_id), n, at_ms, True)
+        at = _now_ms() if at_ms is None else at_ms
+        share = await self._user_share(user_id)
+        scores = share.affinity.items() if share is not None else ()
+        return top_decayed(scores, at, self.config.affinity_half_life_ms, max(n, 1))
 
     async def trending(
         self, category_id: str, n: int = 50, at_ms: int | None = None
     ) -> list[tuple[str, float]]:
         """The category's `n` most popular products (decayed) with their scores."""
-        return await self._top(trending_key(self._prefix, category_id), n, at_ms, False)
-
-    async def _top(
-        self, key: str, n: int, at_ms: int | None, affinity: bool
-    ) -> list[tuple[str, float]]:
         at = _now_ms() if at_ms is None else at_ms
-        half_life = (
-            self.config.affinity_half_life_ms if affinity else self.config.trending_half_life_ms
-        )
         rows = cast(
             "list[tuple[bytes, float]]",
-            await self._redis.zrevrange(key, 0, max(n, 1) - 1, withscores=True),
+            await self._redis.zrevrange(
+                trending_key(self._prefix, category_id), 0, max(n, 1) - 1, withscores=True
+            ),
         )
+        half_life = self.config.trending_half_life_ms
         return [(member, decayed_value(score, at, half_life)) for member, score in _scored(rows)]
 
     async def close(self) -> None:
@@ -563,6 +525,3 @@ def _decoded(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
 
 def _scored(rows: Iterable[tuple[bytes | str, float]]) -> list[tuple[str, float]]:
     return [(_text(member), float(score)) for member, score in rows]
-
-
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

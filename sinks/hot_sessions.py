@@ -141,7 +141,7 @@ class RedisSessions:
     def __init__(self, client: RedisClient, prefix: str, last_k: Mapping[EventType, int]) -> None:
         self._redis = client
         self._prefix = prefix
-        self._read_k: list[str | int] = [last_k[event_type] for event_type in _TYPES]
+        self._read_k: list[str | int | bytes] = [last_k[event_type] for event_type in _TYPES]
         self._read_script = SlotScript(client, _READ_USERS)
         self._evict_script = SlotScript(client, _EVICT_USERS)
         self._leave_script = SlotScript(client, _LEAVE_ACTIVE)

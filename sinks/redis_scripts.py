@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 #: The clients the hot tier runs on: one Redis, or a Redis Cluster.
 HotRedis = aioredis.Redis | aioredis.RedisCluster
 #: (keys, args) of one script call.
-ScriptCall = tuple[list[str], list[str | int]]
+ScriptCall = tuple[list[str], list[str | int | bytes]]
 
 T = TypeVar("T")
 

@@ -32,8 +32,8 @@ from mode import Service
 
 from schemas.codec import decode_event
 from schemas.events import Event, EventType, InvalidEvent
-from schemas.feature_layout import CountedEvent, FencedWrite, WriteKind
-from schemas.features import FeaturePlan, plan_features
+from schemas.feature_layout import CountedEvent
+from schemas.features import FeaturePlan, PlannedEvent, plan_features
 from schemas.hot_layout import Interaction, interaction_of
 from schemas.triggers import RankTrigger
 from sinks.feature_store import FeatureWriter, UserOutcome
@@ -296,7 +296,7 @@ class IngestPipeline:
         if unknown:
             self._watermarks.update(await self._until_applied(self.features.watermarks, unknown))
             self._watermarks_known |= unknown
-        return plan_features(prepared.counted, self._prefix, self._watermarks, self._feature_config)
+        return plan_features(prepared.counted, self._watermarks, self._feature_config)
 
     async def _apply_features(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
         assert self.features is not None
@@ -310,11 +310,9 @@ class IngestPipeline:
         rules = self._trigger_rules
         pending: list[RankTrigger] = []
         now_ms = self._clock_ms()
-        for write in plan.writes:
-            if write.kind is not WriteKind.USER:
-                continue
-            outcome = outcomes.get(write.entity)
-            state = states.get(write.entity)
+        for user, events in plan.users.items():
+            outcome = outcomes.get(user)
+            state = states.get(user)
             # A state kept in memory remembers the offsets it decided on: events fetched
             # again (after a rebalance) are left out. A fresh state (a restart, a partition
             # taken over) decides on re-read events again, so a trigger lost in a crash
@@ -323,18 +321,18 @@ class IngestPipeline:
             if state is None:
                 # The store's top category before the batch, so none is invented.
                 state = TriggerState(top_category=outcome.top_before if outcome else None)
-            batch = _user_batch(write, outcome, decided_upto)
+            batch = _user_batch(events, outcome, decided_upto)
             if batch is None:
                 continue
-            trigger, states[write.entity] = decide(state, batch, rules)
+            trigger, states[user] = decide(state, batch, rules)
             if trigger is None:
                 continue
             message = RankTrigger(
-                user_id=write.entity,
+                user_id=user,
                 sequence=trigger.sequence,
                 reason=trigger.reason,
                 newest_event_time_ms=trigger.newest_event_ms,
-                partition=write.partition,
+                partition=events[0][0],
                 top_category=outcome.top_after if outcome else None,
                 published_at_ms=now_ms,
             )
@@ -462,15 +460,15 @@ _VIEW = EventType.VIEW.value
 
 
 def _user_batch(
-    write: FencedWrite, outcome: UserOutcome | None, decided_upto: int
+    planned: list[PlannedEvent], outcome: UserOutcome | None, decided_upto: int
 ) -> UserBatch | None:
-    """One user's signals in a batch, from their feature write (events in read order),
+    """One user's signals in a batch, from their planned events (in read order),
     without duplicates and without events at or below `decided_upto`; None if no event is
     left."""
     duplicates = outcome.duplicates if outcome else frozenset()
     events = [
         e
-        for e in write.events
+        for e in planned
         if e[1] > decided_upto and (not duplicates or f"{e[0]}:{e[1]}" not in duplicates)
     ]
     if not events:

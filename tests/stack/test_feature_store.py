@@ -13,18 +13,20 @@ import pytest
 
 from schemas.events import EventType
 from schemas.feature_layout import (
-    COUNTER_TTL_MS,
+    PRUNE_EVERY_MS,
     CountedEvent,
+    product_features_key,
     trending_key,
-    user_affinity_key,
     user_features_key,
 )
 from schemas.features import (
     DAY_MS,
     FeatureConfig,
+    FeaturePlan,
     OfflineFeatures,
     ProductFeatures,
     UserFeatures,
+    UserStep,
     plan_features,
 )
 from sinks.feature_store import RedisFeatureStore
@@ -146,7 +148,7 @@ def test_online_features_equal_the_offline_computation_through_re_reads(
                 if position and rnd.random() < 0.4:
                     start = max(0, position - rnd.randrange(1, 60))  # read again from a commit
                 batch = log[start : position + size]
-                plan = plan_features(batch, settings.redis_key_prefix, watermarks, CONFIG)
+                plan = plan_features(batch, watermarks, CONFIG)
                 await store.apply(plan)
                 if rnd.random() < 0.2:
                     await store.apply(plan)  # the whole batch again (a retried call)
@@ -173,9 +175,10 @@ def test_online_features_equal_the_offline_computation_through_re_reads(
 
 
 def test_keys_expire_and_the_affinity_outlives_the_counts(isolated_settings: Settings) -> None:
-    """A user away for three weeks: their counts hash is long gone (here after 1 s), their
-    affinity is not (it expires 10 half-lives after its last write), and on their return
-    it equals the offline decayed score over both visits."""
+    """A user away for three weeks: their key lives 10 affinity half-lives after its last
+    write (the counts in it are long out of every window), a product's counts hash only
+    the counter TTL (here 1 s, plus one pruning step); on the user's return their affinity
+    equals the offline decayed score over both visits."""
     settings = on_backend(isolated_settings, "single", k=None)
     prefix = settings.redis_key_prefix
     config = FeatureConfig(counter_ttl_ms=1000)
@@ -190,15 +193,15 @@ def test_keys_expire_and_the_affinity_outlives_the_counts(isolated_settings: Set
         client = build_redis(settings)
         store = RedisFeatureStore(client, prefix, config)
         try:
-            plan = plan_features(first, prefix, {}, config)
+            plan = plan_features(first, {}, config)
             await store.apply(plan)
-            assert 0 < await client.pttl(user_features_key(prefix, "u1")) <= 1000
-            affinity_ttl = await client.pttl(user_affinity_key(prefix, "u1"))
-            assert affinity_ttl > 10 * config.affinity_half_life_ms - 60_000
+            user_ttl = await client.pttl(user_features_key(prefix, "u1"))
+            assert user_ttl > 10 * config.affinity_half_life_ms - 60_000
+            assert (
+                0 < await client.pttl(product_features_key(prefix, "p1")) <= 1000 + PRUNE_EVERY_MS
+            )
             assert await client.pttl(trending_key(prefix, "shoes")) > 0
-            await asyncio.sleep(1.2)
-            assert not await client.exists(user_features_key(prefix, "u1"))
-            await store.apply(plan_features(back, prefix, plan.watermarks, config))
+            await store.apply(plan_features(back, plan.watermarks, config))
             online = await store.user_features("u1", T0)
             offline = OfflineFeatures([*first, *back], config).user("u1", T0)
             assert [c for c, _ in online.top_categories] == ["shoes", "bags"]
@@ -209,4 +212,56 @@ def test_keys_expire_and_the_affinity_outlives_the_counts(isolated_settings: Set
             await store.close()
 
     asyncio.run(scenario())
-    assert COUNTER_TTL_MS == 26 * 3_600_000
+
+
+class RacedStore(RedisFeatureStore):
+    """A worker that lost its partition mid-batch: right after it read its users, its
+    successor applies a longer batch of the same partition."""
+
+    rival: RedisFeatureStore
+    rival_plan: FeaturePlan
+    raced = False
+
+    async def _advanced(
+        self, plan: FeaturePlan, users: list[str]
+    ) -> tuple[dict[str, UserStep], dict[str, int]]:
+        read = await super()._advanced(plan, users)
+        if not self.raced:
+            self.raced = True
+            await self.rival.apply(self.rival_plan)
+        return read
+
+
+@pytest.mark.parametrize("backend", ["single", "cluster"])
+def test_a_worker_that_lost_the_race_overwrites_nothing(
+    backend: str, isolated_settings: Settings
+) -> None:
+    """The old owner's write is refused (its users' fences moved since it read them): it
+    reads them again and finds its events applied, so nothing counts twice or is lost."""
+    settings = on_backend(isolated_settings, backend, k=None)
+    prefix = settings.redis_key_prefix
+    log = [
+        CountedEvent("u1", EventType.CLICK, T0 + i, f"p{i % 2}", "c1", 0, 1 + i, f"e{i}")
+        for i in range(6)
+    ]
+
+    async def scenario() -> None:
+        store = RacedStore(build_redis(settings), prefix, CONFIG)
+        store.rival = RedisFeatureStore(build_redis(settings), prefix, CONFIG)
+        store.rival_plan = plan_features(log, {}, CONFIG)
+        try:
+            outcomes = await store.apply(plan_features(log[:3], {}, CONFIG))
+            assert store.raced and outcomes["u1"].duplicates == frozenset()
+            at = T0 + 10
+            offline = OfflineFeatures(log, CONFIG)
+            assert_user_equal(await store.user_features("u1", at), offline.user("u1", at))
+            for online, product in zip(
+                await store.product_features(["p0", "p1"], at), ["p0", "p1"], strict=True
+            ):
+                assert_product_equal(online, offline.product(product, at))
+            assert_top_equal(await store.trending("c1", 5, at), offline.trending("c1", at, 5))
+        finally:
+            await store.close()
+            await store.rival.close()
+
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 """The feature store's layout and the worker's write plan (`schemas.feature_layout`,
-`schemas.features.plan_features`): where each event goes, lateness decided as an in-order
-replay of each partition, hash tags no id can break, and the session rule's boundary."""
+`schemas.features.plan_features`, `advance_user`, `shared_writes`): where each event goes,
+lateness decided as an in-order replay of each partition, fences that make a batch read
+again change nothing, hash tags no id can break, and the session rule's boundary."""
 
 from __future__ import annotations
 
@@ -17,15 +18,21 @@ from schemas.feature_layout import (
     WriteKind,
     trending_fence_key,
     trending_key,
-    user_affinity_key,
     user_features_key,
 )
 from schemas.features import (
     PRODUCT_WINDOWS,
     WINDOWS,
     FeatureConfig,
+    FeaturePlan,
     OfflineFeatures,
+    SharedWrite,
+    UserStep,
+    advance_user,
+    decode_user_share,
+    encode_user_share,
     plan_features,
+    shared_writes,
 )
 from schemas.hot_layout import hot_key
 
@@ -41,7 +48,6 @@ def test_the_windows_and_the_layout_share_their_tile_widths() -> None:
 def test_a_users_features_share_the_slot_of_their_last_k() -> None:
     slot = key_slot(hot_key("ix", "u42", EventType.VIEW).encode())
     assert key_slot(user_features_key("ix", "u42").encode()) == slot
-    assert key_slot(user_affinity_key("ix", "u42").encode()) == slot
 
 
 @given(st.text(min_size=1, max_size=12))  # an empty category has no trending keys
@@ -63,25 +69,67 @@ def event(
     return CountedEvent(user, event_type, at, product, category, partition, offset)
 
 
+def steps_of(plan: FeaturePlan) -> dict[str, UserStep]:
+    return {user: advance_user(None, events, CONFIG) for user, events in plan.users.items()}
+
+
+def groups_of(writes: list[SharedWrite]) -> dict[tuple[WriteKind, str], list[list[object]]]:
+    return {(w.kind, w.entity): w.groups for w in writes}
+
+
 def test_where_each_event_goes() -> None:
     plan = plan_features(
         [
             event(1, EventType.VIEW, T0),
-            event(2, EventType.WISHLIST, T0),  # not counted per product, but weighted
+            event(2, EventType.WISHLIST, T0 + 5),  # not counted per product, but weighted
             event(3, EventType.REMOVE_FROM_CART, T0, category=None),  # no weight, no category
-            event(4, EventType.APP_OPEN, T0, product=None, category=None),
+            event(4, EventType.APP_OPEN, T0 + 9, product=None, category=None),
         ],
-        "ix",
         {},
         CONFIG,
     )
-    by_kind = {(w.kind, w.entity): [e[1] for e in w.events] for w in plan.writes}
-    assert by_kind == {
-        (WriteKind.USER, "u1"): [1, 2, 3, 4],
-        (WriteKind.GLOBAL, ""): [1, 2, 3, 4],
-        (WriteKind.PRODUCT, "p1"): [1],
-        (WriteKind.TRENDING, "c1"): [1, 2],
+    assert [e[1] for e in plan.users["u1"]] == [1, 2, 3, 4]
+    writes = shared_writes(steps_of(plan), plan, "ix", CONFIG)
+    tiles = [f"n:view:5m:{T0 // 300_000}", 1, f"n:view:1h:{T0 // 3_600_000}", 1]
+    groups = groups_of(writes)
+    # [partition, lowest offset, highest offset, newest time, watermark, deltas]
+    assert groups[WriteKind.PRODUCT, "p1"] == [[0, 1, 1, T0, -1, tiles]]
+    assert groups[WriteKind.GLOBAL, ""] == [[0, 1, 4, T0 + 9, T0 + 9, tiles]]
+    [[partition, lowest, highest, _t, _w, adds]] = groups[WriteKind.TRENDING, "c1"]
+    assert (partition, lowest, highest, adds[0]) == (0, 1, 2, "p1")
+    assert set(groups) == {
+        (WriteKind.PRODUCT, "p1"),
+        (WriteKind.GLOBAL, ""),
+        (WriteKind.TRENDING, "c1"),
     }
+    assert writes[-1].kind is WriteKind.GLOBAL  # the watermarks' hash goes last
+
+
+def test_a_duplicate_moves_the_watermark_and_nothing_else() -> None:
+    first = CountedEvent("u1", EventType.VIEW, T0, "p1", "c1", 0, 10, "id-1")
+    again = first._replace(offset=11, event_time_ms=T0 + 50)  # an app's retry: same id
+    plan = plan_features([first, again], {}, CONFIG)
+    steps = steps_of(plan)
+    assert steps["u1"].duplicates == ["0:11"]
+    share = steps["u1"].share
+    assert share is not None and share.fence == 11 and share.newest_ms == T0
+    groups = groups_of(shared_writes(steps, plan, "ix", CONFIG))
+    assert groups[WriteKind.PRODUCT, "p1"][0][1:3] == [10, 10]
+    assert groups[WriteKind.GLOBAL, ""][0][1:5] == [10, 11, T0, T0 + 50]
+
+
+def test_a_batch_read_again_changes_no_user_and_is_cut_at_the_shared_fences() -> None:
+    events = [event(5 + i, EventType.CLICK, T0 + i) for i in range(4)]
+    plan = plan_features(events, {}, CONFIG)
+    stored = steps_of(plan)["u1"].share
+    assert stored is not None
+    value = encode_user_share(stored)
+    assert decode_user_share(value) == stored
+    again = advance_user(decode_user_share(value), plan.users["u1"], CONFIG)
+    assert again.share is None  # every event at or below the fence: nothing to write
+    # A product written up to offset 6 before a crash: its group again, from 7 on.
+    cut = shared_writes({"u1": again}, plan, "ix", CONFIG, {(WriteKind.PRODUCT, "p1", 0): 6})
+    assert [(w.kind, w.groups[0][1:3]) for w in cut] == [(WriteKind.PRODUCT, [7, 8])]
 
 
 @settings(max_examples=60, deadline=None)
@@ -103,7 +151,7 @@ def test_lateness_in_batches_is_the_in_order_replays(
     late_online = 0
     position = 0
     for cut in [*cuts, len(log)]:
-        plan = plan_features(log[position : position + cut], "ix", watermarks, CONFIG)
+        plan = plan_features(log[position : position + cut], watermarks, CONFIG)
         watermarks = plan.watermarks
         late_online += plan.too_late
         position += cut
@@ -132,8 +180,5 @@ def test_a_record_read_twice_within_a_batch_is_planned_once() -> None:
     """A fetch repeated after a rebalance can sit in one batch beside the first: the
     fences only guard against earlier calls, so the plan itself keeps one copy."""
     first = [event(150 + i, EventType.VIEW, T0 + i) for i in range(3)]
-    plan = plan_features([*first, *first, event(153, EventType.CLICK, T0 + 9)], "ix", {}, CONFIG)
-    for write in plan.writes:
-        offsets = [e[1] for e in write.events]
-        assert offsets == sorted(set(offsets)), write.kind
-    assert plan.writes[-1].kind is WriteKind.GLOBAL  # the watermarks' hash goes last
+    plan = plan_features([*first, *first, event(153, EventType.CLICK, T0 + 9)], {}, CONFIG)
+    assert [e[1] for e in plan.users["u1"]] == [150, 151, 152, 153]
