@@ -250,9 +250,7 @@ def _feature_bytes(client: Any, settings: Settings, sample: int = 500) -> dict[s
 
     users = sampled(f"{prefix}:f:u:*")
     products = sampled(f"{prefix}:f:p:*")
-    per_user = [
-        sum(usage(key.replace(b":f:u:", part)) for part in (b":f:u:", b":f:a:")) for key in users
-    ]
+    per_user = [usage(key) for key in users]  # one value per user (schemas.feature_layout)
     return {
         "user_bytes": statistics.mean(per_user) if per_user else 0.0,
         "product_bytes": statistics.mean(usage(k) for k in products) if products else 0.0,
@@ -430,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915  (a fl
         sizes = feature_runs[-1].feature_bytes or {}
         if sizes:
             table.add(
-                "Redis bytes per user (features)", sizes["user_bytes"], "B", "hash + affinity set"
+                "Redis bytes per user (features)", sizes["user_bytes"], "B", "the user's one value"
             )
             table.add(
                 "Redis bytes per product (features)", sizes["product_bytes"], "B", "counts hash"
