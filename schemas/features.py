@@ -516,15 +516,14 @@ def decode_user_share(value: bytes | str) -> UserShare:
 class UserStep:
     """What one batch did to a user: the share to store (None: nothing above its fence),
     for the triggers whether a session started and the top category before and after,
-    the duplicates ("partition:offset"), and the events that are not duplicates (those at
-    or below the user's fence too: the shared keys have fences of their own)."""
+    and the duplicates ("partition:offset", also told apart among events at or below the
+    user's fence: the shared keys have fences of their own)."""
 
     share: UserShare | None
     session_started: bool
     top_before: str | None
     top_after: str | None
     duplicates: list[str]
-    kept: list[PlannedEvent]
 
 
 def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
@@ -551,7 +550,6 @@ def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
     started = moved = False
     highest = fence
     duplicates: list[str] = []
-    kept: list[PlannedEvent] = []
     for event in events:
         partition, offset, kind, time_ms, category, is_late, event_id, _product = event
         duplicate = False
@@ -562,8 +560,6 @@ def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
                 duplicates.append(f"{partition}:{offset}")
             elif offset > fence and first != offset:
                 ids[event_id] = offset
-        if not duplicate:
-            kept.append(event)
         if offset <= fence:
             continue
         moved = True
@@ -591,7 +587,7 @@ def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
                     affinity.get(category, EMPTY_DECAYED), log_weight + time_ms / half_life
                 )
     if not moved:
-        return UserStep(None, False, top_before, top_before, duplicates, kept)
+        return UserStep(None, False, top_before, top_before, duplicates)
     share.fence = highest
     share.newest_ms = newest
     share.session_start_ms, share.session_events = session_start, session_events
@@ -599,7 +595,7 @@ def advance_user(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
         ranked = sorted(affinity.items(), key=_score_then_member, reverse=True)
         share.affinity = affinity = dict(ranked[: config.affinity_keep])
     _prune_user(share)
-    return UserStep(share, started, top_before, share.top_category(), duplicates, kept)
+    return UserStep(share, started, top_before, share.top_category(), duplicates)
 
 
 def _prune_user(share: UserShare) -> None:
@@ -651,7 +647,7 @@ class SharedWrite:
 _Group = list[Any]
 
 
-def shared_writes(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
+def shared_writes(  # noqa: PLR0912  (the hot loop, kept flat)
     steps: Mapping[str, UserStep],
     plan: FeaturePlan,
     prefix: str,
@@ -701,15 +697,7 @@ def shared_writes(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
                 if cut_at is None or offset > cut_at.get(
                     (WriteKind.PRODUCT, product, partition), _NONE
                 ):
-                    by_partition = products.get(product)
-                    if by_partition is None:
-                        by_partition = products[product] = {}
-                    group = by_partition.get(partition)
-                    if group is None:
-                        group = by_partition[partition] = [offset, offset, -1, -1, {}]
-                    else:
-                        _span(group, offset)
-                    _add_counts(group, time_ms, names)
+                    _add_counts(_group_of(products, product, partition, offset), time_ms, names)
             log_weight = log_weights.get(kind)
             if not category or log_weight is None:
                 continue
@@ -717,15 +705,7 @@ def shared_writes(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
                 (WriteKind.TRENDING, category, partition), _NONE
             ):
                 continue
-            by_partition = categories.get(category)
-            if by_partition is None:
-                by_partition = categories[category] = {}
-            group = by_partition.get(partition)
-            if group is None:
-                group = by_partition[partition] = [offset, offset, -1, -1, {}]
-            else:
-                _span(group, offset)
-            adds = group[4]
+            adds = _group_of(categories, category, partition, offset)[4]
             adds[product] = log_sum(
                 adds.get(product, EMPTY_DECAYED), log_weight + time_ms / half_life
             )
@@ -750,6 +730,21 @@ def shared_writes(  # noqa: PLR0912, PLR0915  (the hot loop, kept flat)
             SharedWrite(WriteKind.GLOBAL, "", global_features_key(prefix), (), _rows(every))
         )
     return writes
+
+
+def _group_of(
+    groups: dict[str, dict[int, _Group]], entity: str, partition: int, offset: int
+) -> _Group:
+    """The entity's group of this partition, created or widened to take `offset`."""
+    by_partition = groups.get(entity)
+    if by_partition is None:
+        by_partition = groups[entity] = {}
+    group = by_partition.get(partition)
+    if group is None:
+        group = by_partition[partition] = [offset, offset, -1, -1, {}]
+    else:
+        _span(group, offset)
+    return group
 
 
 def _span(group: _Group, offset: int) -> None:
