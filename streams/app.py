@@ -300,7 +300,16 @@ class IngestPipeline:
 
     async def _apply_features(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
         assert self.features is not None
-        return await self.features.apply(plan)
+        began = time.perf_counter()
+        outcomes = await self.features.apply(plan)
+        took = time.perf_counter() - began
+        if took > SLOW_BATCH_S:
+            log.warning(
+                "slow feature write of %d users: %.0f ms (read, apply, write)",
+                len(plan.users),
+                took * 1000,
+            )
+        return outcomes
 
     async def _publish_triggers(self, plan: FeaturePlan, outcomes: dict[str, UserOutcome]) -> None:
         """Decide each user's trigger and wait until the broker has them all (acks=all):
