@@ -26,12 +26,14 @@ from redis.exceptions import RedisError
 from jobs.dead_letters import read_dead_letters
 from jobs.generate import bounded, paced, send_all
 from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, write_traffic
+from schemas.catalog import BadCatalogRow, CatalogItem
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
 from schemas.features import ProductFeatures, UserFeatures
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
 from streams.bootstrap import (
+    build_catalog_store,
     build_feature_store,
     build_hot_store,
     build_interaction_reader,
@@ -178,6 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("ids", nargs="+", help="the user id, product ids, or category id")
     features.add_argument("--at", type=_positive_int, default=None, help="ms since the epoch")
     features.add_argument("-n", type=_positive_int, default=10, help="trending: how many (10)")
+
+    catalog = commands.add_parser(
+        "catalog",
+        help="load the product catalog the ranker reads, or read it",
+        description="`catalog load FILE`: a CSV with the columns product_id, category_id, "
+        "price_paise, seller_id, language, created_ms (others ignored; see README, Catalog). "
+        "`catalog load --generated`: the traffic generator's catalog (--products, --categories, "
+        "--seed as for generate). `catalog show P [P ...]`, `catalog newest [--category C]`.",
+    )
+    catalog.add_argument("action", choices=["load", "show", "newest"], help="what to do")
+    catalog.add_argument("ids", nargs="*", help="load: the CSV file; show: product ids")
+    catalog.add_argument(
+        "--generated", action="store_true", help="load: the generator's catalog, not a file"
+    )
+    catalog.add_argument(
+        "--skip-bad", action="store_true", help="load: skip refused rows instead of refusing all"
+    )
+    catalog.add_argument("--category", default=None, help="newest: only this category")
+    catalog.add_argument("-n", type=_positive_int, default=10, help="newest: how many (10)")
+    catalog.add_argument("--seed", type=int, default=TrafficParams.seed, help=argparse.SUPPRESS)
+    catalog.add_argument(
+        "--products", type=_positive_int, default=TrafficParams.products, help=argparse.SUPPRESS
+    )
+    catalog.add_argument(
+        "--categories", type=_positive_int, default=TrafficParams.categories, help=argparse.SUPPRESS
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -374,6 +402,82 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "load":
+        return _load_catalog(args, settings)
+    if args.action == "show" and not args.ids:
+        raise CliError("catalog show needs at least one product id")
+
+    async def read() -> list[str]:
+        store = build_catalog_store(settings)
+        try:
+            if args.action == "newest":
+                ids = await store.newest(args.n, args.category)
+            else:
+                ids = args.ids
+            found = await store.items(ids)
+        finally:
+            await store.close()
+        return [
+            f"  {pid:<12} {item.category_id:<8} {item.price_paise / 100:>10.2f} INR  "
+            f"{item.seller_id:<8} {item.language:<4} listed "
+            f"{time.strftime('%Y-%m-%d', time.localtime(item.created_ms / 1000))}"
+            if (item := found.get(pid))
+            else f"  {pid:<12} (not in the catalog)"
+            for pid in ids
+        ] or ["  (the catalog is empty)"]
+
+    print("\n".join(asyncio.run(read())))
+    return 0
+
+
+def _load_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.catalog import generated_items, load_items, read_catalog  # noqa: PLC0415
+    from jobs.traffic.catalog import Catalog  # noqa: PLC0415
+
+    if args.generated == bool(args.ids):
+        raise CliError("catalog load takes one CSV file, or --generated")
+    if args.generated:
+        params = traffic_params(
+            argparse.Namespace(
+                seed=args.seed,
+                users=TrafficParams.users,
+                products=args.products,
+                categories=args.categories,
+                rate=TrafficParams.rate,
+            )
+        )
+        items: list[CatalogItem] = list(generated_items(Catalog.build(params)))
+        source = f"generated (seed {params.seed}, {params.products} products)"
+    else:
+        if len(args.ids) != 1:
+            raise CliError(f"catalog load takes one file, got {len(args.ids)}")
+        try:
+            read = read_catalog(args.ids[0])
+        except (BadCatalogRow, UnicodeDecodeError) as exc:
+            raise CliError(str(exc)) from None
+        for line, reason in read.refused[:20]:
+            print(f"{args.ids[0]}:{line}: {reason}", file=sys.stderr)
+        if len(read.refused) > 20:
+            print(f"... and {len(read.refused) - 20} more refused rows", file=sys.stderr)
+        if read.refused and not args.skip_bad:
+            raise CliError(
+                f"{len(read.refused)} bad rows, nothing loaded (fix them, or --skip-bad)"
+            )
+        items, source = read.items, str(Path(args.ids[0]).resolve())
+
+    async def load() -> int:
+        store = build_catalog_store(settings)
+        try:
+            return await load_items(store, items, len(items), source)
+        finally:
+            await store.close()
+
+    held = asyncio.run(load())
+    print(f"loaded {len(items):,} items from {source}; the catalog holds {held:,}")
+    return 0
+
+
 def _valid_user(user: str) -> bool:
     try:
         check_user_id(user)
@@ -512,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             "generate": cmd_generate,
             "last-k": cmd_last_k,
             "features": cmd_features,
+            "catalog": cmd_catalog,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import faust
 import redis.asyncio as aioredis
 
+from sinks.catalog_store import RedisCatalogStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
@@ -84,6 +85,11 @@ def build_feature_store(settings: Settings, client: HotRedis | None = None) -> R
     return RedisFeatureStore(
         client or build_redis(settings), settings.redis_key_prefix, settings.feature_config()
     )
+
+
+def build_catalog_store(settings: Settings, client: HotRedis | None = None) -> RedisCatalogStore:
+    """The product catalog: loaded by `signals catalog load`, read by the ranker."""
+    return RedisCatalogStore(client or build_redis(settings), settings.redis_key_prefix)
 
 
 def build_worker_app(settings: Settings) -> faust.App:

@@ -36,6 +36,8 @@ def run(
         (["features", "trending", "c1", "c2"], "takes one id, got 2"),
         (["features", "shop", "x"], "invalid choice"),
         (["features", "product", "p1", "--at", "soon"], "expected a whole number"),
+        (["catalog", "load"], "one CSV file, or --generated"),
+        (["catalog", "show"], "needs at least one product id"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -51,7 +53,7 @@ def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> 
 def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("worker", "produce", "generate", "last-k", "features", "demo"):
+    for command in ("worker", "produce", "generate", "last-k", "features", "catalog", "demo"):
         assert command in result.stdout
 
 
@@ -83,3 +85,17 @@ def test_stack_cli_rejects_a_bad_port_in_one_line(tmp_path) -> None:
     assert result.stderr.strip() == (
         "signals-stack: error: SIGNALS_STACK_REDIS_PORT must be a whole number, got 'http'"
     )
+
+
+def test_a_catalog_with_bad_rows_is_refused_line_by_line(tmp_path) -> None:
+    path = tmp_path / "catalog.csv"
+    path.write_text(
+        "product_id,category_id,price_paise,seller_id,language,created_ms\n"
+        "p1,c1,100,s1,hi,5\np2,c1,,s1,hi,5\n",
+        encoding="utf-8",
+    )
+    result = run("catalog", "load", str(path), env=bare_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{path}:3: missing price_paise" in result.stderr
+    assert "1 bad rows, nothing loaded" in result.stderr
