@@ -1,0 +1,166 @@
+"""Candidate generation for the feed ranker: several channels merged into a few hundred
+products, each remembering the channel it came from (a ranking feature, and a number to
+report). Pure: the ranker reads the inputs from the stores, the training job builds them
+from the offline features, and both merge them here.
+
+Channels, in the order they claim a product (a product two channels offer keeps the
+first's name):
+
+1. `reengage`: products the user carted, wishlisted or viewed and has not ordered
+   (carts first, then wishlists, then views; newest first within each);
+2. `affinity`: trending products of the user's highest-affinity categories, the budget
+   split over the categories in proportion to their affinity;
+3. `new`: the most recently listed products (of the user's top categories when known);
+4. `explore`: trending products of categories the user has not touched, a small budget,
+   the categories drawn with a seed so the training job can replay the draw;
+5. `trending`: trending overall, which also fills whatever the others left unused.
+
+A user with no history (no affinity, nothing to re-engage) is a cold start: `cold_start`
+(trending overall in their language) comes first. Products the user ordered are never
+candidates.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from schemas.events import EventType
+
+
+class Channel(StrEnum):
+    REENGAGE = "reengage"
+    AFFINITY = "affinity"
+    NEW = "new"
+    EXPLORE = "explore"
+    TRENDING = "trending"
+    COLD_START = "cold_start"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    product_id: str
+    channel: Channel
+    rank: int  # its position within the channel's own list (0 = the channel's best)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateBudget:
+    """How many candidates each channel may bring; the total caps the merge."""
+
+    total: int = 300
+    reengage: int = 40
+    affinity: int = 150
+    new: int = 20
+    explore: int = 20
+    #: Categories the affinity channel spreads over (the user's top ones).
+    affinity_categories: int = 5
+    #: Categories the exploration channel draws from.
+    explore_categories: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateInputs:
+    """What the channels draw from, read by the caller. Ranked lists are best first."""
+
+    #: (category, affinity), highest first.
+    affinities: Sequence[tuple[str, float]] = ()
+    #: Per category, its trending products.
+    trending_by_category: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    trending_overall: Sequence[str] = ()
+    #: The most recently listed products, per category ("" = every category).
+    newest: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: The user's last-k: type -> products, newest first.
+    last_k: Mapping[EventType, Sequence[str]] = field(default_factory=dict)
+    #: Categories the user has not touched that exploration may draw from.
+    unexplored: Sequence[str] = ()
+    #: The user's language and each known product's language (the cold-start channel).
+    language: str | None = None
+    product_language: Mapping[str, str] = field(default_factory=dict)
+
+
+_REENGAGE_ORDER = (EventType.ADD_TO_CART, EventType.WISHLIST, EventType.VIEW)
+
+
+def reengagement(last_k: Mapping[EventType, Sequence[str]]) -> list[str]:
+    """Carted, then wishlisted, then viewed products (newest first in each), each once,
+    without what the user ordered."""
+    ordered = set(last_k.get(EventType.ORDER, ()))
+    seen: set[str] = set()
+    products = []
+    for event_type in _REENGAGE_ORDER:
+        for product in last_k.get(event_type, ()):
+            if product not in ordered and product not in seen:
+                seen.add(product)
+                products.append(product)
+    return products
+
+
+def affinity_shares(affinities: Sequence[tuple[str, float]], budget: int) -> list[tuple[str, int]]:
+    """The affinity channel's budget split over the categories in proportion to their
+    affinity (largest remainders, so the shares add up to the budget exactly)."""
+    positive = [(category, score) for category, score in affinities if score > 0]
+    total = sum(score for _, score in positive)
+    if not positive or budget <= 0:
+        return []
+    exact = [(category, budget * score / total) for category, score in positive]
+    shares = {category: int(value) for category, value in exact}
+    left = budget - sum(shares.values())
+    by_remainder = sorted(exact, key=lambda pair: pair[1] - int(pair[1]), reverse=True)
+    for category, _ in by_remainder[:left]:
+        shares[category] += 1
+    return [(category, shares[category]) for category, _ in positive if shares[category]]
+
+
+def merge_candidates(
+    inputs: CandidateInputs, budget: CandidateBudget, seed: int = 0
+) -> list[Candidate]:
+    """The de-duplicated candidates, channel by channel (see the module docstring), at
+    most `budget.total`; never empty while any channel has a product the user did not
+    order."""
+    ordered = set(inputs.last_k.get(EventType.ORDER, ()))
+    chosen: dict[str, Candidate] = {}
+
+    def take(channel: Channel, products: Sequence[str], limit: int) -> None:
+        taken = 0
+        for rank, product in enumerate(products):
+            if len(chosen) >= budget.total or taken >= limit:
+                return
+            if product in ordered or product in chosen:
+                continue
+            chosen[product] = Candidate(product, channel, rank)
+            taken += 1
+
+    reengage = reengagement(inputs.last_k)
+    top = list(inputs.affinities[: budget.affinity_categories])
+    if not top and not reengage:
+        in_language = [
+            product
+            for product in inputs.trending_overall
+            if inputs.language is None or inputs.product_language.get(product) == inputs.language
+        ]
+        take(Channel.COLD_START, in_language, budget.total)
+    take(Channel.REENGAGE, reengage, budget.reengage)
+    for category, share in affinity_shares(top, budget.affinity):
+        take(Channel.AFFINITY, inputs.trending_by_category.get(category, ()), share)
+    newest = [p for category, _ in top for p in inputs.newest.get(category, ())]
+    take(Channel.NEW, newest or inputs.newest.get("", ()), budget.new)
+    if inputs.unexplored and budget.explore > 0:
+        draw = random.Random(seed)
+        count = min(budget.explore_categories, len(inputs.unexplored))
+        categories = draw.sample(list(inputs.unexplored), count)
+        for index, category in enumerate(categories):
+            share = budget.explore // count + (1 if index < budget.explore % count else 0)
+            take(Channel.EXPLORE, inputs.trending_by_category.get(category, ()), share)
+    take(Channel.TRENDING, inputs.trending_overall, budget.total)
+    return list(chosen.values())
+
+
+def channel_counts(candidates: Sequence[Candidate]) -> dict[Channel, int]:
+    """How many candidates each channel brought (for the ranker's report)."""
+    counts: dict[Channel, int] = {}
+    for candidate in candidates:
+        counts[candidate.channel] = counts.get(candidate.channel, 0) + 1
+    return counts
