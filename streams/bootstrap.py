@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from sinks.catalog_store import RedisCatalogStore
 from sinks.feature_store import RedisFeatureStore
+from sinks.feed_store import RedisFeedStore
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
 from sinks.redis_scripts import HotRedis
@@ -90,6 +91,11 @@ def build_feature_store(settings: Settings, client: HotRedis | None = None) -> R
 def build_catalog_store(settings: Settings, client: HotRedis | None = None) -> RedisCatalogStore:
     """The product catalog: loaded by `signals catalog load`, read by the ranker."""
     return RedisCatalogStore(client or build_redis(settings), settings.redis_key_prefix)
+
+
+def build_feed_store(settings: Settings, client: HotRedis | None = None) -> RedisFeedStore:
+    """The served feeds: the ranker writes them, the feed service reads them."""
+    return RedisFeedStore(client or build_redis(settings), settings.redis_key_prefix)
 
 
 def build_worker_app(settings: Settings) -> faust.App:

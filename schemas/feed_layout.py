@@ -1,0 +1,80 @@
+"""The served feed: what the ranker writes for a user and the feed service reads.
+
+    <prefix>:feed:{<user_id>}   string: `<sequence>|<JSON>`, the JSON's fields:
+        products        product ids, best first
+        channels        the candidate channel each came from (same order)
+        model           the model version that scored them, or "popularity"
+        fallback        true when the popularity ranking served (no model, or scoring
+                        failed)
+        trigger         {"sequence", "reason", "published_at_ms"} of the trigger that
+                        caused it
+        generated_at_ms when the ranker wrote it
+
+`<sequence>` is the trigger's sequence (the offset of the newest event behind it): a
+feed is replaced only by one from a later trigger, so a stale or repeated trigger, or a
+slower ranker finishing late, never overwrites a fresher feed. The key shares the hash
+tag of the user's last-k keys (one cluster slot) and expires FEED_TTL_MS after its write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from schemas.feature_layout import key_part
+
+#: A feed nobody refreshed for a week is dropped (the user is served a cold start).
+FEED_TTL_MS = 7 * 24 * 3_600_000
+POPULARITY_MODEL = "popularity"
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    user_id: str
+    sequence: int
+    products: list[str]
+    channels: list[str]
+    model: str
+    fallback: bool
+    trigger_reason: str
+    trigger_published_at_ms: int
+    generated_at_ms: int
+
+
+def feed_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:feed:{{{key_part(user_id)}}}"
+
+
+def encode_feed(feed: Feed) -> bytes:
+    body = {
+        "products": feed.products,
+        "channels": feed.channels,
+        "model": feed.model,
+        "fallback": feed.fallback,
+        "trigger": {
+            "sequence": feed.sequence,
+            "reason": feed.trigger_reason,
+            "published_at_ms": feed.trigger_published_at_ms,
+        },
+        "generated_at_ms": feed.generated_at_ms,
+    }
+    return b"%d|%b" % (feed.sequence, orjson.dumps(body))
+
+
+def decode_feed(user_id: str, value: bytes | str) -> Feed:
+    raw = value.encode() if isinstance(value, str) else value
+    _sequence, _, body = raw.partition(b"|")
+    fields = orjson.loads(body)
+    trigger = fields["trigger"]
+    return Feed(
+        user_id=user_id,
+        sequence=trigger["sequence"],
+        products=fields["products"],
+        channels=fields["channels"],
+        model=fields["model"],
+        fallback=fields["fallback"],
+        trigger_reason=trigger["reason"],
+        trigger_published_at_ms=trigger["published_at_ms"],
+        generated_at_ms=fields["generated_at_ms"],
+    )
