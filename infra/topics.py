@@ -34,9 +34,10 @@ class TopicSpec:
         return config
 
 
-def faust_leader_topic(settings: Settings) -> str:
-    """Faust's assignor elects a leader through this single-partition topic."""
-    return f"{settings.app_id}-__assignor-__leader"
+def faust_leader_topic(settings: Settings, app_id: str | None = None) -> str:
+    """Faust's assignor elects a leader through this single-partition topic (one per
+    Faust app: the worker's, and the ranker's `<app id>-ranker`)."""
+    return f"{app_id or settings.app_id}-__assignor-__leader"
 
 
 def declared_topics(settings: Settings) -> list[TopicSpec]:
@@ -68,6 +69,13 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
             cleanup_policy="delete",
             retention_ms=DAY_MS,
             purpose="Faust internal: assignor leader election",
+        ),
+        TopicSpec(
+            name=faust_leader_topic(settings, settings.ranker_app_id),
+            partitions=1,
+            cleanup_policy="delete",
+            retention_ms=DAY_MS,
+            purpose="Faust internal: the ranker's assignor leader election",
         ),
     ]
 

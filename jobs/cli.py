@@ -37,6 +37,7 @@ from streams.bootstrap import (
     build_feature_store,
     build_hot_store,
     build_interaction_reader,
+    build_ranker_app,
     build_worker_app,
 )
 from streams.settings import Settings
@@ -99,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Faust worker that records every event in the user's last-k.",
     )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    ranker = commands.add_parser(
+        "ranker",
+        help="run the feed ranker (trigger topic -> ranked feeds in Redis)",
+        description="Run the ranker's Faust agent: for each rank-refresh trigger it merges "
+        "candidates, ranks them (popularity until a model is trained; see README, The "
+        "catalog and the ranker's candidates) and writes the user's feed to Redis.",
+    )
+    ranker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
     produce = commands.add_parser(
         "produce",
@@ -528,6 +538,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ranker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust  # noqa: PLC0415  (heavy import, only the Faust apps need it)
+
+    worker = faust.Worker(build_ranker_app(settings), loglevel=args.loglevel)
+    worker.execute_from_commandline()  # exits the process when the ranker stops
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     log_path = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs" / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -604,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command != "worker":
+    if args.command not in ("worker", "ranker"):
         # The CQL driver logs every failed connection attempt with a traceback; a CLI
         # reports the outcome in one line instead (the worker keeps the driver's logs).
         logging.getLogger("cassandra").setLevel(logging.CRITICAL)
@@ -612,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load()
         handler = {
             "worker": cmd_worker,
+            "ranker": cmd_ranker,
             "produce": cmd_produce,
             "generate": cmd_generate,
             "last-k": cmd_last_k,

@@ -23,6 +23,7 @@ Redis layout (a contract, like the stores' layouts):
                                    cluster spreads them and 500 ids read in 16 HMGETs)
     <prefix>:cat:new               sorted set: product id, score = created_ms (all)
     <prefix>:cat:new:{<category>}  sorted set: the same, per category
+    <prefix>:cat:cats              set: every category id
     <prefix>:cat:meta              hash: items, loaded_at_ms, source
 
 Loading is idempotent (a product's fields are overwritten, never duplicated) and keys do
@@ -101,6 +102,10 @@ def catalog_newest_key(prefix: str, category_id: str | None = None) -> str:
     if category_id is None:
         return f"{prefix}:cat:new"
     return f"{prefix}:cat:new:{{{key_part(category_id)}}}"
+
+
+def catalog_categories_key(prefix: str) -> str:
+    return f"{prefix}:cat:cats"
 
 
 def catalog_meta_key(prefix: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from schemas.catalog import (
     CatalogItem,
     catalog_bucket,
+    catalog_categories_key,
     catalog_items_key,
     catalog_meta_key,
     catalog_newest_key,
@@ -49,6 +50,7 @@ class RedisCatalogStore:
             for category, scores in newest.items():
                 pipe.zadd(catalog_newest_key(self._prefix, category), scores)
             pipe.zadd(catalog_newest_key(self._prefix), every)
+            pipe.sadd(catalog_categories_key(self._prefix), *newest)
             await pipe.execute()
 
     async def finish_load(self, source: str) -> int:
@@ -85,6 +87,11 @@ class RedisCatalogStore:
         """The `n` most recently listed products (of a category), newest first."""
         rows = await self._redis.zrevrange(catalog_newest_key(self._prefix, category_id), 0, n - 1)
         return [row.decode() if isinstance(row, bytes) else str(row) for row in rows]
+
+    async def categories(self) -> list[str]:
+        """Every category of the catalog, sorted."""
+        members = await self._redis.smembers(catalog_categories_key(self._prefix))
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -17,6 +17,7 @@ from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
 from sinks.redis_scripts import HotRedis
 from streams.app import build_app
+from streams.ranker import FeedRanker, ranker_faust_app
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
@@ -96,6 +97,18 @@ def build_catalog_store(settings: Settings, client: HotRedis | None = None) -> R
 def build_feed_store(settings: Settings, client: HotRedis | None = None) -> RedisFeedStore:
     """The served feeds: the ranker writes them, the feed service reads them."""
     return RedisFeedStore(client or build_redis(settings), settings.redis_key_prefix)
+
+
+def build_ranker_app(settings: Settings) -> faust.App:
+    """The feed ranker's Faust app (its own consumer group over the trigger topic)."""
+    client = build_redis(settings)
+    ranker = FeedRanker(
+        hot_store=build_hot_store(settings, client),
+        features=build_feature_store(settings, client),
+        catalog=build_catalog_store(settings, client),
+        feeds=build_feed_store(settings, client),
+    )
+    return ranker_faust_app(settings, ranker)
 
 
 def build_worker_app(settings: Settings) -> faust.App:

@@ -209,6 +209,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def ranker_app_id(self) -> str:
+        """The ranker's Faust app and consumer group (beside the worker's `app_id`)."""
+        return f"{self.app_id}-ranker"
+
     def admission_limits(self) -> Limits:
         """What the worker admits (bigger or mistimed events are dead-lettered)."""
         return Limits(

@@ -115,15 +115,16 @@ def provisioned(isolated_settings: Settings) -> Iterator[Settings]:
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Callable[..., object]:
-    """Start `signals worker` as a subprocess with the test's environment."""
+    """Start `signals worker` (or another long-running command, such as `ranker`) as a
+    subprocess with the test's environment."""
 
     @contextmanager
-    def run(extra_env: dict[str, str]) -> Iterator[WorkerHandle]:
-        log = tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log"
+    def run(extra_env: dict[str, str], command: str = "worker") -> Iterator[WorkerHandle]:
+        log = tmp_path / f"{command}-{uuid.uuid4().hex[:6]}.log"
         env = {**os.environ, **extra_env}
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "info"],
+                [sys.executable, "-m", "jobs.cli", command, "--loglevel", "info"],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

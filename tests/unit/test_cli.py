@@ -53,7 +53,16 @@ def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> 
 def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("worker", "produce", "generate", "last-k", "features", "catalog", "demo"):
+    for command in (
+        "worker",
+        "ranker",
+        "produce",
+        "generate",
+        "last-k",
+        "features",
+        "catalog",
+        "demo",
+    ):
         assert command in result.stdout
 
 

@@ -1,0 +1,251 @@
+"""The feed ranker: a Faust agent over the trigger topic, in its own app and consumer
+group (`<app id>-ranker`), so it scales out by partitions like any Faust app.
+
+Per trigger: drop it when the stored feed already comes from the same or a later
+trigger; read the user's last-k and affinities, the candidates' channels (trending in
+their categories, trending overall, the newest listings) and the candidates' catalog
+items and features; merge the candidates (`streams.logic.candidates`), score them, apply
+the re-ranking rules (`streams.logic.rerank`) and write the feed (`schemas.feed_layout`),
+which a later trigger's feed alone can replace.
+
+Scoring: no trained model is wired in yet, so every feed is the popularity ranking (each
+candidate's 24h events weighted like the affinity: view 1, click 3, wishlist 4, cart 5,
+order 10; ties by the channel's own order), recorded as `model = "popularity"`,
+`fallback = true` and counted as a fallback. A malformed trigger goes to the dead-letter
+topic with the reason; a store that is down is retried with backoff before the trigger
+is acknowledged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from schemas.events import EventType, InvalidEvent
+from schemas.features import FeatureConfig, ProductFeatures
+from schemas.feed_layout import POPULARITY_MODEL, Feed
+from schemas.triggers import InvalidTrigger, RankTrigger, decode_trigger
+from sinks.catalog_store import RedisCatalogStore
+from sinks.feature_store import RedisFeatureStore
+from sinks.feed_store import RedisFeedStore
+from sinks.hot_store import HotStore
+from sinks.retry import until_applied
+from streams.logic.admission import dead_letter_headers
+from streams.logic.candidates import (
+    Candidate,
+    CandidateBudget,
+    CandidateInputs,
+    merge_candidates,
+)
+from streams.logic.rerank import RerankRules, rerank
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Trending overall is merged from every category's top products at most this often.
+TRENDING_REFRESH_S = 10.0
+#: How many of each category's trending products the overall list and a channel take.
+TRENDING_PER_CATEGORY = 50
+#: The feed's length (what the feed service pages through).
+FEED_LENGTH = 100
+_BUDGET = CandidateBudget()
+_RULES = RerankRules()
+_LAST_K_TYPES = (EventType.VIEW, EventType.WISHLIST, EventType.ADD_TO_CART, EventType.ORDER)
+
+
+@dataclass
+class RankerCounters:
+    triggers: int = 0
+    written: int = 0
+    stale: int = 0  # the stored feed came from the same or a later trigger
+    fallbacks: int = 0  # popularity rankings served
+    dead_lettered: int = 0
+    channels: dict[str, int] = field(default_factory=dict)
+
+
+def popularity(features: ProductFeatures, config: FeatureConfig) -> float:
+    """A product's 24h events, weighted like the affinity (the fallback ranking)."""
+    day = features.counts["24h"]
+    return sum(config.weights.get(kind, 0.0) * count for kind, count in day.items())
+
+
+class FeedRanker:
+    """Turns a trigger into a written feed (no Faust in here: the agent calls `handle`)."""
+
+    def __init__(
+        self,
+        *,
+        hot_store: HotStore,
+        features: RedisFeatureStore,
+        catalog: RedisCatalogStore,
+        feeds: RedisFeedStore,
+        last_k: int = 20,
+        budget: CandidateBudget = _BUDGET,
+        rules: RerankRules = _RULES,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._hot = hot_store
+        self._features = features
+        self._catalog = catalog
+        self._feeds = feeds
+        self._last_k = last_k
+        self._budget = budget
+        self._rules = rules
+        self._clock_ms = clock_ms
+        self.counters = RankerCounters()
+        self._trending: list[str] = []
+        self._trending_at = -float("inf")
+
+    async def rank(self, trigger: RankTrigger) -> Feed | None:
+        """Write the trigger's feed; None when a feed of the same or a later trigger is
+        stored already (nothing written)."""
+        self.counters.triggers += 1
+        stored = await self._feeds.sequence(trigger.user_id)
+        if stored is not None and stored >= trigger.sequence:
+            self.counters.stale += 1
+            return None
+        last_k = await self._user_last_k(trigger.user_id)
+        candidates = await self._candidates(trigger, last_k)
+        ids = [c.product_id for c in candidates]
+        items = await self._catalog.items(ids)
+        scores = {
+            f.product_id: popularity(f, self._features.config)
+            for f in await self._features.product_features(ids)
+        }
+        order = {c.product_id: index for index, c in enumerate(candidates)}
+        ranked = sorted(ids, key=lambda p: (-scores.get(p, 0.0), order[p]))
+        feed_ids = rerank(
+            ranked,
+            seller_of={p: item.seller_id for p, item in items.items()},
+            language_of={p: item.language for p, item in items.items()},
+            ordered=last_k.get(EventType.ORDER, ()),
+            rules=self._rules,
+        )[:FEED_LENGTH]
+        channel = {c.product_id: c.channel.value for c in candidates}
+        feed = Feed(
+            user_id=trigger.user_id,
+            sequence=trigger.sequence,
+            products=feed_ids,
+            channels=[channel[p] for p in feed_ids],
+            model=POPULARITY_MODEL,
+            fallback=True,
+            trigger_reason=trigger.reason.value,
+            trigger_published_at_ms=trigger.published_at_ms,
+            generated_at_ms=self._clock_ms(),
+        )
+        if not await self._feeds.write(feed):
+            self.counters.stale += 1  # a later trigger's feed landed meanwhile
+            return None
+        self.counters.written += 1
+        self.counters.fallbacks += 1
+        for name in feed.channels:
+            self.counters.channels[name] = self.counters.channels.get(name, 0) + 1
+        return feed
+
+    async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
+        return {
+            kind: [p for p, _ in await self._hot.last_k(user_id, kind, self._last_k)]
+            for kind in _LAST_K_TYPES
+        }
+
+    async def _candidates(
+        self, trigger: RankTrigger, last_k: dict[EventType, list[str]]
+    ) -> list[Candidate]:
+        affinities = await self._features.user_category_affinity(
+            trigger.user_id, self._budget.affinity_categories
+        )
+        top = [category for category, _ in affinities]
+        trending = await self._trending_overall()
+        by_category = {
+            category: [p for p, _ in await self._features.trending(category, TRENDING_PER_CATEGORY)]
+            for category in top
+        }
+        newest = {
+            category: await self._catalog.newest(self._budget.new, category) for category in top
+        }
+        newest[""] = await self._catalog.newest(self._budget.new)
+        touched = set(top)
+        unexplored = [c for c in await self._catalog.categories() if c not in touched]
+        for category in unexplored[: 4 * self._budget.explore_categories]:
+            by_category.setdefault(
+                category,
+                [p for p, _ in await self._features.trending(category, TRENDING_PER_CATEGORY)],
+            )
+        inputs = CandidateInputs(
+            affinities=affinities,
+            trending_by_category=by_category,
+            trending_overall=trending,
+            newest=newest,
+            last_k=last_k,
+            unexplored=[c for c in unexplored if by_category.get(c)],
+        )
+        return merge_candidates(inputs, self._budget, seed=trigger.sequence)
+
+    async def _trending_overall(self) -> list[str]:
+        """Every category's trending products merged by decayed popularity, refreshed at
+        most every TRENDING_REFRESH_S."""
+        now = time.monotonic()
+        if now - self._trending_at >= TRENDING_REFRESH_S:
+            scored: list[tuple[float, str]] = []
+            for category in await self._catalog.categories():
+                scored += [
+                    (score, product)
+                    for product, score in await self._features.trending(
+                        category, TRENDING_PER_CATEGORY
+                    )
+                ]
+            scored.sort(reverse=True)
+            self._trending = [product for _, product in scored[: self._budget.total]]
+            self._trending_at = now
+        return self._trending
+
+
+def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
+    """The ranker's Faust app: one agent over the trigger topic."""
+    from streams.app import DeadLetterSender, faust_broker_urls  # noqa: PLC0415
+
+    app = faust.App(
+        settings.ranker_app_id,
+        broker=faust_broker_urls(settings),
+        topic_allow_declare=False,
+        value_serializer="raw",
+        key_serializer="raw",
+        producer_acks=-1,
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        datadir=str(settings.faust_datadir / "ranker"),
+    )
+    topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
+    dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
+
+    @app.agent(topic)
+    async def rank_triggers(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
+            try:
+                trigger = decode_trigger(event.value)
+            except InvalidTrigger as exc:
+                ranker.counters.dead_lettered += 1
+                message = event.message
+                headers = dead_letter_headers(
+                    InvalidEvent("trigger", str(exc)),
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    int(time.time() * 1000),
+                )
+                await (await dead_letters.send(event.key, event.value, headers))
+                continue
+            await until_applied(
+                functools.partial(ranker.rank, trigger), give_up=lambda: bool(app.should_stop)
+            )
+
+    app.ranker = ranker  # type: ignore[attr-defined]
+    app.rank_triggers = rank_triggers  # type: ignore[attr-defined]
+    return app
