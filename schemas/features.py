@@ -74,7 +74,6 @@ from schemas.feature_layout import (
     CountedEvent,
     WriteKind,
     advanced,
-    count_field,
     global_features_key,
     product_features_key,
     too_late,
@@ -288,18 +287,26 @@ def window_counts(
     types: Iterable[EventType],
     at_ms: int,
 ) -> WindowCounts:
-    """Windows at `at_ms` from a hash's tile fields (`count_field` names)."""
-    counts: WindowCounts = {}
+    """Windows at `at_ms` from a hash's tile fields (`count_field` names): each stored
+    tile is added to every window of its width that covers it (a key holds a few dozen
+    tiles, a window spans up to 25)."""
     kinds = list(types)
+    wanted = {kind.value: kind for kind in kinds}
+    counts: WindowCounts = {window.name: dict.fromkeys(kinds, 0) for window in windows}
+    spans: dict[str, list[tuple[range, dict[EventType, int]]]] = {}
     for window in windows:
-        width = WIDTH_NAMES[window.tile_ms]
-        counts[window.name] = {
-            kind: sum(
-                tiles.get(count_field(kind, width, tile * window.tile_ms), 0)
-                for tile in window.tiles_at(at_ms)
-            )
-            for kind in kinds
-        }
+        spans.setdefault(WIDTH_NAMES[window.tile_ms], []).append(
+            (window.tiles_at(at_ms), counts[window.name])
+        )
+    for name, count in tiles.items():
+        _n, kind_name, width, tile_text = name.split(":", 3)
+        kind = wanted.get(kind_name)
+        if kind is None or width not in spans:
+            continue
+        tile = int(tile_text)
+        for covered, window_counts_ in spans[width]:
+            if tile in covered:
+                window_counts_[kind] += count
     return counts
 
 
@@ -361,22 +368,22 @@ def _rates(
     )
 
 
+def hash_window_counts(fields: Mapping[str, str], at_ms: int) -> WindowCounts:
+    """A product's (or the global hash's) windows at `at_ms` from its stored fields."""
+    tiles = {name: int(value) for name, value in fields.items() if name.startswith("n:")}
+    return window_counts(tiles, PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms)
+
+
 def product_features_of(
     product_id: str,
     fields: Mapping[str, str],
-    global_fields: Mapping[str, str],
+    global_counts: WindowCounts,
     at_ms: int,
     config: FeatureConfig,
 ) -> ProductFeatures:
-    """The online read: a product's features at `at_ms` from its hash and the global one."""
-
-    def tiles_of(hash_fields: Mapping[str, str]) -> dict[str, int]:
-        return {name: int(value) for name, value in hash_fields.items() if name.startswith("n:")}
-
-    counts = window_counts(tiles_of(fields), PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms)
-    global_counts = window_counts(
-        tiles_of(global_fields), PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms
-    )
+    """The online read: a product's features at `at_ms` from its hash and the global
+    hash's windows (`hash_window_counts`, once for many products)."""
+    counts = hash_window_counts(fields, at_ms)
     click_rate, cart_rate = _rates(counts, global_counts, config)
     return ProductFeatures(product_id, at_ms, counts, click_rate, cart_rate)
 

@@ -85,13 +85,25 @@ class RedisCatalogStore:
 
     async def newest(self, n: int, category_id: str | None = None) -> list[str]:
         """The `n` most recently listed products (of a category), newest first."""
-        rows = await self._redis.zrevrange(catalog_newest_key(self._prefix, category_id), 0, n - 1)
-        return [row.decode() if isinstance(row, bytes) else str(row) for row in rows]
+        [ids] = await self.newest_many([category_id], n)
+        return ids
+
+    async def newest_many(self, category_ids: Sequence[str | None], n: int) -> list[list[str]]:
+        """`newest` of each category (None: every category), in one pipelined round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for category_id in category_ids:
+                pipe.zrevrange(catalog_newest_key(self._prefix, category_id), 0, n - 1)
+            replies = await pipe.execute()
+        return [[_text(row) for row in rows] for rows in replies]
 
     async def categories(self) -> list[str]:
         """Every category of the catalog, sorted."""
         members = await self._redis.smembers(catalog_categories_key(self._prefix))
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        return sorted(_text(m) for m in members)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

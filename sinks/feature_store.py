@@ -39,6 +39,7 @@ from schemas.features import (
     decayed_value,
     decode_user_share,
     encode_user_share,
+    hash_window_counts,
     product_features_of,
     shared_writes,
     top_decayed,
@@ -478,7 +479,7 @@ class RedisFeatureStore:
             for product_id in product_ids:
                 pipe.hgetall(product_features_key(self._prefix, product_id))
             global_fields, *rows = await pipe.execute()
-        every = _decoded(global_fields)
+        every = hash_window_counts(_decoded(global_fields), at)
         return [
             product_features_of(product_id, _decoded(fields), every, at, self.config)
             for product_id, fields in zip(product_ids, rows, strict=True)
@@ -497,15 +498,25 @@ class RedisFeatureStore:
         self, category_id: str, n: int = 50, at_ms: int | None = None
     ) -> list[tuple[str, float]]:
         """The category's `n` most popular products (decayed) with their scores."""
+        [top] = await self.trending_many([category_id], n, at_ms)
+        return top
+
+    async def trending_many(
+        self, category_ids: Sequence[str], n: int = 50, at_ms: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """`trending` of each category, in order, in one pipelined round trip."""
         at = _now_ms() if at_ms is None else at_ms
-        rows = cast(
-            "list[tuple[bytes, float]]",
-            await self._redis.zrevrange(
-                trending_key(self._prefix, category_id), 0, max(n, 1) - 1, withscores=True
-            ),
-        )
         half_life = self.config.trending_half_life_ms
-        return [(member, decayed_value(score, at, half_life)) for member, score in _scored(rows)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for category_id in category_ids:
+                pipe.zrevrange(
+                    trending_key(self._prefix, category_id), 0, max(n, 1) - 1, withscores=True
+                )
+            replies = cast("list[list[tuple[bytes, float]]]", await pipe.execute())
+        return [
+            [(member, decayed_value(score, at, half_life)) for member, score in _scored(rows)]
+            for rows in replies
+        ]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -18,6 +18,7 @@ is acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -38,7 +39,6 @@ from sinks.hot_store import HotStore
 from sinks.retry import until_applied
 from streams.logic.admission import dead_letter_headers
 from streams.logic.candidates import (
-    Candidate,
     CandidateBudget,
     CandidateInputs,
     merge_candidates,
@@ -99,25 +99,34 @@ class FeedRanker:
         self._rules = rules
         self._clock_ms = clock_ms
         self.counters = RankerCounters()
-        self._trending: list[str] = []
-        self._trending_at = -float("inf")
+        self._shared: SharedView | None = None
+        self._shared_at = -float("inf")
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
         """Write the trigger's feed; None when a feed of the same or a later trigger is
-        stored already (nothing written)."""
+        stored already (nothing written). Three round trips of reads at most: the user's
+        (feed sequence, last-k, affinities, together), then the candidates' catalog items
+        and features (together), then the write; what every user shares (trending,
+        newest listings, categories) is refreshed in memory every TRENDING_REFRESH_S."""
         self.counters.triggers += 1
-        stored = await self._feeds.sequence(trigger.user_id)
+        user = trigger.user_id
+        stored, last_k, affinities, shared = await asyncio.gather(
+            self._feeds.sequence(user),
+            self._user_last_k(user),
+            self._features.user_category_affinity(user, self._budget.affinity_categories),
+            self._shared_view(),
+        )
         if stored is not None and stored >= trigger.sequence:
             self.counters.stale += 1
             return None
-        last_k = await self._user_last_k(trigger.user_id)
-        candidates = await self._candidates(trigger, last_k)
+        candidates = merge_candidates(
+            shared.inputs_for(affinities, last_k, self._budget), self._budget, seed=trigger.sequence
+        )
         ids = [c.product_id for c in candidates]
-        items = await self._catalog.items(ids)
-        scores = {
-            f.product_id: popularity(f, self._features.config)
-            for f in await self._features.product_features(ids)
-        }
+        items, product_features = await asyncio.gather(
+            self._catalog.items(ids), self._features.product_features(ids)
+        )
+        scores = {f.product_id: popularity(f, self._features.config) for f in product_features}
         order = {c.product_id: index for index, c in enumerate(candidates)}
         ranked = sorted(ids, key=lambda p: (-scores.get(p, 0.0), order[p]))
         feed_ids = rerank(
@@ -129,7 +138,7 @@ class FeedRanker:
         )[:FEED_LENGTH]
         channel = {c.product_id: c.channel.value for c in candidates}
         feed = Feed(
-            user_id=trigger.user_id,
+            user_id=user,
             sequence=trigger.sequence,
             products=feed_ids,
             channels=[channel[p] for p in feed_ids],
@@ -149,61 +158,79 @@ class FeedRanker:
         return feed
 
     async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
-        return {
-            kind: [p for p, _ in await self._hot.last_k(user_id, kind, self._last_k)]
-            for kind in _LAST_K_TYPES
-        }
-
-    async def _candidates(
-        self, trigger: RankTrigger, last_k: dict[EventType, list[str]]
-    ) -> list[Candidate]:
-        affinities = await self._features.user_category_affinity(
-            trigger.user_id, self._budget.affinity_categories
+        lists = await asyncio.gather(
+            *(self._hot.last_k(user_id, kind, self._last_k) for kind in _LAST_K_TYPES)
         )
-        top = [category for category, _ in affinities]
-        trending = await self._trending_overall()
-        by_category = {
-            category: [p for p, _ in await self._features.trending(category, TRENDING_PER_CATEGORY)]
-            for category in top
-        }
-        newest = {
-            category: await self._catalog.newest(self._budget.new, category) for category in top
-        }
-        newest[""] = await self._catalog.newest(self._budget.new)
-        touched = set(top)
-        unexplored = [c for c in await self._catalog.categories() if c not in touched]
-        for category in unexplored[: 4 * self._budget.explore_categories]:
-            by_category.setdefault(
-                category,
-                [p for p, _ in await self._features.trending(category, TRENDING_PER_CATEGORY)],
-            )
-        inputs = CandidateInputs(
-            affinities=affinities,
-            trending_by_category=by_category,
-            trending_overall=trending,
-            newest=newest,
-            last_k=last_k,
-            unexplored=[c for c in unexplored if by_category.get(c)],
-        )
-        return merge_candidates(inputs, self._budget, seed=trigger.sequence)
+        return {kind: [p for p, _ in rows] for kind, rows in zip(_LAST_K_TYPES, lists, strict=True)}
 
-    async def _trending_overall(self) -> list[str]:
-        """Every category's trending products merged by decayed popularity, refreshed at
-        most every TRENDING_REFRESH_S."""
+    async def _shared_view(self) -> SharedView:
+        """Every category's trending products and newest listings, and trending overall
+        (merged by decayed popularity), read at most every TRENDING_REFRESH_S."""
         now = time.monotonic()
-        if now - self._trending_at >= TRENDING_REFRESH_S:
-            scored: list[tuple[float, str]] = []
-            for category in await self._catalog.categories():
-                scored += [
-                    (score, product)
-                    for product, score in await self._features.trending(
-                        category, TRENDING_PER_CATEGORY
-                    )
-                ]
-            scored.sort(reverse=True)
-            self._trending = [product for _, product in scored[: self._budget.total]]
-            self._trending_at = now
-        return self._trending
+        if self._shared is None or now - self._shared_at >= TRENDING_REFRESH_S:
+            self._shared_at = now
+            categories = await self._catalog.categories()
+            trending, newest = await asyncio.gather(
+                self._features.trending_many(categories, TRENDING_PER_CATEGORY),
+                self._catalog.newest_many([*categories, None], self._budget.new),
+            )
+            self._shared = SharedView.of(categories, trending, newest, self._budget.total)
+        return self._shared
+
+
+@dataclass(frozen=True)
+class SharedView:
+    """What every user's candidates draw from, read once per refresh."""
+
+    trending_by_category: dict[str, list[str]]
+    trending_overall: list[str]
+    #: Categories by their most popular product's decayed score, most popular first.
+    categories_by_popularity: list[str]
+    newest: dict[str, list[str]]
+
+    @classmethod
+    def of(
+        cls,
+        categories: list[str],
+        trending: list[list[tuple[str, float]]],
+        newest: list[list[str]],
+        overall: int,
+    ) -> SharedView:
+        scored = sorted(
+            ((score, product) for top in trending for product, score in top), reverse=True
+        )
+        best = {c: top[0][1] if top else 0.0 for c, top in zip(categories, trending, strict=True)}
+        return cls(
+            trending_by_category={
+                c: [p for p, _ in top] for c, top in zip(categories, trending, strict=True)
+            },
+            trending_overall=[product for _, product in scored[:overall]],
+            categories_by_popularity=sorted(categories, key=lambda c: (-best[c], c)),
+            newest={c or "": ids for c, ids in zip([*categories, None], newest, strict=True)},
+        )
+
+    def inputs_for(
+        self,
+        affinities: list[tuple[str, float]],
+        last_k: dict[EventType, list[str]],
+        budget: CandidateBudget,
+    ) -> CandidateInputs:
+        """One user's candidate inputs: exploration draws from the most popular
+        categories the user has not touched."""
+        touched = {category for category, _ in affinities}
+        unexplored = [
+            c
+            for c in self.categories_by_popularity
+            if c not in touched and self.trending_by_category.get(c)
+        ]
+        return CandidateInputs(
+            affinities=affinities,
+            trending_by_category=self.trending_by_category,
+            trending_overall=self.trending_overall,
+            newest=self.newest,
+            last_k=last_k,
+            unexplored=unexplored[: 4 * budget.explore_categories],
+        )
 
 
 def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
