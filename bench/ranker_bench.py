@@ -124,6 +124,7 @@ async def measure(settings: Settings, users: list[str]) -> dict[str, Any]:
         "floor": percentiles(floor_ms),
         "reranks_per_s": len(users) / elapsed,
         "feed_length_mean": statistics.mean(candidates),
+        "candidates_mean": ranker.counters.candidates / max(ranker.counters.written, 1),
         "counters": {
             "written": ranker.counters.written,
             "fallbacks": ranker.counters.fallbacks,
@@ -145,7 +146,7 @@ def floor_feed(user: str, sequence: int) -> Feed:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000, help="events of set-up (60000)")
-    parser.add_argument("--triggers", type=int, default=1_000, help="triggers timed (1000)")
+    parser.add_argument("--triggers", type=int, default=5_000, help="triggers timed (5000)")
     args = parser.parse_args(argv)
     ensure_stack(print)
     settings = Settings.load().model_copy(
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add("re-ranks per second, one process", result["reranks_per_s"], "/s", "target >= 200")
     table.add("feed write alone, p50", floor["p50_ms"], "ms", "the floor, same run")
     table.add("feed write alone, p99", floor["p99_ms"], "ms")
+    table.add("candidates per trigger (mean)", result["candidates_mean"], "products")
     table.add("feed length (mean)", result["feed_length_mean"], "products")
     table.print()
     print(f"wrote {write_results('ranker', result)}")

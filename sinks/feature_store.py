@@ -257,6 +257,13 @@ end
 return {failed, partials}
 """
 
+#: Every KEYS hash's fields and values (a single Redis: keys of many slots in one call).
+_READ_HASHES_LUA = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
 #: Rounds of refused users or cut groups before giving up (each needs another worker
 #: writing the same keys at the same time: a rebalance in progress).
 _MAX_ROUNDS = 20
@@ -278,6 +285,7 @@ class RedisFeatureStore:
         self._prefix = prefix
         self.config = config
         self._script = SlotScript(client, _FEATURES_LUA)
+        self._read_hashes = SlotScript(client, _READ_HASHES_LUA)
         self._on_cluster = isinstance(client, aioredis.RedisCluster)
         self._config_json = orjson.dumps(
             {
@@ -474,15 +482,21 @@ class RedisFeatureStore:
         """Features of each product, in order, in one round trip (one per node on a
         cluster). A product never seen has zero counts and the global rates."""
         at = _now_ms() if at_ms is None else at_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(global_features_key(self._prefix))
-            for product_id in product_ids:
-                pipe.hgetall(product_features_key(self._prefix, product_id))
-            global_fields, *rows = await pipe.execute()
-        every = hash_window_counts(_decoded(global_fields), at)
+        keys = [global_features_key(self._prefix)]
+        keys += [product_features_key(self._prefix, product_id) for product_id in product_ids]
+        if self._on_cluster:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                hashes = [_decoded(fields) for fields in await pipe.execute()]
+        else:
+            # One command for every hash: per-command client overhead dominates otherwise.
+            [replies] = await self._read_hashes.run([(keys, [])])
+            hashes = [_pairs(flat) for flat in replies]
+        every = hash_window_counts(hashes[0], at)
         return [
-            product_features_of(product_id, _decoded(fields), every, at, self.config)
-            for product_id, fields in zip(product_ids, rows, strict=True)
+            product_features_of(product_id, fields, every, at, self.config)
+            for product_id, fields in zip(product_ids, hashes[1:], strict=True)
         ]
 
     async def user_category_affinity(
@@ -532,6 +546,10 @@ def _text(value: object) -> str:
 
 def _decoded(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {_text(name): _text(value) for name, value in fields.items()}
+
+
+def _pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _scored(rows: Iterable[tuple[bytes | str, float]]) -> list[tuple[str, float]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any
 
 import faust
 
+from schemas.catalog import CatalogItem
 from schemas.events import EventType, InvalidEvent
 from schemas.features import FeatureConfig, ProductFeatures
 from schemas.feed_layout import POPULARITY_MODEL, Feed
@@ -52,6 +54,11 @@ log = logging.getLogger(__name__)
 TRENDING_REFRESH_S = 10.0
 #: How many of each category's trending products the overall list and a channel take.
 TRENDING_PER_CATEGORY = 50
+#: How long a product's popularity and a catalog item are reused from memory.
+PRODUCT_CACHE_S = 2.0
+CATALOG_CACHE_S = 60.0
+#: Entries the in-memory caches keep at most (the oldest half goes when over).
+CACHE_ENTRIES = 200_000
 #: The feed's length (what the feed service pages through).
 FEED_LENGTH = 100
 _BUDGET = CandidateBudget()
@@ -66,6 +73,7 @@ class RankerCounters:
     stale: int = 0  # the stored feed came from the same or a later trigger
     fallbacks: int = 0  # popularity rankings served
     dead_lettered: int = 0
+    candidates: int = 0  # candidates merged, over every written feed
     channels: dict[str, int] = field(default_factory=dict)
 
 
@@ -100,6 +108,9 @@ class FeedRanker:
         self._clock_ms = clock_ms
         self.counters = RankerCounters()
         self._shared: SharedView | None = None
+        self._refresh: asyncio.Future[None] | None = None
+        self._item_cache: dict[str, tuple[float, CatalogItem | None]] = {}
+        self._score_cache: dict[str, tuple[float, float]] = {}
         self._shared_at = -float("inf")
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
@@ -123,16 +134,13 @@ class FeedRanker:
             shared.inputs_for(affinities, last_k, self._budget), self._budget, seed=trigger.sequence
         )
         ids = [c.product_id for c in candidates]
-        items, product_features = await asyncio.gather(
-            self._catalog.items(ids), self._features.product_features(ids)
-        )
-        scores = {f.product_id: popularity(f, self._features.config) for f in product_features}
+        items, scores = await asyncio.gather(self._items(ids), self._popularity(ids))
         order = {c.product_id: index for index, c in enumerate(candidates)}
         ranked = sorted(ids, key=lambda p: (-scores.get(p, 0.0), order[p]))
         feed_ids = rerank(
             ranked,
-            seller_of={p: item.seller_id for p, item in items.items()},
-            language_of={p: item.language for p, item in items.items()},
+            seller_of={p: item.seller_id for p in ids if (item := items.get(p))},
+            language_of={p: item.language for p in ids if (item := items.get(p))},
             ordered=last_k.get(EventType.ORDER, ()),
             rules=self._rules,
         )[:FEED_LENGTH]
@@ -153,9 +161,36 @@ class FeedRanker:
             return None
         self.counters.written += 1
         self.counters.fallbacks += 1
+        self.counters.candidates += len(candidates)
         for name in feed.channels:
             self.counters.channels[name] = self.counters.channels.get(name, 0) + 1
         return feed
+
+    async def _items(self, ids: list[str]) -> dict[str, CatalogItem | None]:
+        """Catalog items, from memory when read in the last CATALOG_CACHE_S."""
+        now = time.monotonic()
+        cache = self._item_cache
+        missing = [p for p in ids if (hit := cache.get(p)) is None or hit[0] < now]
+        if missing:
+            found = await self._catalog.items(missing)
+            for product_id in missing:
+                cache[product_id] = (now + CATALOG_CACHE_S, found.get(product_id))
+            _bound(cache)
+        return {p: cache[p][1] for p in ids}
+
+    async def _popularity(self, ids: list[str]) -> dict[str, float]:
+        """Each product's popularity, from memory when read in the last PRODUCT_CACHE_S:
+        product counts move slowly, and the same trending products are candidates for
+        most users (a user's own signals are always read fresh)."""
+        now = time.monotonic()
+        cache = self._score_cache
+        missing = [p for p in ids if (hit := cache.get(p)) is None or hit[0] < now]
+        if missing:
+            config = self._features.config
+            for features in await self._features.product_features(missing):
+                cache[features.product_id] = (now + PRODUCT_CACHE_S, popularity(features, config))
+            _bound(cache)
+        return {p: cache[p][1] for p in ids}
 
     async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
         lists = await asyncio.gather(
@@ -164,18 +199,40 @@ class FeedRanker:
         return {kind: [p for p, _ in rows] for kind, rows in zip(_LAST_K_TYPES, lists, strict=True)}
 
     async def _shared_view(self) -> SharedView:
-        """Every category's trending products and newest listings, and trending overall
-        (merged by decayed popularity), read at most every TRENDING_REFRESH_S."""
-        now = time.monotonic()
-        if self._shared is None or now - self._shared_at >= TRENDING_REFRESH_S:
-            self._shared_at = now
-            categories = await self._catalog.categories()
-            trending, newest = await asyncio.gather(
-                self._features.trending_many(categories, TRENDING_PER_CATEGORY),
-                self._catalog.newest_many([*categories, None], self._budget.new),
-            )
-            self._shared = SharedView.of(categories, trending, newest, self._budget.total)
+        """Every category's trending products and newest listings, and trending overall.
+        Read once before the first trigger; after that a view older than
+        TRENDING_REFRESH_S is refreshed in the background while triggers use the last
+        one, so no trigger waits for it."""
+        if self._shared is None:
+            self._shared = await self._read_shared_view()
+            self._shared_at = time.monotonic()
+        elif time.monotonic() - self._shared_at >= TRENDING_REFRESH_S and self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._refresh_shared_view())
         return self._shared
+
+    async def _refresh_shared_view(self) -> None:
+        try:
+            self._shared = await self._read_shared_view()
+            self._shared_at = time.monotonic()
+        except Exception:  # the last view keeps serving; the next trigger tries again
+            log.warning("refreshing trending and newest listings failed", exc_info=True)
+        finally:
+            self._refresh = None
+
+    async def _read_shared_view(self) -> SharedView:
+        categories = await self._catalog.categories()
+        trending, newest = await asyncio.gather(
+            self._features.trending_many(categories, TRENDING_PER_CATEGORY),
+            self._catalog.newest_many([*categories, None], self._budget.new),
+        )
+        return SharedView.of(categories, trending, newest, self._budget.total)
+
+
+def _bound(cache: dict[str, Any]) -> None:
+    """Drop the oldest half of an over-full cache (dicts keep insertion order)."""
+    if len(cache) > CACHE_ENTRIES:
+        for key in list(itertools.islice(cache, len(cache) // 2)):
+            del cache[key]
 
 
 @dataclass(frozen=True)
