@@ -29,12 +29,14 @@ from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, wr
 from schemas.catalog import BadCatalogRow, CatalogItem
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
 from schemas.features import ProductFeatures, UserFeatures
+from schemas.feed_layout import Feed
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
 from streams.bootstrap import (
     build_catalog_store,
     build_feature_store,
+    build_feed_store,
     build_hot_store,
     build_interaction_reader,
     build_ranker_app,
@@ -190,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("ids", nargs="+", help="the user id, product ids, or category id")
     features.add_argument("--at", type=_positive_int, default=None, help="ms since the epoch")
     features.add_argument("-n", type=_positive_int, default=10, help="trending: how many (10)")
+
+    feed = commands.add_parser(
+        "feed",
+        help="print a user's served feed (written by the ranker)",
+        description="Read the feed the ranker last wrote for a user: its products (best "
+        "first) with the channel each came from, the model, and the trigger behind it.",
+    )
+    feed.add_argument("user_id", help="the user id")
+    feed.add_argument("-n", type=_positive_int, default=10, help="how many products (10)")
 
     catalog = commands.add_parser(
         "catalog",
@@ -412,6 +423,36 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_feed(args: argparse.Namespace, settings: Settings) -> int:
+    _valid_user(args.user_id)
+
+    async def read() -> Feed | None:
+        store = build_feed_store(settings)
+        try:
+            return await store.read(args.user_id)
+        finally:
+            await store.close()
+
+    print("\n".join(_feed_lines(args.user_id, asyncio.run(read()), args.n)))
+    return 0
+
+
+def _feed_lines(user: str, feed: Feed | None, n: int) -> list[str]:
+    if feed is None:
+        return [f"no feed for user {user} yet (the ranker writes one on their next trigger)"]
+    how = f"{feed.model}{', fallback' if feed.fallback else ''}"
+    lines = [
+        f"feed of user {user}: {len(feed.products)} products, model {how}, trigger "
+        f"{feed.trigger_reason} (sequence {feed.sequence}), "
+        f"generated {_clock(feed.generated_at_ms)}"
+    ]
+    for rank, (product, channel) in enumerate(
+        zip(feed.products[:n], feed.channels, strict=False), 1
+    ):
+        lines.append(f"  {rank:>3}. {product:<12} {channel}")
+    return lines
+
+
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "load":
         return _load_catalog(args, settings)
@@ -546,26 +587,45 @@ def cmd_ranker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo_catalog(
+    loop: asyncio.AbstractEventLoop, settings: Settings, params: TrafficParams
+) -> None:
+    """Load the generator's catalog for these parameters (the ranker reads it)."""
+    from jobs.catalog import generated_items, load_items  # noqa: PLC0415
+    from jobs.traffic.catalog import Catalog  # noqa: PLC0415
+
+    catalog = build_catalog_store(settings)
+    items = list(generated_items(Catalog.build(params)))
+    try:
+        held = loop.run_until_complete(load_items(catalog, items, len(items), "demo (generated)"))
+    finally:
+        loop.run_until_complete(catalog.close())
+    print(f"catalog: {held:,} products (the traffic generator's)")
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    log_path = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs" / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logs = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     store = build_hot_store(settings)
+    feeds = build_feed_store(settings)
     loop = asyncio.new_event_loop()
+    params = traffic_params(args)
+    _demo_catalog(loop, settings, params)
     applied_before = loop.run_until_complete(store.applied_count())
-    print(f"starting worker with features and triggers on (log: {log_path})")
+    print(f"starting worker with features and triggers on, and the ranker (logs: {logs})")
     # Off by default for now (README, Rolling features); at the demo's rate they keep up.
     env = {**os.environ, "SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "true"}
-    with log_path.open("ab") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "warning"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    processes = [
+        _background("worker", logs / "demo-worker.log", env),
+        _background("ranker", logs / "demo-ranker.log", env),
+    ]
+    worker = processes[0]
+    user = user_id(0)  # the most active user
+    shown: Feed | None = None
     try:
         start_ms = _wall_ms()
         events = bounded(
-            paced(simulate(traffic_params(args), start_ms), start_ms),
+            paced(simulate(params, start_ms), start_ms),
             count=None,
             seconds=args.seconds,
         )
@@ -584,20 +644,49 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                         f"in Redis {applied - applied_before:>8}  ({rate:,.0f} interactions/s)"
                     )
                     last_report, last_applied = now, applied
+                    shown = _show_new_feed(loop.run_until_complete(feeds.read(user)), shown)
         _wait_for_drain(loop, store, applied_before, worker)
-        user = user_id(0)  # the most active user
         print()
         cmd_last_k(argparse.Namespace(user_id=user, types=None, k=5), settings)
         print()
-        return cmd_features(argparse.Namespace(kind="user", ids=[user], at=None), settings)
+        cmd_features(argparse.Namespace(kind="user", ids=[user], at=None), settings)
+        print()
+        time.sleep(1.0)  # the last triggers' feeds
+        print("\n".join(_feed_lines(user, loop.run_until_complete(feeds.read(user)), 10)))
+        return 0
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
         loop.run_until_complete(store.close())
+        loop.run_until_complete(feeds.close())
         loop.close()
+
+
+def _show_new_feed(feed: Feed | None, shown: Feed | None) -> Feed | None:
+    """Print the feed when it is newer than the one shown; returns the one shown now."""
+    if feed is None or (shown is not None and feed.sequence == shown.sequence):
+        return shown
+    top = ", ".join(feed.products[:4])
+    print(
+        f"           {feed.user_id}'s feed re-ranked ({feed.trigger_reason}, "
+        f"model {feed.model}): {top}, ..."
+    )
+    return feed
+
+
+def _background(command: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", command, "--loglevel", "warning"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def _wait_for_drain(
@@ -636,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "last-k": cmd_last_k,
             "features": cmd_features,
             "catalog": cmd_catalog,
+            "feed": cmd_feed,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]
