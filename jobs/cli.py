@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
@@ -33,6 +35,7 @@ from schemas.feed_layout import Feed
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
+from sinks.model_store import ModelStore
 from streams.bootstrap import (
     build_catalog_store,
     build_feature_store,
@@ -202,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("user_id", help="the user id")
     feed.add_argument("-n", type=_positive_int, default=10, help="how many products (10)")
 
+    _add_model_commands(commands)
+
     catalog = commands.add_parser(
         "catalog",
         help="load the product catalog the ranker reads, or read it",
@@ -236,6 +241,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _traffic_arguments(demo, default_seconds=20.0, default_rate=2000.0)
     return parser
+
+
+def _add_model_commands(commands: Any) -> None:
+    """`train` and `model`."""
+    train = commands.add_parser(
+        "train",
+        help="train the ranker's LightGBM model and publish it to running rankers",
+        description="Build a point-in-time training set from an event log (one row per "
+        "impression, features as of its time), train LightGBM on the older rows, evaluate "
+        "on the newest (AUC, NDCG@20 against popularity, candidate recall), and write the "
+        "model, a report (JSON) and a plot (PNG) to the model folder; running rankers serve "
+        "it within seconds. The log: generated traffic (default; --events, --rate, --users, "
+        "--products, --categories, --seed), a JSON-lines file (--file), or the events topic "
+        "from its start (--topic).",
+    )
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--file", default=None, help="events as JSON lines (as `produce` reads)")
+    source.add_argument("--topic", action="store_true", help="read the events topic from its start")
+    train.add_argument(
+        "--events", type=_positive_int, default=400_000, help="generated: events (400000)"
+    )
+    train.add_argument(
+        "--rate", type=_positive_float, default=20.0, help="generated: events/s (20)"
+    )
+    train.add_argument("--users", type=_positive_int, default=10_000, help="generated (10000)")
+    train.add_argument("--products", type=_positive_int, default=5000, help="generated (5000)")
+    train.add_argument("--categories", type=_positive_int, default=100, help="generated (100)")
+    train.add_argument("--seed", type=int, default=7, help="generated: seed (7)")
+    train.add_argument(
+        "--catalog", default=None, help="catalog CSV (default: the generator's, for --seed)"
+    )
+    train.add_argument("--rounds", type=_positive_int, default=400, help="most boosting rounds")
+    train.add_argument("--model-dir", default=None, help="default: SIGNALS_MODEL_DIR")
+    train.add_argument(
+        "--no-publish", action="store_true", help="write the model but leave CURRENT alone"
+    )
+
+    model = commands.add_parser(
+        "model",
+        help="list trained ranker models, or choose the one rankers serve",
+        description="`model list`: every trained version with its test metrics (* = served). "
+        "`model use VERSION`: serve that version (a rollback is `use` of an older one).",
+    )
+    model.add_argument("action", choices=["list", "use"], help="what to do")
+    model.add_argument("version", nargs="?", default=None, help="use: the version")
+    model.add_argument("--model-dir", default=None, help="default: SIGNALS_MODEL_DIR")
 
 
 def _traffic_arguments(
@@ -667,6 +718,97 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         loop.close()
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.event_log import file_events, topic_events  # noqa: PLC0415
+    from jobs.train import NotEnoughData, TrainOptions, run_training, summary_lines  # noqa: PLC0415
+
+    params = traffic_params(args)
+    if args.file:
+        try:
+            events, invalid = file_events(args.file)
+        except FileNotFoundError:
+            raise CliError(f"no such file: {args.file}") from None
+        source = f"file {args.file}"
+    elif args.topic:
+        events, invalid = topic_events(settings.kafka_bootstrap, settings.events_topic)
+        source = f"topic {settings.events_topic}"
+    else:
+        # Ending now: product ages then match what a ranker serving today sees.
+        start_ms = _wall_ms() - int(args.events / args.rate * 1000)
+        print(f"generating {args.events:,} events at {args.rate:g} events/s of simulated time")
+        events, invalid = list(itertools.islice(simulate(params, start_ms), args.events)), 0
+        source = f"generated: {args.events} events, rate {args.rate:g}, seed {args.seed}"
+    if invalid:
+        print(f"left out {invalid:,} records that are not valid events")
+    items = _training_catalog(args, params)
+    store = ModelStore(args.model_dir or settings.model_dir)
+    print(f"training on {len(events):,} events, {len(items):,} catalog products")
+    try:
+        trained = run_training(
+            events,
+            {item.product_id: item for item in items},
+            settings.feature_config(),
+            store,
+            options=TrainOptions(rounds=args.rounds),
+            publish=not args.no_publish,
+            total_events=len(events),
+            source=source,
+        )
+    except NotEnoughData as exc:
+        raise CliError(f"not enough data to train: {exc}") from None
+    print("\n".join(summary_lines(trained)))
+    return 0
+
+
+def _training_catalog(args: argparse.Namespace, params: TrafficParams) -> list[CatalogItem]:
+    from jobs.catalog import generated_items, read_catalog  # noqa: PLC0415
+    from jobs.traffic.catalog import Catalog  # noqa: PLC0415
+
+    if args.catalog is None:
+        return list(generated_items(Catalog.build(params)))
+    try:
+        read = read_catalog(args.catalog)
+    except FileNotFoundError:
+        raise CliError(f"no such file: {args.catalog}") from None
+    except BadCatalogRow as exc:
+        raise CliError(str(exc)) from None
+    if read.refused:
+        line, reason = read.refused[0]
+        print(f"left out {len(read.refused):,} catalog rows (first: line {line}: {reason})")
+    return read.items
+
+
+def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    store = ModelStore(args.model_dir or settings.model_dir)
+    if args.action == "use":
+        if not args.version:
+            raise CliError("model use needs a VERSION (see `signals model list`)")
+        try:
+            store.publish(args.version)
+        except FileNotFoundError as exc:
+            raise CliError(str(exc)) from None
+        print(f"serving {args.version}: running rankers switch within seconds")
+        return 0
+    current = store.current()
+    versions = store.versions()
+    if not versions:
+        print(f"no trained models in {store.directory} (run `signals train`)")
+        return 0
+    for version in versions:
+        mark = "*" if version == current else " "
+        try:
+            report = json.loads(store.files(version).report.read_text(encoding="utf-8"))
+            test = report["test"]
+            detail = (
+                f"AUC {test['auc']['model']:.3f}  NDCG@20 {test['ndcg@20']['model']:.3f} "
+                f"({test['ndcg@20']['model_vs_popularity']:.2f}x popularity)"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            detail = "(no readable report)"
+        print(f"{mark} {version}  {detail}")
+    return 0
+
+
 def _show_new_feed(feed: Feed | None, shown: Feed | None) -> Feed | None:
     """Print the feed when it is newer than the one shown; returns the one shown now."""
     if feed is None or (shown is not None and feed.sequence == shown.sequence):
@@ -726,6 +868,8 @@ def main(argv: list[str] | None = None) -> int:
             "features": cmd_features,
             "catalog": cmd_catalog,
             "feed": cmd_feed,
+            "train": cmd_train,
+            "model": cmd_model,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

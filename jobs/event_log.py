@@ -7,13 +7,14 @@ offset 0 to its end as of the call, so a live worker's group is never disturbed.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import decode_event
-from schemas.events import InvalidEvent
+from schemas.events import Event, InvalidEvent
 from schemas.feature_layout import CountedEvent
 from streams.logic.admission import Limits, check_size, check_time
 
@@ -98,3 +99,33 @@ def counted_events(
                 )
             )
     return log, invalid
+
+
+def topic_events(bootstrap: str, topic: str) -> tuple[list[Event], int]:
+    """Every event of an events topic (partition by partition, in offset order), and how
+    many records could not be decoded (left out, as the worker dead-letters them)."""
+    events: list[Event] = []
+    invalid = 0
+    for records in topic_records(bootstrap, topic).values():
+        for _offset, value, _timestamp_ms in records:
+            try:
+                events.append(decode_event(value))
+            except InvalidEvent:
+                invalid += 1
+    return events, invalid
+
+
+def file_events(path: str) -> tuple[list[Event], int]:
+    """The events of a JSON-lines file (the format `signals produce` reads), and how many
+    lines were not valid events (left out)."""
+    events: list[Event] = []
+    invalid = 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                events.append(Event.from_dict(json.loads(line)))
+            except (ValueError, TypeError):  # JSONDecodeError and InvalidEvent are ValueErrors
+                invalid += 1
+    return events, invalid

@@ -187,7 +187,10 @@ class FeatureConfig:
 
 def window_total(window: Window, tiles: Mapping[int, int], at_ms: int) -> int:
     """The window at `at_ms` from stored tile counts (tile index -> count): the online read."""
-    return sum(tiles.get(tile, 0) for tile in window.tiles_at(at_ms))
+    covered = window.tiles_at(at_ms)
+    if len(tiles) < len(covered):  # sparse: look at what is stored
+        return sum(count for tile, count in tiles.items() if tile in covered)
+    return sum(tiles.get(tile, 0) for tile in covered)
 
 
 def window_count(window: Window, event_times_ms: Iterable[int], at_ms: int) -> int:
@@ -368,7 +371,7 @@ def _rates(
     )
 
 
-def hash_window_counts(fields: Mapping[str, str], at_ms: int) -> WindowCounts:
+def hash_window_counts(fields: Mapping[str, str | int], at_ms: int) -> WindowCounts:
     """A product's (or the global hash's) windows at `at_ms` from its stored fields."""
     tiles = {name: int(value) for name, value in fields.items() if name.startswith("n:")}
     return window_counts(tiles, PRODUCT_WINDOWS, PRODUCT_COUNTED_TYPES, at_ms)
@@ -376,14 +379,26 @@ def hash_window_counts(fields: Mapping[str, str], at_ms: int) -> WindowCounts:
 
 def product_features_of(
     product_id: str,
-    fields: Mapping[str, str],
+    fields: Mapping[str, str | int],
     global_counts: WindowCounts,
     at_ms: int,
     config: FeatureConfig,
 ) -> ProductFeatures:
     """The online read: a product's features at `at_ms` from its hash and the global
     hash's windows (`hash_window_counts`, once for many products)."""
-    counts = hash_window_counts(fields, at_ms)
+    return product_features_from_counts(
+        product_id, hash_window_counts(fields, at_ms), global_counts, at_ms, config
+    )
+
+
+def product_features_from_counts(
+    product_id: str,
+    counts: WindowCounts,
+    global_counts: WindowCounts,
+    at_ms: int,
+    config: FeatureConfig,
+) -> ProductFeatures:
+    """A product's features from its windows at `at_ms` and every product's."""
     click_rate, cart_rate = _rates(counts, global_counts, config)
     return ProductFeatures(product_id, at_ms, counts, click_rate, cart_rate)
 

@@ -21,13 +21,15 @@ AVRO_DIR = Path(__file__).resolve().parent / "avro"
 
 #: Schema id -> `.avsc` file in `schemas/avro/`. Append only.
 SCHEMA_FILES: MappingProxyType[int, str] = MappingProxyType(
-    {1: "event-v1.avsc", 2: "trigger-v1.avsc"}
+    {1: "event-v1.avsc", 2: "trigger-v1.avsc", 3: "trigger-v2.avsc"}
 )
 
 #: The id producers write today.
 CURRENT_EVENT_SCHEMA_ID = 1
 #: The id rank-refresh triggers are written with (`schemas.triggers`).
-CURRENT_TRIGGER_SCHEMA_ID = 2
+CURRENT_TRIGGER_SCHEMA_ID = 3
+#: Every trigger schema a reader accepts (older ones resolve to the current one).
+TRIGGER_SCHEMA_IDS = frozenset({2, 3})
 
 
 class UnknownSchema(LookupError):

@@ -1,6 +1,7 @@
 """The rank-refresh trigger: what the ingest worker tells the ranker, and its wire form.
 
-Avro under the embedded registry's trigger schema (`schemas/avro/trigger-v1.avsc`), with
+Avro under the embedded registry's trigger schema (`schemas/avro/trigger-v2.avsc`; v1
+triggers, without a language, still decode), with
 the same Confluent framing as events, keyed by user id on the trigger topic. Delivery is
 at least once: a batch read again after a crash publishes its triggers again with the
 same sequence, so a consumer keeps, per user, the highest sequence it acted on and drops
@@ -16,7 +17,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas.registry import CURRENT_TRIGGER_SCHEMA_ID, schema_for
+from schemas.registry import CURRENT_TRIGGER_SCHEMA_ID, TRIGGER_SCHEMA_IDS, schema_for
 from schemas.wire import HEADER, HEADER_SIZE, MAGIC, unframe
 
 
@@ -36,6 +37,7 @@ class RankTrigger:
     partition: int
     top_category: str | None
     published_at_ms: int
+    language: str | None = None  # of the user's newest event behind it
 
 
 class InvalidTrigger(ValueError):
@@ -53,6 +55,7 @@ def encode_trigger(trigger: RankTrigger) -> bytes:
         "partition": trigger.partition,
         "top_category": trigger.top_category,
         "published_at_ms": trigger.published_at_ms,
+        "language": trigger.language,
     }
     schemaless_writer(out, schema_for(CURRENT_TRIGGER_SCHEMA_ID), record)
     return out.getvalue()
@@ -66,10 +69,12 @@ def decode_trigger(data: bytes | None) -> RankTrigger:
         schema_id, body = unframe(data)
     except ValueError as exc:
         raise InvalidTrigger(str(exc)) from None
-    if schema_id != CURRENT_TRIGGER_SCHEMA_ID:
+    if schema_id not in TRIGGER_SCHEMA_IDS:
         raise InvalidTrigger(f"schema id {schema_id} is not a trigger schema")
     try:
-        record = schemaless_reader(BytesIO(body), schema_for(schema_id))
+        record = schemaless_reader(
+            BytesIO(body), schema_for(schema_id), schema_for(CURRENT_TRIGGER_SCHEMA_ID)
+        )
     except (EOFError, IndexError, ValueError, KeyError, TypeError) as exc:
         raise InvalidTrigger(f"corrupt Avro body ({exc!r})") from None
     assert isinstance(record, dict)
@@ -81,4 +86,5 @@ def decode_trigger(data: bytes | None) -> RankTrigger:
         partition=record["partition"],
         top_category=record["top_category"],
         published_at_ms=record["published_at_ms"],
+        language=record["language"],
     )

@@ -35,6 +35,7 @@ from schemas.features import (
     UserFeatures,
     UserShare,
     UserStep,
+    WindowCounts,
     advance_user,
     decayed_value,
     decode_user_share,
@@ -469,10 +470,12 @@ class RedisFeatureStore:
         """A user's features at `at_ms` (default: now), whether their session is hot or
         long over: features are not part of the session flush."""
         at = _now_ms() if at_ms is None else at_ms
-        share = await self._user_share(user_id)
+        share = await self.user_share(user_id)
         return user_features_of(user_id, share, at_ms=at, config=self.config, top_n=top_n)
 
-    async def _user_share(self, user_id: str) -> UserShare | None:
+    async def user_share(self, user_id: str) -> UserShare | None:
+        """The user's stored share (None: no event of theirs is stored): the ranker
+        derives both their features and their affinities from this one read."""
         value = await self._redis.get(user_features_key(self._prefix, user_id))
         return decode_user_share(value) if value is not None else None
 
@@ -481,6 +484,14 @@ class RedisFeatureStore:
     ) -> list[ProductFeatures]:
         """Features of each product, in order, in one round trip (one per node on a
         cluster). A product never seen has zero counts and the global rates."""
+        _every, features = await self.product_features_and_global(product_ids, at_ms)
+        return features
+
+    async def product_features_and_global(
+        self, product_ids: Sequence[str], at_ms: int | None = None
+    ) -> tuple[WindowCounts, list[ProductFeatures]]:
+        """`product_features`, and every product's windows at the same time (what the
+        ranking features divide by)."""
         at = _now_ms() if at_ms is None else at_ms
         keys = [global_features_key(self._prefix)]
         keys += [product_features_key(self._prefix, product_id) for product_id in product_ids]
@@ -494,7 +505,7 @@ class RedisFeatureStore:
             [replies] = await self._read_hashes.run([(keys, [])])
             hashes = [_pairs(flat) for flat in replies]
         every = hash_window_counts(hashes[0], at)
-        return [
+        return every, [
             product_features_of(product_id, fields, every, at, self.config)
             for product_id, fields in zip(product_ids, hashes[1:], strict=True)
         ]
@@ -504,7 +515,7 @@ class RedisFeatureStore:
     ) -> list[tuple[str, float]]:
         """The user's `n` highest-affinity categories with their scores at `at_ms`."""
         at = _now_ms() if at_ms is None else at_ms
-        share = await self._user_share(user_id)
+        share = await self.user_share(user_id)
         scores = share.affinity.items() if share is not None else ()
         return top_decayed(scores, at, self.config.affinity_half_life_ms, max(n, 1))
 

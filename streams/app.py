@@ -210,6 +210,7 @@ class IngestPipeline:
         append = prepared.interactions.append
         count = prepared.counted.append if self.features is not None else None
         activity = prepared.activity
+        languages = prepared.languages
         for record in records:
             try:
                 event = self._admit(record.value, now_ms)
@@ -236,6 +237,7 @@ class IngestPipeline:
                 latest = activity[record.partition] = {}
             if event.event_time_ms > latest.get(event.user_id, 0):
                 latest[event.user_id] = event.event_time_ms
+                languages[event.user_id] = event.language
             interaction = interaction_of(event)
             if interaction is not None:
                 append(interaction)
@@ -287,7 +289,7 @@ class IngestPipeline:
             self._watermarks.update(plan.watermarks)
             self.counters.too_late += plan.too_late
             if self._triggers is not None:
-                await self._publish_triggers(plan, outcomes)
+                await self._publish_triggers(plan, outcomes, prepared.languages)
 
     async def _feature_plan(self, prepared: Prepared) -> FeaturePlan | None:
         if self.features is None or not prepared.counted:
@@ -311,7 +313,12 @@ class IngestPipeline:
             )
         return outcomes
 
-    async def _publish_triggers(self, plan: FeaturePlan, outcomes: dict[str, UserOutcome]) -> None:
+    async def _publish_triggers(
+        self,
+        plan: FeaturePlan,
+        outcomes: dict[str, UserOutcome],
+        languages: dict[str, str],
+    ) -> None:
         """Decide each user's trigger and wait until the broker has them all (acks=all):
         the caller commits the batch's offsets only after that."""
         assert self._triggers is not None
@@ -344,6 +351,7 @@ class IngestPipeline:
                 partition=events[0][0],
                 top_category=outcome.top_after if outcome else None,
                 published_at_ms=now_ms,
+                language=languages.get(user),
             )
             pending.append(message)
             reasons = self.counters.trigger_reasons
@@ -523,6 +531,8 @@ class Prepared:
     counted: list[CountedEvent] = field(default_factory=list)
     #: partition -> user -> newest event time in this batch (every admitted event).
     activity: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: user -> the language of their newest event in this batch (for the triggers).
+    languages: dict[str, str] = field(default_factory=dict)
     size: int = 0  # records fetched, admitted or not
 
     def absorb(self, later: Prepared) -> None:
@@ -530,6 +540,7 @@ class Prepared:
         self.now_ms = max(self.now_ms, later.now_ms)
         self.interactions += later.interactions
         self.counted += later.counted
+        self.languages.update(later.languages)
         self.rejected += later.rejected
         for partition, latest in later.activity.items():
             mine = self.activity.setdefault(partition, {})

@@ -15,8 +15,10 @@ from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
+from sinks.model_store import ModelStore
 from sinks.redis_scripts import HotRedis
 from streams.app import build_app
+from streams.models import ModelSlot
 from streams.ranker import FeedRanker, ranker_faust_app
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
@@ -107,6 +109,7 @@ def build_ranker_app(settings: Settings) -> faust.App:
         features=build_feature_store(settings, client),
         catalog=build_catalog_store(settings, client),
         feeds=build_feed_store(settings, client),
+        models=ModelSlot(ModelStore(settings.model_dir), settings.model_poll_s),
     )
     return ranker_faust_app(settings, ranker)
 

@@ -8,10 +8,14 @@ items and features; merge the candidates (`streams.logic.candidates`), score the
 the re-ranking rules (`streams.logic.rerank`) and write the feed (`schemas.feed_layout`),
 which a later trigger's feed alone can replace.
 
-Scoring: no trained model is wired in yet, so every feed is the popularity ranking (each
-candidate's 24h events weighted like the affinity: view 1, click 3, wishlist 4, cart 5,
-order 10; ties by the channel's own order), recorded as `model = "popularity"`,
-`fallback = true` and counted as a fallback. A malformed trigger goes to the dead-letter
+Scoring: with a model loaded (`streams.models.ModelSlot`, swapped without a restart when
+the training job publishes a new version) each candidate's row
+(`streams.logic.ranking`) is scored to a click probability and the feed records the
+model's version. With no model, or when scoring fails, the feed is the popularity
+ranking (each candidate's 24h events weighted like the affinity: view 1, click 3,
+wishlist 4, cart 5, order 10; ties by the channel's own order), recorded as
+`model = "popularity"`, `fallback = true` and counted as a fallback: never an empty feed.
+A malformed trigger goes to the dead-letter
 topic with the reason; a store that is down is retried with backoff before the trigger
 is acknowledged.
 """
@@ -31,7 +35,13 @@ import faust
 
 from schemas.catalog import CatalogItem
 from schemas.events import EventType, InvalidEvent
-from schemas.features import FeatureConfig, ProductFeatures
+from schemas.features import (
+    ProductFeatures,
+    UserShare,
+    WindowCounts,
+    top_decayed,
+    user_features_of,
+)
 from schemas.feed_layout import POPULARITY_MODEL, Feed
 from schemas.triggers import InvalidTrigger, RankTrigger, decode_trigger
 from sinks.catalog_store import RedisCatalogStore
@@ -40,12 +50,16 @@ from sinks.feed_store import RedisFeedStore
 from sinks.hot_store import HotStore
 from sinks.retry import until_applied
 from streams.logic.admission import dead_letter_headers
-from streams.logic.candidates import (
-    CandidateBudget,
-    CandidateInputs,
-    merge_candidates,
+from streams.logic.candidates import CandidateBudget, SharedView, merge_candidates
+from streams.logic.ranking import (
+    ProductContext,
+    feature_row,
+    popularity,
+    product_context,
+    user_context,
 )
 from streams.logic.rerank import RerankRules, rerank
+from streams.models import LoadedModel, ModelSlot
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,16 +85,28 @@ class RankerCounters:
     triggers: int = 0
     written: int = 0
     stale: int = 0  # the stored feed came from the same or a later trigger
-    fallbacks: int = 0  # popularity rankings served
+    scored: int = 0  # feeds ranked by the model
+    fallbacks: int = 0  # popularity rankings served (no model loaded, or scoring failed)
+    scoring_errors: int = 0
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
     channels: dict[str, int] = field(default_factory=dict)
 
 
-def popularity(features: ProductFeatures, config: FeatureConfig) -> float:
-    """A product's 24h events, weighted like the affinity (the fallback ranking)."""
-    day = features.counts["24h"]
-    return sum(config.weights.get(kind, 0.0) * count for kind, count in day.items())
+@dataclass(slots=True)
+class _Product:
+    """A product's stored features as last read, and what the ranking derives from them."""
+
+    expires: float
+    features: ProductFeatures
+    every: WindowCounts  # every product's windows, read with it
+    popularity: float
+    _context: ProductContext | None = None
+
+    def context(self, item: CatalogItem | None) -> ProductContext:
+        if self._context is None:
+            self._context = product_context(self.features, self.every, item)
+        return self._context
 
 
 class FeedRanker:
@@ -97,6 +123,7 @@ class FeedRanker:
         budget: CandidateBudget = _BUDGET,
         rules: RerankRules = _RULES,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        models: ModelSlot | None = None,
     ) -> None:
         self._hot = hot_store
         self._features = features
@@ -110,38 +137,60 @@ class FeedRanker:
         self._shared: SharedView | None = None
         self._refresh: asyncio.Future[None] | None = None
         self._item_cache: dict[str, tuple[float, CatalogItem | None]] = {}
-        self._score_cache: dict[str, tuple[float, float]] = {}
+        self._product_cache: dict[str, _Product] = {}
+        self._models = models if models is not None else ModelSlot(None)
+        self._scoring_error_logged = -float("inf")
         self._shared_at = -float("inf")
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
         """Write the trigger's feed; None when a feed of the same or a later trigger is
         stored already (nothing written). Three round trips of reads at most: the user's
-        (feed sequence, last-k, affinities, together), then the candidates' catalog items
-        and features (together), then the write; what every user shares (trending,
+        (feed sequence, last-k, stored features, together), then the candidates' catalog
+        items and features (together), then the write; what every user shares (trending,
         newest listings, categories) is refreshed in memory every TRENDING_REFRESH_S."""
         self.counters.triggers += 1
+        self._models.poll()
         user = trigger.user_id
-        stored, last_k, affinities, shared = await asyncio.gather(
+        stored, last_k, share, shared = await asyncio.gather(
             self._feeds.sequence(user),
             self._user_last_k(user),
-            self._features.user_category_affinity(user, self._budget.affinity_categories),
+            self._features.user_share(user),
             self._shared_view(),
         )
         if stored is not None and stored >= trigger.sequence:
             self.counters.stale += 1
             return None
+        at_ms = self._clock_ms()
+        config = self._features.config
+        affinities = top_decayed(
+            share.affinity.items() if share is not None else (),
+            at_ms,
+            config.affinity_half_life_ms,
+            self._budget.affinity_categories,
+        )
         candidates = merge_candidates(
-            shared.inputs_for(affinities, last_k, self._budget), self._budget, seed=trigger.sequence
+            shared.inputs_for(affinities, last_k, self._budget, trigger.language),
+            self._budget,
+            seed=trigger.sequence,
         )
         ids = [c.product_id for c in candidates]
-        items, scores = await asyncio.gather(self._items(ids), self._popularity(ids))
+        items, products = await asyncio.gather(self._items(ids), self._products(ids))
+        model = self._models.model
+        model_scores = None
+        if model is not None:
+            model_scores = self._scores(
+                model, trigger, share, last_k, at_ms, ids=ids, items=items, products=products
+            )
+        scored = model is not None and model_scores is not None
+        scores = model_scores or {p: products[p].popularity for p in ids}
         order = {c.product_id: index for index, c in enumerate(candidates)}
-        ranked = sorted(ids, key=lambda p: (-scores.get(p, 0.0), order[p]))
+        ranked = sorted(ids, key=lambda p: (-scores[p], order[p]))
         feed_ids = rerank(
             ranked,
             seller_of={p: item.seller_id for p in ids if (item := items.get(p))},
             language_of={p: item.language for p in ids if (item := items.get(p))},
             ordered=last_k.get(EventType.ORDER, ()),
+            language=trigger.language,
             rules=self._rules,
         )[:FEED_LENGTH]
         channel = {c.product_id: c.channel.value for c in candidates}
@@ -150,8 +199,8 @@ class FeedRanker:
             sequence=trigger.sequence,
             products=feed_ids,
             channels=[channel[p] for p in feed_ids],
-            model=POPULARITY_MODEL,
-            fallback=True,
+            model=model.version if scored and model is not None else POPULARITY_MODEL,
+            fallback=not scored,
             trigger_reason=trigger.reason.value,
             trigger_published_at_ms=trigger.published_at_ms,
             generated_at_ms=self._clock_ms(),
@@ -160,11 +209,46 @@ class FeedRanker:
             self.counters.stale += 1  # a later trigger's feed landed meanwhile
             return None
         self.counters.written += 1
-        self.counters.fallbacks += 1
+        if scored:
+            self.counters.scored += 1
+        else:
+            self.counters.fallbacks += 1
         self.counters.candidates += len(candidates)
         for name in feed.channels:
             self.counters.channels[name] = self.counters.channels.get(name, 0) + 1
         return feed
+
+    def _scores(
+        self,
+        model: LoadedModel,
+        trigger: RankTrigger,
+        share: UserShare | None,
+        last_k: dict[EventType, list[str]],
+        at_ms: int,
+        *,
+        ids: list[str],
+        items: dict[str, CatalogItem | None],
+        products: dict[str, _Product],
+    ) -> dict[str, float] | None:
+        """The model's click probability per candidate; None (and counted, and logged at
+        most once a minute) when scoring fails: the caller falls back to popularity."""
+        try:
+            config = self._features.config
+            features = user_features_of(trigger.user_id, share, at_ms=at_ms, config=config)
+            affinity = share.affinity if share is not None else {}
+            context = user_context(features, affinity, last_k, trigger.language, config)
+            rows = [feature_row(context, p, products[p].context(items.get(p))) for p in ids]
+            values = model.score(rows)
+        except Exception:
+            self.counters.scoring_errors += 1
+            now = time.monotonic()
+            if now - self._scoring_error_logged >= 60:
+                self._scoring_error_logged = now
+                log.warning(
+                    "scoring with model %s failed: popularity served", model.version, exc_info=True
+                )
+            return None
+        return dict(zip(ids, values.tolist(), strict=True))
 
     async def _items(self, ids: list[str]) -> dict[str, CatalogItem | None]:
         """Catalog items, from memory when read in the last CATALOG_CACHE_S."""
@@ -178,19 +262,26 @@ class FeedRanker:
             _bound(cache)
         return {p: cache[p][1] for p in ids}
 
-    async def _popularity(self, ids: list[str]) -> dict[str, float]:
-        """Each product's popularity, from memory when read in the last PRODUCT_CACHE_S:
-        product counts move slowly, and the same trending products are candidates for
-        most users (a user's own signals are always read fresh)."""
+    async def _products(self, ids: list[str]) -> dict[str, _Product]:
+        """Each product's features and popularity, from memory when read in the last
+        PRODUCT_CACHE_S: product counts move slowly, and the same trending products are
+        candidates for most users (a user's own signals are always read fresh)."""
         now = time.monotonic()
-        cache = self._score_cache
-        missing = [p for p in ids if (hit := cache.get(p)) is None or hit[0] < now]
+        cache = self._product_cache
+        missing = [p for p in ids if (hit := cache.get(p)) is None or hit.expires < now]
         if missing:
             config = self._features.config
-            for features in await self._features.product_features(missing):
-                cache[features.product_id] = (now + PRODUCT_CACHE_S, popularity(features, config))
+            every, read = await self._features.product_features_and_global(missing)
+            for features in read:
+                cache[features.product_id] = _Product(
+                    now + PRODUCT_CACHE_S, features, every, popularity(features, config)
+                )
             _bound(cache)
-        return {p: cache[p][1] for p in ids}
+        return {p: cache[p] for p in ids}
+
+    @property
+    def models(self) -> ModelSlot:
+        return self._models
 
     async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
         lists = await asyncio.gather(
@@ -225,7 +316,9 @@ class FeedRanker:
             self._features.trending_many(categories, TRENDING_PER_CATEGORY),
             self._catalog.newest_many([*categories, None], self._budget.new),
         )
-        return SharedView.of(categories, trending, newest, self._budget.total)
+        listed = await self._items(list({p for top in trending for p, _ in top}))
+        languages = {p: item.language for p, item in listed.items() if item is not None}
+        return SharedView.of(categories, trending, newest, self._budget.total, languages)
 
 
 def _bound(cache: dict[str, Any]) -> None:
@@ -233,61 +326,6 @@ def _bound(cache: dict[str, Any]) -> None:
     if len(cache) > CACHE_ENTRIES:
         for key in list(itertools.islice(cache, len(cache) // 2)):
             del cache[key]
-
-
-@dataclass(frozen=True)
-class SharedView:
-    """What every user's candidates draw from, read once per refresh."""
-
-    trending_by_category: dict[str, list[str]]
-    trending_overall: list[str]
-    #: Categories by their most popular product's decayed score, most popular first.
-    categories_by_popularity: list[str]
-    newest: dict[str, list[str]]
-
-    @classmethod
-    def of(
-        cls,
-        categories: list[str],
-        trending: list[list[tuple[str, float]]],
-        newest: list[list[str]],
-        overall: int,
-    ) -> SharedView:
-        scored = sorted(
-            ((score, product) for top in trending for product, score in top), reverse=True
-        )
-        best = {c: top[0][1] if top else 0.0 for c, top in zip(categories, trending, strict=True)}
-        return cls(
-            trending_by_category={
-                c: [p for p, _ in top] for c, top in zip(categories, trending, strict=True)
-            },
-            trending_overall=[product for _, product in scored[:overall]],
-            categories_by_popularity=sorted(categories, key=lambda c: (-best[c], c)),
-            newest={c or "": ids for c, ids in zip([*categories, None], newest, strict=True)},
-        )
-
-    def inputs_for(
-        self,
-        affinities: list[tuple[str, float]],
-        last_k: dict[EventType, list[str]],
-        budget: CandidateBudget,
-    ) -> CandidateInputs:
-        """One user's candidate inputs: exploration draws from the most popular
-        categories the user has not touched."""
-        touched = {category for category, _ in affinities}
-        unexplored = [
-            c
-            for c in self.categories_by_popularity
-            if c not in touched and self.trending_by_category.get(c)
-        ]
-        return CandidateInputs(
-            affinities=affinities,
-            trending_by_category=self.trending_by_category,
-            trending_overall=self.trending_overall,
-            newest=self.newest,
-            last_k=last_k,
-            unexplored=unexplored[: 4 * budget.explore_categories],
-        )
 
 
 def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
@@ -311,6 +349,7 @@ def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
 
     @app.agent(topic)
     async def rank_triggers(stream: faust.StreamT[Any]) -> None:
+        await ranker.models.load_now()  # the first trigger already scores with the model
         async for event in stream.events():
             try:
                 trigger = decode_trigger(event.value)

@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     )
     trigger_views: int = Field(5, ge=1, description="views since the last trigger that fire one")
 
+    # The feed ranker
+    model_dir: Path = Field(
+        default_factory=lambda: state_dir() / "models",
+        description="trained ranker models and the CURRENT pointer (shared by every ranker)",
+    )
+    model_poll_s: float = Field(5.0, gt=0, description="how often rankers look for a new model")
+
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"
     cql_port: int = 9042

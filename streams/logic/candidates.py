@@ -79,6 +79,9 @@ class CandidateInputs:
     #: The user's language and each known product's language (the cold-start channel).
     language: str | None = None
     product_language: Mapping[str, str] = field(default_factory=dict)
+    #: Trending overall among products in the user's language, when the caller has it
+    #: (otherwise the cold start filters `trending_overall` by `product_language`).
+    trending_in_language: Sequence[str] = ()
 
 
 _REENGAGE_ORDER = (EventType.ADD_TO_CART, EventType.WISHLIST, EventType.VIEW)
@@ -136,7 +139,7 @@ def merge_candidates(
     reengage = reengagement(inputs.last_k)
     top = list(inputs.affinities[: budget.affinity_categories])
     if not top and not reengage:
-        in_language = [
+        in_language = list(inputs.trending_in_language) or [
             product
             for product in inputs.trending_overall
             if inputs.language is None or inputs.product_language.get(product) == inputs.language
@@ -164,3 +167,74 @@ def channel_counts(candidates: Sequence[Candidate]) -> dict[Channel, int]:
     for candidate in candidates:
         counts[candidate.channel] = counts.get(candidate.channel, 0) + 1
     return counts
+
+
+@dataclass(frozen=True, slots=True)
+class SharedView:
+    """What every user's candidates draw from, read once per refresh."""
+
+    trending_by_category: dict[str, list[str]]
+    trending_overall: list[str]
+    #: Trending overall among the products listed in each language (cold starts).
+    trending_by_language: dict[str, list[str]]
+    #: Categories by their most popular product's decayed score, most popular first.
+    categories_by_popularity: list[str]
+    newest: dict[str, list[str]]
+
+    @classmethod
+    def of(
+        cls,
+        categories: list[str],
+        trending: list[list[tuple[str, float]]],
+        newest: list[list[str]],
+        overall: int,
+        languages: Mapping[str, str] | None = None,
+    ) -> SharedView:
+        """`languages`: the listing language of (at least) the trending products."""
+        scored = sorted(
+            ((score, product) for top in trending for product, score in top), reverse=True
+        )
+        by_language: dict[str, list[str]] = {}
+        for _score, product in scored:
+            language = (languages or {}).get(product)
+            if language is not None:
+                listed = by_language.setdefault(language, [])
+                if len(listed) < overall:
+                    listed.append(product)
+        best = {c: top[0][1] if top else 0.0 for c, top in zip(categories, trending, strict=True)}
+        return cls(
+            trending_by_category={
+                c: [p for p, _ in top] for c, top in zip(categories, trending, strict=True)
+            },
+            trending_overall=[product for _, product in scored[:overall]],
+            trending_by_language=by_language,
+            categories_by_popularity=sorted(categories, key=lambda c: (-best[c], c)),
+            newest={c or "": ids for c, ids in zip([*categories, None], newest, strict=True)},
+        )
+
+    def inputs_for(
+        self,
+        affinities: list[tuple[str, float]],
+        last_k: dict[EventType, list[str]],
+        budget: CandidateBudget,
+        language: str | None = None,
+    ) -> CandidateInputs:
+        """One user's candidate inputs: exploration draws from the most popular
+        categories the user has not touched; a cold start gets trending products in
+        `language` (when known)."""
+        touched = {category for category, _ in affinities}
+        unexplored = [
+            c
+            for c in self.categories_by_popularity
+            if c not in touched and self.trending_by_category.get(c)
+        ]
+        return CandidateInputs(
+            affinities=affinities,
+            trending_by_category=self.trending_by_category,
+            trending_overall=self.trending_overall,
+            newest=self.newest,
+            last_k=last_k,
+            unexplored=unexplored[: 4 * budget.explore_categories],
+            language=language,
+            trending_in_language=self.trending_by_language.get(language or "", ()),
+        )

@@ -1,0 +1,343 @@
+"""The ranker's point-in-time training set: one row per impression, built by replaying an
+event log through the live feature code.
+
+An impression is a view: a product shown to a user at a feed position at time T. Its row
+(`streams.logic.ranking.feature_row`) holds the features as of T from every event
+strictly before T, never one at or after it: the log is replayed in event-time order and,
+at each instant, the rows of that instant's views are taken before any of its events is
+applied. The user's features come from the share the worker stores
+(`schemas.features.advance_user`, read back with `user_features_of`), the product's from
+tile fields named and read as the product hashes are (`product_features_of`): the same
+code the live ranker's inputs come from.
+
+Label: 1 when the user clicks the same product later in the same session (the session
+rule of `schemas.features`), 2 when they also order it, else 0. Rows are grouped by
+session (for NDCG).
+
+Differences from the live stores, on purpose: the replay is in event-time order, so no
+event is ever "too late" for its tile (the live worker leaves events more than the allowed
+lateness behind their partition's watermark out of the tiles: a tiny share, see the
+features' docstring), and no decayed set is trimmed.
+
+Candidate recall: at the start of each returning user's session (before its first
+event), the replay also runs the candidate generator (`streams.logic.candidates`) on the
+state at that instant, trending lists refreshed every `refresh_ms` of event time as the
+ranker refreshes its own, and records which of that session's clicks were among the
+candidates.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from schemas.catalog import CatalogItem
+from schemas.events import Event, EventType
+from schemas.feature_layout import PRODUCT_COUNTED_TYPES, PRUNE_EVERY_MS
+from schemas.features import (
+    PRODUCT_WINDOWS,
+    FeatureConfig,
+    UserShare,
+    WindowCounts,
+    advance_user,
+    log_sum,
+    product_features_from_counts,
+    top_decayed,
+    user_features_of,
+    window_total,
+)
+from streams.logic.candidates import CandidateBudget, SharedView, merge_candidates
+from streams.logic.ranking import feature_row, popularity, product_context, user_context
+
+#: The ranker reads this many of each last-k type per trigger.
+LAST_K = 20
+#: The ranker refreshes its trending view every 10 s of wall time; the replay every 10
+#: minutes of event time (a replayed day is not ten thousand refreshes).
+REFRESH_MS = 600_000
+#: Trending products each category keeps in the shared view (the ranker's setting).
+TRENDING_PER_CATEGORY = 50
+
+_LAST_K_TYPES = (EventType.VIEW, EventType.WISHLIST, EventType.ADD_TO_CART, EventType.ORDER)
+
+
+@dataclass
+class Probe:
+    """The candidates generated at a session's start, and the clicks of that session."""
+
+    at_ms: int
+    candidates: frozenset[str]
+    clicked: set[str] = field(default_factory=set)
+
+
+@dataclass
+class TrainingSet:
+    rows: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    sessions: list[int] = field(default_factory=list)  # a number per (user, session)
+    popularity: list[float] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    products: list[str] = field(default_factory=list)
+    probes: list[Probe] = field(default_factory=list)
+    events: int = 0
+    duplicates: int = 0
+
+
+class _Counts:
+    """Tile counts of one product (or of every product) per event type and tile width,
+    read with the definition's `window_total`, pruned as the store prunes its hashes."""
+
+    __slots__ = ("pruned_at", "tiles")
+
+    def __init__(self) -> None:
+        self.tiles: dict[tuple[EventType, int], dict[int, int]] = {}
+        self.pruned_at = -PRUNE_EVERY_MS
+
+    def add(self, kind: EventType, time_ms: int) -> None:
+        for window in PRODUCT_WINDOWS:
+            tiles = self.tiles.get((kind, window.tile_ms))
+            if tiles is None:
+                tiles = self.tiles[kind, window.tile_ms] = {}
+            tile = time_ms // window.tile_ms
+            tiles[tile] = tiles.get(tile, 0) + 1
+        if time_ms - self.pruned_at >= PRUNE_EVERY_MS:
+            self.pruned_at = time_ms
+            for window in PRODUCT_WINDOWS:
+                oldest = window.oldest_tile_needed(time_ms)
+                for kind_ in PRODUCT_COUNTED_TYPES:
+                    tiles = self.tiles.get((kind_, window.tile_ms))
+                    if tiles and min(tiles) < oldest:
+                        self.tiles[kind_, window.tile_ms] = {
+                            t: n for t, n in tiles.items() if t >= oldest
+                        }
+
+    def at(self, at_ms: int) -> WindowCounts:
+        empty: dict[int, int] = {}
+        return {
+            window.name: {
+                kind: window_total(window, self.tiles.get((kind, window.tile_ms), empty), at_ms)
+                for kind in PRODUCT_COUNTED_TYPES
+            }
+            for window in PRODUCT_WINDOWS
+        }
+
+
+_NO_COUNTS = _Counts()
+
+
+class PointInTimeReplay:
+    """Builds a `TrainingSet` from events in any order (sorted here by event time)."""
+
+    def __init__(
+        self,
+        catalog: Mapping[str, CatalogItem],
+        config: FeatureConfig,
+        *,
+        budget: CandidateBudget | None = None,
+        refresh_ms: int = REFRESH_MS,
+        probes: bool = True,
+    ) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.budget = budget or CandidateBudget()
+        self.refresh_ms = refresh_ms
+        self.probes_enabled = probes
+        self.result = TrainingSet()
+        self._offset = 0
+        self._shares: dict[str, UserShare] = {}
+        self._last_k: dict[str, dict[EventType, dict[str, int]]] = {}
+        self._products: dict[str, _Counts] = {}
+        self._every = _Counts()
+        self._trending: dict[str, dict[str, float]] = {}
+        self._session_numbers: dict[tuple[str, int], int] = {}
+        self._shown: dict[tuple[str, int, str], list[int]] = {}
+        self._probe_of: dict[str, tuple[int, Probe]] = {}  # user -> (session start, probe)
+        self._view: SharedView | None = None
+        self._view_at = -refresh_ms
+        categories = sorted({item.category_id for item in catalog.values()})
+        self._categories = categories
+        self._languages = {item.product_id: item.language for item in catalog.values()}
+        by_age = sorted(catalog.values(), key=lambda item: (-item.created_ms, item.product_id))
+        newest: dict[str, list[str]] = {}
+        for item in by_age:
+            listed = newest.setdefault(item.category_id, [])
+            if len(listed) < self.budget.new:
+                listed.append(item.product_id)
+        self._newest = [newest.get(c, []) for c in categories]
+        self._newest.append([item.product_id for item in by_age[: self.budget.new]])
+
+    def run(
+        self, events: Iterable[Event], progress: Callable[[int], None] | None = None
+    ) -> TrainingSet:
+        ordered = sorted(events, key=lambda event: event.event_time_ms)
+        for at_ms, group in itertools.groupby(ordered, key=lambda event: event.event_time_ms):
+            instant = list(group)
+            rows = {
+                index: self._impression(event, at_ms)
+                for index, event in enumerate(instant)
+                if event.event_type is EventType.VIEW and event.product_id
+            }
+            for index, event in enumerate(instant):
+                self._apply(event, rows.get(index))
+            if progress is not None:
+                progress(len(instant))
+        return self.result
+
+    # --- rows ------------------------------------------------------------------------
+
+    def _impression(self, event: Event, at_ms: int) -> tuple[list[float], float]:
+        user, product = event.user_id, event.product_id
+        assert product is not None
+        config = self.config
+        share = self._shares.get(user)
+        features = user_features_of(user, share, at_ms=at_ms, config=config)
+        context = user_context(
+            features,
+            share.affinity if share is not None else {},
+            self._last_k_lists(user),
+            event.language,
+            config,
+        )
+        every = self._every.at(at_ms)
+        counts = self._products.get(product, _NO_COUNTS).at(at_ms)
+        product_features = product_features_from_counts(product, counts, every, at_ms, config)
+        item = self.catalog.get(product)
+        row = feature_row(
+            context,
+            product,
+            product_context(product_features, every, item, category=event.category_id),
+            event.feed_position or 0,
+        )
+        return row, popularity(product_features, config)
+
+    def _last_k_lists(self, user: str) -> dict[EventType, list[str]]:
+        lists = self._last_k.get(user)
+        if lists is None:
+            return {}
+        return {
+            kind: sorted(times, key=times.__getitem__, reverse=True)[:LAST_K]
+            for kind, times in lists.items()
+        }
+
+    # --- applying an event -----------------------------------------------------------
+
+    def _apply(self, event: Event, impression: tuple[list[float], float] | None) -> None:
+        result = self.result
+        result.events += 1
+        self._offset += 1
+        user, kind, at_ms = event.user_id, event.event_type, event.event_time_ms
+        product, category = event.product_id or "", event.category_id or ""
+        share = self._shares.get(user)
+        starts = share is None or (
+            share.newest_ms is not None and at_ms > share.newest_ms + self.config.session_gap_ms
+        )
+        if starts and share is not None and self.probes_enabled:
+            self._probe(user, share, at_ms, event.language)
+        planned = (0, self._offset, kind.value, at_ms, category, 0, event.event_id, product)
+        step = advance_user(share, [planned], self.config)
+        if step.duplicates:
+            result.duplicates += 1
+            return
+        assert step.share is not None
+        self._shares[user] = share = step.share
+        session_start = share.session_start_ms or at_ms
+        if product:
+            self._remember(user, kind, product, at_ms)
+            if kind in PRODUCT_COUNTED_TYPES:
+                counts = self._products.get(product)
+                if counts is None:
+                    counts = self._products[product] = _Counts()
+                counts.add(kind, at_ms)
+                self._every.add(kind, at_ms)
+            log_weight = self.config.log2_weights.get(kind.value)
+            if category and log_weight is not None:
+                scores = self._trending.setdefault(category, {})
+                term = log_weight + at_ms / self.config.trending_half_life_ms
+                scores[product] = log_sum(scores.get(product, -float("inf")), term)
+        if impression is not None:
+            self._add_row(user, product, session_start, at_ms, impression)
+        elif kind in (EventType.CLICK, EventType.ORDER) and product:
+            grade = 2 if kind is EventType.ORDER else 1
+            for index in self._shown.get((user, session_start, product), ()):
+                result.labels[index] = max(result.labels[index], grade)
+            if kind is EventType.CLICK:
+                found = self._probe_of.get(user)
+                if found is not None and found[0] == session_start:
+                    found[1].clicked.add(product)
+
+    def _add_row(
+        self,
+        user: str,
+        product: str,
+        session_start: int,
+        at_ms: int,
+        impression: tuple[list[float], float],
+    ) -> None:
+        result = self.result
+        row, score = impression
+        session = self._session_numbers.setdefault(
+            (user, session_start), len(self._session_numbers)
+        )
+        self._shown.setdefault((user, session_start, product), []).append(len(result.rows))
+        result.rows.append(row)
+        result.labels.append(0)
+        result.times.append(at_ms)
+        result.sessions.append(session)
+        result.popularity.append(score)
+        result.users.append(user)
+        result.products.append(product)
+
+    def _remember(self, user: str, kind: EventType, product: str, at_ms: int) -> None:
+        if kind not in _LAST_K_TYPES:
+            return
+        lists = self._last_k.setdefault(user, {})
+        times = lists.setdefault(kind, {})
+        if at_ms > times.get(product, -1):  # ZADD GT
+            times[product] = at_ms
+        if len(times) > 2 * LAST_K:
+            keep = sorted(times, key=times.__getitem__, reverse=True)[:LAST_K]
+            lists[kind] = {p: times[p] for p in keep}
+
+    def _probe(self, user: str, share: UserShare, at_ms: int, language: str) -> None:
+        """The candidates the ranker would generate as the user's new session starts."""
+        view = self._shared_view(at_ms)
+        budget = self.budget
+        affinities = top_decayed(
+            share.affinity.items(),
+            at_ms,
+            self.config.affinity_half_life_ms,
+            budget.affinity_categories,
+        )
+        inputs = view.inputs_for(affinities, self._last_k_lists(user), budget, language)
+        candidates = merge_candidates(inputs, budget, seed=self._offset)
+        probe = Probe(at_ms, frozenset(c.product_id for c in candidates))
+        self.result.probes.append(probe)
+        self._probe_of[user] = (at_ms, probe)
+
+    def _shared_view(self, at_ms: int) -> SharedView:
+        if self._view is None or at_ms - self._view_at >= self.refresh_ms:
+            half_life = self.config.trending_half_life_ms
+            trending = [
+                top_decayed(
+                    self._trending.get(c, {}).items(), at_ms, half_life, TRENDING_PER_CATEGORY
+                )
+                for c in self._categories
+            ]
+            self._view = SharedView.of(
+                self._categories, trending, self._newest, self.budget.total, self._languages
+            )
+            self._view_at = at_ms
+        return self._view
+
+
+def training_set(
+    events: Iterable[Event],
+    catalog: Mapping[str, CatalogItem],
+    config: FeatureConfig,
+    *,
+    probes: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> TrainingSet:
+    """The rows, labels and recall probes of an event log (see the module docstring)."""
+    return PointInTimeReplay(catalog, config, probes=probes).run(events, progress)

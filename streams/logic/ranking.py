@@ -1,0 +1,233 @@
+"""What the ranking model sees: one feature row per (user, candidate) at a time T.
+
+The live ranker builds the rows from the stores (`user_context` from the user's stored
+features and last-k, `product_context` from a product's stored features and its catalog
+item) and the training job builds the same rows from an event log replayed through the
+same pure feature code; both call `feature_row`, so a feature cannot mean one thing
+online and another offline. Pure: no I/O, time is an argument.
+
+The columns (`FEATURES`, in order; a model file records them and the ranker refuses a
+model whose list differs):
+
+- `position`: the feed position the product is shown at. Shown positions get fewer
+  clicks the lower they are; training sees the real position, serving scores every
+  candidate at position 0, so the model ranks by click chance at the top of the feed
+  rather than by where the old feed happened to put a product.
+- user (the same for every candidate of a trigger): events per type in their windows,
+  session events, distinct categories in 24h, minutes since the previous event;
+- product: its share of all traffic per type and window (rate-free: a model trained on a
+  quiet log serves a busy one), the smoothed 24h click-through and add-to-cart rates,
+  log price, age in days since listed;
+- user x product: the decayed affinity of the user for the product's category, that
+  affinity's share of the user's total, the category's rank among the user's (0 = top,
+  `UNRANKED` when the user never touched it), whether the product's language is the
+  user's (missing when either is unknown), and whether the product is in the user's
+  last-k views, wishlist or cart.
+
+Missing values are NaN, which LightGBM routes down a learned default branch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from schemas.catalog import CatalogItem
+from schemas.events import EventType
+from schemas.features import (
+    FeatureConfig,
+    ProductFeatures,
+    UserFeatures,
+    WindowCounts,
+    decayed_value,
+)
+
+NAN = math.nan
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+#: The affinity rank of a category the user never touched.
+UNRANKED = 50
+#: Product shares are per 10,000 events of the type (readable numbers, same ranking).
+SHARE_SCALE = 10_000.0
+
+_V, _C, _A, _O = EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.ORDER
+
+USER_FEATURES: tuple[str, ...] = (
+    "u_views_5m",
+    "u_views_1h",
+    "u_clicks_1h",
+    "u_views_24h",
+    "u_clicks_24h",
+    "u_carts_24h",
+    "u_orders_24h",
+    "u_session_events",
+    "u_categories_24h",
+    "u_minutes_since_previous",
+)
+PRODUCT_FEATURES: tuple[str, ...] = (
+    "p_view_share_1h",
+    "p_click_share_1h",
+    "p_view_share_24h",
+    "p_click_share_24h",
+    "p_cart_share_24h",
+    "p_order_share_24h",
+    "p_click_rate_24h",
+    "p_cart_rate_24h",
+    "p_log_price",
+    "p_age_days",
+)
+PAIR_FEATURES: tuple[str, ...] = (
+    "c_affinity",
+    "c_affinity_share",
+    "c_affinity_rank",
+    "language_match",
+    "seen_view",
+    "seen_wishlist",
+    "seen_cart",
+)
+FEATURES: tuple[str, ...] = ("position", *USER_FEATURES, *PRODUCT_FEATURES, *PAIR_FEATURES)
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """One user at one time: their part of every row, and what the pairs need."""
+
+    at_ms: int
+    values: tuple[float, ...]
+    affinity: Mapping[str, float]  # category -> decayed affinity at at_ms
+    affinity_total: float
+    category_rank: Mapping[str, int]
+    language: str | None
+    seen: tuple[frozenset[str], frozenset[str], frozenset[str]]  # views, wishlist, cart
+
+
+@dataclass(frozen=True, slots=True)
+class ProductContext:
+    """One product at one time: its part of every row, and what the pairs need."""
+
+    values: tuple[float, ...]
+    category: str | None
+    language: str | None
+    created_ms: int | None
+
+
+def user_context(
+    features: UserFeatures,
+    affinity_log: Mapping[str, float],
+    last_k: Mapping[EventType, Iterable[str]],
+    language: str | None,
+    config: FeatureConfig,
+) -> UserContext:
+    """The user's part, from their features at T, their log2 affinity scores (the stored
+    share's, or the offline replay's) and their last-k per type."""
+    at = features.at_ms
+    counts = features.counts
+    five, hour, day = counts["5m"], counts["1h"], counts["24h"]
+    since = features.ms_since_previous
+    values = (
+        float(five[_V]),
+        float(hour[_V]),
+        float(hour[_C]),
+        float(day[_V]),
+        float(day[_C]),
+        float(day[_A]),
+        float(day[_O]),
+        float(features.session_events),
+        float(features.distinct_categories_24h),
+        NAN if since is None else since / MINUTE_MS,
+    )
+    half_life = config.affinity_half_life_ms
+    affinity = {c: decayed_value(score, at, half_life) for c, score in affinity_log.items()}
+    ranked = sorted(affinity.items(), key=lambda pair: (pair[1], pair[0]), reverse=True)
+    return UserContext(
+        at_ms=at,
+        values=values,
+        affinity=affinity,
+        affinity_total=sum(affinity.values()),
+        category_rank={c: rank for rank, (c, _) in enumerate(ranked[:UNRANKED])},
+        language=language,
+        seen=(
+            frozenset(last_k.get(_V, ())),
+            frozenset(last_k.get(EventType.WISHLIST, ())),
+            frozenset(last_k.get(_A, ())),
+        ),
+    )
+
+
+def _share(count: int, total: int) -> float:
+    return SHARE_SCALE * count / total if total else 0.0
+
+
+def product_context(
+    features: ProductFeatures,
+    global_counts: WindowCounts,
+    item: CatalogItem | None,
+    *,
+    category: str | None = None,
+) -> ProductContext:
+    """The product's part at T (`features.at_ms`), from its features, every product's
+    windows at T (`hash_window_counts` of the global hash) and its catalog item (None:
+    not in the catalog; `category` then says which, when known)."""
+    hour, day = features.counts["1h"], features.counts["24h"]
+    every_hour, every_day = global_counts["1h"], global_counts["24h"]
+    created = item.created_ms if item is not None else None
+    values = (
+        _share(hour[_V], every_hour[_V]),
+        _share(hour[_C], every_hour[_C]),
+        _share(day[_V], every_day[_V]),
+        _share(day[_C], every_day[_C]),
+        _share(day[_A], every_day[_A]),
+        _share(day[_O], every_day[_O]),
+        features.click_rate_24h,
+        features.cart_rate_24h,
+        math.log(item.price_paise + 1.0) if item is not None else NAN,
+        (features.at_ms - created) / DAY_MS if created is not None else NAN,
+    )
+    return ProductContext(
+        values=values,
+        category=item.category_id if item is not None else category,
+        language=item.language if item is not None else None,
+        created_ms=created,
+    )
+
+
+def feature_row(
+    user: UserContext, product_id: str, product: ProductContext, position: int = 0
+) -> list[float]:
+    """The model's input for one candidate, in `FEATURES` order."""
+    category = product.category
+    affinity = user.affinity.get(category, 0.0) if category is not None else 0.0
+    total = user.affinity_total
+    rank = user.category_rank.get(category, UNRANKED) if category is not None else UNRANKED
+    if user.language is None or product.language is None:
+        language_match = NAN
+    else:
+        language_match = 1.0 if product.language == user.language else 0.0
+    views, wishlist, cart = user.seen
+    return [
+        float(position),
+        *user.values,
+        *product.values,
+        affinity,
+        affinity / total if total > 0 else 0.0,
+        float(rank),
+        language_match,
+        1.0 if product_id in views else 0.0,
+        1.0 if product_id in wishlist else 0.0,
+        1.0 if product_id in cart else 0.0,
+    ]
+
+
+def feature_rows(
+    user: UserContext, products: Sequence[tuple[str, ProductContext]], position: int = 0
+) -> list[list[float]]:
+    """`feature_row` for every candidate, at one position (the ranker's call)."""
+    return [feature_row(user, product_id, product, position) for product_id, product in products]
+
+
+def popularity(features: ProductFeatures, config: FeatureConfig) -> float:
+    """A product's 24h events weighted like the affinity: the fallback ranking, and the
+    baseline the training job measures the model against."""
+    day = features.counts["24h"]
+    return sum(config.weights.get(kind, 0.0) * count for kind, count in day.items())
