@@ -101,6 +101,8 @@ class HotStore(Protocol):
         """Newest first: (product id, event time ms)."""
         ...
 
+    async def close(self) -> None: ...
+
 
 class RedisHotStore:
     """HotStore on a single Redis or a Redis Cluster (keys carry a per-user hash tag).

@@ -279,6 +279,10 @@ class FeedRanker:
             _bound(cache)
         return {p: cache[p] for p in ids}
 
+    async def close(self) -> None:
+        for store in (self._hot, self._features, self._catalog, self._feeds):
+            await store.close()
+
     @property
     def models(self) -> ModelSlot:
         return self._models
@@ -346,6 +350,10 @@ def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     )
     topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
+
+    @app.timer(interval=settings.model_poll_s)  # type: ignore[untyped-decorator]
+    async def look_for_a_new_model() -> None:
+        ranker.models.poll()  # returns at once; a new model loads in a thread
 
     @app.agent(topic)
     async def rank_triggers(stream: faust.StreamT[Any]) -> None:

@@ -45,10 +45,12 @@ def stack() -> None:
 
 
 @pytest.fixture
-def isolated_env(stack: None) -> dict[str, str]:
-    """SIGNALS_* variables giving this test its own topic, consumer group and Redis keys."""
+def isolated_env(stack: None, tmp_path: Path) -> dict[str, str]:
+    """SIGNALS_* variables giving this test its own topic, consumer group, Redis keys and
+    model folder."""
     tag = uuid.uuid4().hex[:10]
     return {
+        "SIGNALS_MODEL_DIR": str(tmp_path / "models"),
         "SIGNALS_EVENTS_TOPIC": f"test.events.{tag}",
         "SIGNALS_DEAD_LETTER_TOPIC": f"test.dlq.{tag}",
         "SIGNALS_TRIGGER_TOPIC": f"test.triggers.{tag}",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from schemas.events import EventType
 from streams.settings import Settings
 from tests.stack.oracle import GAP_S, LAST_K, SESSION_ENV, Store
+from tests.stack.test_faults import PrivateRedis
 
 
 @pytest.fixture
@@ -26,3 +28,12 @@ def store(session_settings: Settings) -> Iterator[Store]:
     reader = Store(session_settings)
     yield reader
     reader.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of this test's own, which the test may stop and start."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -12,20 +12,32 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import redis
 from confluent_kafka import Producer
 
 from jobs.catalog import generated_items, load_items
 from jobs.dead_letters import read_dead_letters
 from jobs.traffic import TrafficParams, simulate
 from jobs.traffic.catalog import Catalog
+from jobs.train import TrainOptions, run_training
 from schemas.catalog import CatalogItem
 from schemas.events import EventType
+from schemas.features import FeatureConfig
 from schemas.feed_layout import POPULARITY_MODEL, Feed
-from schemas.triggers import RankTrigger, encode_trigger
-from streams.bootstrap import build_catalog_store, build_feed_store, build_hot_store
+from schemas.triggers import RankTrigger, Reason, encode_trigger
+from sinks.model_store import ModelStore
+from streams.bootstrap import (
+    build_catalog_store,
+    build_feature_store,
+    build_feed_store,
+    build_hot_store,
+)
 from streams.logic.candidates import Channel
+from streams.models import ModelSlot
+from streams.ranker import FeedRanker
 from streams.settings import Settings
 from tests.conftest import wait_for
+from tests.stack.test_faults import PrivateRedis
 from tests.stack.test_feature_pipeline import FEATURES_ON, send, trigger_list
 
 PARAMS = TrafficParams(seed=5, users=15, products=120, categories=6, rate=30.0)
@@ -141,3 +153,152 @@ def test_every_trigger_becomes_a_feed_that_obeys_the_rules(
         reasons = [letter.headers.get("dlq.reason", "") for letter in letters]
         assert any(reason.startswith("trigger: ") for reason in reasons), reasons
         assert ranker.process.poll() is None
+
+
+def publish_model(model_dir: str, catalog: dict[str, CatalogItem], rounds: int) -> str:
+    """Train on generated traffic of the test's world (an hour before now) and publish."""
+    events = list(itertools.islice(simulate(PARAMS, int(time.time() * 1000) - 7_200_000), 6000))
+    trained = run_training(
+        events,
+        catalog,
+        FeatureConfig(),
+        ModelStore(model_dir),
+        options=TrainOptions(rounds=rounds, min_data_in_leaf=20),
+        progress=False,
+    )
+    return trained.version
+
+
+def send_trigger(settings: Settings, trigger: RankTrigger) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer.produce(
+        settings.trigger_topic, key=trigger.user_id.encode(), value=encode_trigger(trigger)
+    )
+    assert producer.flush(10) == 0
+
+
+def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
+    provisioned: Settings, isolated_env: dict[str, str], worker: Callable
+) -> None:
+    catalog = load_catalog(provisioned)
+    model_dir = isolated_env["SIGNALS_MODEL_DIR"]
+    first = publish_model(model_dir, catalog, rounds=30)
+    events = list(itertools.islice(simulate(PARAMS, int(time.time() * 1000) - 300_000), 300))
+    env = {**isolated_env, **FEATURES_ON, "SIGNALS_MODEL_POLL_S": "0.3"}
+    with worker(env) as running, worker(env, "ranker") as ranker:
+        send(provisioned, events)
+        wait_for(
+            every_trigger_served(provisioned),
+            90,
+            "a feed for every user's latest trigger",
+            on_fail=lambda: running.log_text()[-3000:] + ranker.log_text()[-3000:],
+        )
+        latest = latest_triggers(provisioned)
+        for user, feed in feeds_of(provisioned, list(latest)).items():
+            assert feed is not None and feed.products, user
+            assert (feed.model, feed.fallback) == (first, False)
+        assert all(trigger.language for trigger in latest.values())  # travels with it
+
+        user, trigger = next(iter(latest.items()))
+        pid = ranker.process.pid
+
+        def served_by(sequence: int) -> Callable[[], bool]:
+            def check() -> bool:
+                feed = feeds_of(provisioned, [user])[user]
+                return feed is not None and feed.sequence == sequence
+
+            return check
+
+        second = publish_model(model_dir, catalog, rounds=12)
+        assert second != first
+        time.sleep(1.0)  # a few polls
+        fresh = dataclasses.replace(trigger, sequence=trigger.sequence + 1000)
+        send_trigger(provisioned, fresh)
+        wait_for(served_by(fresh.sequence), 60, "the fresh trigger's feed", ranker.log_text)
+        feed = feeds_of(provisioned, [user])[user]
+        assert feed is not None and (feed.model, feed.fallback) == (second, False)
+
+        # A corrupt model is refused with a log line; the previous one keeps serving.
+        store = ModelStore(model_dir)
+        store.write("corrupt", "tree\nthis is not a model\n", "{}")
+        store.publish("corrupt")
+        time.sleep(1.0)
+        later = dataclasses.replace(trigger, sequence=trigger.sequence + 2000)
+        send_trigger(provisioned, later)
+        wait_for(served_by(later.sequence), 60, "the later trigger's feed", ranker.log_text)
+        feed = feeds_of(provisioned, [user])[user]
+        assert feed is not None and feed.model == second
+        assert "ranker model corrupt refused" in ranker.log_text()
+        assert ranker.process.poll() is None and ranker.process.pid == pid
+
+
+class _BrokenModel:
+    version = "broken"
+
+    def score(self, rows: object) -> object:
+        raise ValueError("the model cannot score")
+
+
+def test_a_failing_model_falls_back_to_popularity_and_an_unknown_user_still_gets_a_feed(
+    provisioned: Settings,
+) -> None:
+    load_catalog(provisioned)
+
+    async def scenario() -> tuple[Feed | None, Feed | None, FeedRanker]:
+        slot = ModelSlot(None)
+        ranker = FeedRanker(
+            hot_store=build_hot_store(provisioned),
+            features=build_feature_store(provisioned),
+            catalog=build_catalog_store(provisioned),
+            feeds=build_feed_store(provisioned),
+            models=slot,
+        )
+        now = int(time.time() * 1000)
+        unknown = RankTrigger("u-never-seen", 5, Reason.SESSION_START, now, 0, None, now, "hi")
+        cold = await ranker.rank(unknown)
+        slot.model = _BrokenModel()  # type: ignore[assignment]
+        try:
+            broken = await ranker.rank(dataclasses.replace(unknown, sequence=6))
+        finally:
+            await ranker.close()
+        return cold, broken, ranker
+
+    cold, broken, ranker = asyncio.run(scenario())
+    assert cold is not None and cold.products  # never an empty feed
+    assert (cold.model, cold.fallback) == (POPULARITY_MODEL, True)
+    assert broken is not None and broken.products and broken.fallback
+    assert broken.model == POPULARITY_MODEL
+    assert ranker.counters.scoring_errors == 1 and ranker.counters.fallbacks == 2
+
+
+def test_the_ranker_waits_out_a_redis_outage_and_skips_no_trigger(
+    provisioned: Settings,
+    isolated_env: dict[str, str],
+    worker: Callable,
+    private_redis: PrivateRedis,
+) -> None:
+    env = {**isolated_env, "SIGNALS_REDIS_URL": private_redis.url}
+    settings = provisioned.model_copy(update={"redis_url": private_redis.url})
+    load_catalog(settings)
+    now = int(time.time() * 1000)
+    trigger = RankTrigger("u1", 10, Reason.SESSION_START, now, 0, None, now, "en")
+
+    def served(sequence: int) -> Callable[[], bool]:
+        def check() -> bool:
+            try:
+                feed = feeds_of(settings, ["u1"])["u1"]
+            except redis.ConnectionError:
+                return False
+            return feed is not None and feed.sequence == sequence
+
+        return check
+
+    with worker(env, "ranker") as ranker:
+        send_trigger(settings, trigger)
+        wait_for(served(10), 60, "the first feed", ranker.log_text)
+        private_redis.stop()
+        send_trigger(settings, dataclasses.replace(trigger, sequence=20))
+        time.sleep(3.0)  # the ranker retries meanwhile
+        assert ranker.process.poll() is None
+        private_redis.start()  # back, and empty
+        wait_for(served(20), 60, "the trigger sent while Redis was down", ranker.log_text)
