@@ -5,9 +5,11 @@ The slot polls the model folder's CURRENT pointer (`sinks.model_store`) at most 
 they have; once it loaded and passed its checks (the features it was trained on are
 exactly `streams.logic.ranking.FEATURES`, and it scores a row to a finite probability)
 it replaces the old one in a single assignment, so every trigger scores with one whole
-model, and the feed it writes records that model's version. A model that fails to load
-is logged once with the reason and the previous one keeps serving; the slot tries again
-only when CURRENT names another version.
+model, and the feed it writes records that model's version. Then, still in a thread, the
+trees are compiled to machine code (lleaves; a few seconds) and, once the compiled model
+gives LightGBM's predictions on random rows, it takes over scoring the same version. A
+model that fails to load is logged once with the reason and the previous one keeps
+serving; the slot tries again only when CURRENT names another version.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -38,13 +41,45 @@ class ModelRefused(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A model that scores. `compiled` is the same trees compiled to machine code
+    (lleaves), used when present: about ten times faster for 500 candidates, and checked
+    to give LightGBM's predictions before it is used (`compile_model`)."""
+
     version: str
     booster: lgb.Booster
+    compiled: Any = None
 
-    def score(self, rows: Sequence[Sequence[float]]) -> NDArray[np.float64]:
+    def score(self, rows: Sequence[Sequence[float]] | NDArray[np.float64]) -> NDArray[np.float64]:
         """Click probabilities, one per row (rows in `FEATURES` order)."""
-        matrix = np.asarray(rows, dtype=np.float64)
+        matrix = np.ascontiguousarray(rows, dtype=np.float64)
+        if self.compiled is not None:
+            return np.asarray(self.compiled.predict(matrix, n_jobs=1), dtype=np.float64)
         return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
+
+
+#: Rows the compiled model is checked on, and how far its predictions may differ.
+CHECK_ROWS = 2_000
+CHECK_TOLERANCE = 1e-9
+
+
+def compile_model(store: ModelStore, model: LoadedModel) -> LoadedModel:
+    """`model` with its trees compiled by lleaves, or ModelRefused when lleaves is not
+    installed or the compiled model disagrees with LightGBM on random rows (with missing
+    values among them) by more than CHECK_TOLERANCE."""
+    try:
+        import lleaves  # noqa: PLC0415  (optional: LightGBM scores without it)
+    except ImportError:
+        raise ModelRefused("lleaves is not installed") from None
+    compiled = lleaves.Model(model_file=str(store.files(model.version).model))
+    compiled.compile(cache=None)
+    rng = np.random.default_rng(7)
+    rows = rng.normal(0.0, 50.0, (CHECK_ROWS, len(FEATURES)))
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    expected = model.booster.predict(rows, num_threads=1)
+    difference = float(np.max(np.abs(compiled.predict(rows, n_jobs=1) - expected)))
+    if not difference <= CHECK_TOLERANCE:
+        raise ModelRefused(f"compiled predictions differ from LightGBM's by {difference:g}")
+    return LoadedModel(model.version, model.booster, compiled)
 
 
 def load_model(store: ModelStore, version: str) -> LoadedModel:
@@ -71,12 +106,14 @@ def load_model(store: ModelStore, version: str) -> LoadedModel:
 class ModelSlot:
     store: ModelStore | None
     poll_s: float = MODEL_POLL_S
+    compile: bool = True
     model: LoadedModel | None = None
     swaps: int = 0
     refused: int = 0
     _polled_at: float = -math.inf
     _refused_version: str | None = None
     _loading: asyncio.Future[None] | None = field(default=None, repr=False)
+    _compiling: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str | None:
@@ -118,5 +155,23 @@ class ModelSlot:
             self.swaps += 1
             self._refused_version = None
             log.info("ranker model %s serving (was %s)", version, previous or "popularity")
+            if self.compile:
+                self._compiling = asyncio.ensure_future(self._compile(store, model))
         finally:
             self._loading = None
+
+    async def compiled(self) -> None:
+        """Wait for the serving model's compilation, if one is under way."""
+        if self._compiling is not None:
+            await self._compiling
+
+    async def _compile(self, store: ModelStore, model: LoadedModel) -> None:
+        """Swap in the compiled form of the serving model (the same predictions)."""
+        try:
+            compiled = await asyncio.to_thread(compile_model, store, model)
+        except Exception as exc:  # LightGBM keeps scoring
+            log.warning("ranker model %s not compiled (%s): LightGBM scores it", model.version, exc)
+            return
+        if self.model is model:
+            self.model = compiled
+            log.info("ranker model %s compiled (lleaves), predictions checked", model.version)

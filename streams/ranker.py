@@ -27,11 +27,13 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import numpy as np
+from numpy.typing import NDArray
 
 from schemas.catalog import CatalogItem
 from schemas.events import EventType, InvalidEvent
@@ -53,7 +55,7 @@ from streams.logic.admission import dead_letter_headers
 from streams.logic.candidates import CandidateBudget, SharedView, merge_candidates
 from streams.logic.ranking import (
     ProductContext,
-    feature_row,
+    feature_matrix,
     popularity,
     product_context,
     user_context,
@@ -68,8 +70,10 @@ log = logging.getLogger(__name__)
 TRENDING_REFRESH_S = 10.0
 #: How many of each category's trending products the overall list and a channel take.
 TRENDING_PER_CATEGORY = 50
-#: How long a product's popularity and a catalog item are reused from memory.
-PRODUCT_CACHE_S = 2.0
+#: How long a product's features and a catalog item are reused from memory: products'
+#: windows are an hour or a day long, and the trending lists they come with are refreshed
+#: every TRENDING_REFRESH_S anyway (a user's own signals are always read fresh).
+PRODUCT_CACHE_S = 10.0
 CATALOG_CACHE_S = 60.0
 #: Entries the in-memory caches keep at most (the oldest half goes when over).
 CACHE_ENTRIES = 200_000
@@ -176,24 +180,26 @@ class FeedRanker:
         ids = [c.product_id for c in candidates]
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
         model = self._models.model
-        model_scores = None
+        scores = None
         if model is not None:
-            model_scores = self._scores(
+            scores = self._scores(
                 model, trigger, share, last_k, at_ms, ids=ids, items=items, products=products
             )
-        scored = model is not None and model_scores is not None
-        scores = model_scores or {p: products[p].popularity for p in ids}
-        order = {c.product_id: index for index, c in enumerate(candidates)}
-        ranked = sorted(ids, key=lambda p: (-scores[p], order[p]))
+        scored = model is not None and scores is not None
+        if scores is None:
+            scores = np.fromiter((p.popularity for p in products), np.float64, len(products))
+        # Best first; ties keep the channels' order (a stable sort of the merged list).
+        ranked = [ids[i] for i in np.argsort(-scores, kind="stable").tolist()]
+        item_of = dict(zip(ids, items, strict=True))
         feed_ids = rerank(
             ranked,
-            seller_of={p: item.seller_id for p in ids if (item := items.get(p))},
-            language_of={p: item.language for p in ids if (item := items.get(p))},
+            seller_of=_ItemField(item_of, "seller_id"),
+            language_of=_ItemField(item_of, "language"),
             ordered=last_k.get(EventType.ORDER, ()),
             language=trigger.language,
             rules=self._rules,
         )[:FEED_LENGTH]
-        channel = {c.product_id: c.channel.value for c in candidates}
+        channel = dict(zip(ids, (c.channel for c in candidates), strict=True))
         feed = Feed(
             user_id=user,
             sequence=trigger.sequence,
@@ -227,9 +233,9 @@ class FeedRanker:
         at_ms: int,
         *,
         ids: list[str],
-        items: dict[str, CatalogItem | None],
-        products: dict[str, _Product],
-    ) -> dict[str, float] | None:
+        items: list[CatalogItem | None],
+        products: list[_Product],
+    ) -> NDArray[np.float64] | None:
         """The model's click probability per candidate; None (and counted, and logged at
         most once a minute) when scoring fails: the caller falls back to popularity."""
         try:
@@ -237,8 +243,10 @@ class FeedRanker:
             features = user_features_of(trigger.user_id, share, at_ms=at_ms, config=config)
             affinity = share.affinity if share is not None else {}
             context = user_context(features, affinity, last_k, trigger.language, config)
-            rows = [feature_row(context, p, products[p].context(items.get(p))) for p in ids]
-            values = model.score(rows)
+            contexts = [
+                product.context(item) for product, item in zip(products, items, strict=True)
+            ]
+            values = model.score(feature_matrix(context, ids, contexts))
         except Exception:
             self.counters.scoring_errors += 1
             now = time.monotonic()
@@ -248,10 +256,11 @@ class FeedRanker:
                     "scoring with model %s failed: popularity served", model.version, exc_info=True
                 )
             return None
-        return dict(zip(ids, values.tolist(), strict=True))
+        return values
 
-    async def _items(self, ids: list[str]) -> dict[str, CatalogItem | None]:
-        """Catalog items, from memory when read in the last CATALOG_CACHE_S."""
+    async def _items(self, ids: list[str]) -> list[CatalogItem | None]:
+        """Catalog items (in the order of `ids`), from memory when read in the last
+        CATALOG_CACHE_S."""
         now = time.monotonic()
         cache = self._item_cache
         missing = [p for p in ids if (hit := cache.get(p)) is None or hit[0] < now]
@@ -260,10 +269,11 @@ class FeedRanker:
             for product_id in missing:
                 cache[product_id] = (now + CATALOG_CACHE_S, found.get(product_id))
             _bound(cache)
-        return {p: cache[p][1] for p in ids}
+        return [cache[p][1] for p in ids]
 
-    async def _products(self, ids: list[str]) -> dict[str, _Product]:
-        """Each product's features and popularity, from memory when read in the last
+    async def _products(self, ids: list[str]) -> list[_Product]:
+        """Each product's features and popularity (in the order of `ids`), from memory
+        when read in the last
         PRODUCT_CACHE_S: product counts move slowly, and the same trending products are
         candidates for most users (a user's own signals are always read fresh)."""
         now = time.monotonic()
@@ -277,7 +287,7 @@ class FeedRanker:
                     now + PRODUCT_CACHE_S, features, every, popularity(features, config)
                 )
             _bound(cache)
-        return {p: cache[p] for p in ids}
+        return [cache[p] for p in ids]
 
     async def close(self) -> None:
         for store in (self._hot, self._features, self._catalog, self._feeds):
@@ -320,9 +330,33 @@ class FeedRanker:
             self._features.trending_many(categories, TRENDING_PER_CATEGORY),
             self._catalog.newest_many([*categories, None], self._budget.new),
         )
-        listed = await self._items(list({p for top in trending for p, _ in top}))
-        languages = {p: item.language for p, item in listed.items() if item is not None}
+        pooled = list({p for top in trending for p, _ in top})
+        listed = await self._items(pooled)
+        languages = {
+            p: item.language for p, item in zip(pooled, listed, strict=True) if item is not None
+        }
         return SharedView.of(categories, trending, newest, self._budget.total, languages)
+
+
+class _ItemField(Mapping[str, str]):
+    """One field of the candidates' catalog items, read only for the products the
+    re-ranking looks at (the top of the list), not built for all of them."""
+
+    def __init__(self, items: dict[str, CatalogItem | None], name: str) -> None:
+        self._items = items
+        self._name = name
+
+    def __getitem__(self, product_id: str) -> str:
+        item = self._items.get(product_id)
+        if item is None:
+            raise KeyError(product_id)
+        return str(getattr(item, self._name))
+
+    def __iter__(self) -> Iterator[str]:
+        return (p for p, item in self._items.items() if item is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for item in self._items.values() if item is not None)
 
 
 def _bound(cache: dict[str, Any]) -> None:

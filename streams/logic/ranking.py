@@ -33,6 +33,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import NDArray
+
 from schemas.catalog import CatalogItem
 from schemas.events import EventType
 from schemas.features import (
@@ -219,11 +222,49 @@ def feature_row(
     ]
 
 
-def feature_rows(
-    user: UserContext, products: Sequence[tuple[str, ProductContext]], position: int = 0
-) -> list[list[float]]:
-    """`feature_row` for every candidate, at one position (the ranker's call)."""
-    return [feature_row(user, product_id, product, position) for product_id, product in products]
+_USER_COLUMNS = slice(1, 1 + len(USER_FEATURES))
+_PRODUCT_COLUMNS = slice(_USER_COLUMNS.stop, _USER_COLUMNS.stop + len(PRODUCT_FEATURES))
+_PAIR_COLUMNS = slice(_PRODUCT_COLUMNS.stop, len(FEATURES))
+
+
+def feature_matrix(
+    user: UserContext,
+    product_ids: Sequence[str],
+    products: Sequence[ProductContext],
+    position: int = 0,
+) -> NDArray[np.float64]:
+    """`feature_row` of every candidate at one position, as one matrix (the ranker's call:
+    the user's and the products' parts are copied in whole columns)."""
+    matrix = np.empty((len(products), len(FEATURES)), dtype=np.float64)
+    if not products:
+        return matrix
+    matrix[:, 0] = position
+    matrix[:, _USER_COLUMNS] = user.values
+    matrix[:, _PRODUCT_COLUMNS] = [product.values for product in products]
+    # Column by column: a comprehension per column is several times cheaper than a loop
+    # building one tuple per candidate.
+    ids = product_ids
+    categories = [product.category for product in products]
+    affinity, ranks, total = user.affinity, user.category_rank, user.affinity_total
+    first = _PAIR_COLUMNS.start
+    values = np.array([affinity.get(c, 0.0) if c is not None else 0.0 for c in categories])
+    matrix[:, first] = values
+    matrix[:, first + 1] = values / total if total > 0 else 0.0
+    matrix[:, first + 2] = [
+        ranks.get(c, UNRANKED) if c is not None else UNRANKED for c in categories
+    ]
+    language = user.language
+    if language is None:
+        matrix[:, first + 3] = NAN
+    else:
+        matrix[:, first + 3] = [
+            NAN if p.language is None else 1.0 if p.language == language else 0.0 for p in products
+        ]
+    views, wishlist, cart = user.seen
+    matrix[:, first + 4] = [product_id in views for product_id in ids]
+    matrix[:, first + 5] = [product_id in wishlist for product_id in ids]
+    matrix[:, first + 6] = [product_id in cart for product_id in ids]
+    return matrix
 
 
 def popularity(features: ProductFeatures, config: FeatureConfig) -> float:

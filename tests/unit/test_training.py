@@ -26,6 +26,7 @@ from sinks.model_store import ModelStore
 from streams.logic.ranking import (
     FEATURES,
     UNRANKED,
+    feature_matrix,
     feature_row,
     product_context,
     user_context,
@@ -248,6 +249,23 @@ def test_the_slot_swaps_models_and_keeps_serving_through_a_bad_one(
     assert slot.model is not None and 0 <= float(slot.model.score(row)[0]) <= 1
 
 
+def test_the_compiled_model_gives_lightgbms_predictions(tmp_path: Path, data: TrainingSet) -> None:
+    store = ModelStore(tmp_path)
+    booster, _ = train_model(data, TrainOptions(rounds=40), progress=False)
+    store.write("v1", booster.model_to_string(), "{}")
+    store.publish("v1")
+    slot = ModelSlot(store, poll_s=0.0)
+
+    async def load() -> None:
+        await slot.load_now()
+        await slot.compiled()
+
+    asyncio.run(load())
+    assert slot.model is not None and slot.model.compiled is not None
+    rows = np.asarray(data.rows[:3000])
+    np.testing.assert_allclose(slot.model.score(rows), booster.predict(rows), rtol=0, atol=1e-12)
+
+
 def test_a_model_trained_on_other_features_is_refused(tmp_path: Path, data: TrainingSet) -> None:
     rows = np.asarray(data.rows)[:, :5]
     booster = lgb.train(
@@ -261,3 +279,17 @@ def test_a_model_trained_on_other_features_is_refused(tmp_path: Path, data: Trai
         load_model(store, "old")
     with pytest.raises(ModelRefused, match="missing"):
         load_model(store, "absent")
+
+
+def test_the_rankers_matrix_equals_the_row_definition(catalog: dict[str, CatalogItem]) -> None:
+    log2 = {"c0000": 3.0 + T / CONFIG.affinity_half_life_ms}
+    for language in ("hi", None):
+        user = user_context(empty_user(T), log2, {EventType.VIEW: ["p0000001"]}, language, CONFIG)
+        every = product(T, views=500).counts
+        products = [
+            (pid, product_context(product(T, views=n), every, catalog.get(pid), category="c0000"))
+            for n, pid in enumerate([*list(catalog)[:40], "p-not-listed"])
+        ]
+        expected = np.array([feature_row(user, pid, ctx) for pid, ctx in products])
+        ids, contexts = [p for p, _ in products], [c for _, c in products]
+        np.testing.assert_array_equal(feature_matrix(user, ids, contexts), expected)
