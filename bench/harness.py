@@ -413,7 +413,8 @@ def exported_tree(ref: str) -> contextlib.AbstractContextManager[Path]:
 
 
 class WorkerProcess:
-    """`signals worker` as a subprocess, stopped (SIGTERM, then SIGKILL) on exit."""
+    """`signals worker` (or `command`, e.g. `ranker`) as a subprocess, stopped (SIGTERM,
+    then SIGKILL) on exit."""
 
     def __init__(
         self,
@@ -423,10 +424,11 @@ class WorkerProcess:
         source: Path = ROOT,
         loglevel: str = "info",
         extra_args: list[str] | None = None,
+        command: str = "worker",
     ) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log = LOG_DIR / f"bench-{label}-{uuid.uuid4().hex[:6]}.log"
-        self._command = [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", loglevel]
+        self._command = [sys.executable, "-m", "jobs.cli", command, "--loglevel", loglevel]
         self._command += extra_args or []
         # `-m` puts the working directory first on sys.path, so `source` is what runs.
         self._source = source

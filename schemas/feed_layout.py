@@ -4,8 +4,10 @@
         products        product ids, best first
         channels        the candidate channel each came from (same order)
         model           the model version that scored them, or "popularity"
-        fallback        true when the popularity ranking served (no model, or scoring
-                        failed)
+        fallback        true when the popularity ranking served for want of a model
+                        (none loaded, or scoring failed)
+        holdout         true when the user is in the ranker's holdout (the control
+                        group of `SIGNALS_RANKER_HOLDOUT_SHARE`): popularity on purpose
         trigger         {"sequence", "reason", "published_at_ms"} of the trigger that
                         caused it
         generated_at_ms when the ranker wrote it
@@ -40,6 +42,7 @@ class Feed:
     trigger_reason: str
     trigger_published_at_ms: int
     generated_at_ms: int
+    holdout: bool = False
 
 
 def feed_key(prefix: str, user_id: str) -> str:
@@ -52,6 +55,7 @@ def encode_feed(feed: Feed) -> bytes:
         "channels": feed.channels,
         "model": feed.model,
         "fallback": feed.fallback,
+        "holdout": feed.holdout,
         "trigger": {
             "sequence": feed.sequence,
             "reason": feed.trigger_reason,
@@ -77,4 +81,5 @@ def decode_feed(user_id: str, value: bytes | str) -> Feed:
         trigger_reason=trigger["reason"],
         trigger_published_at_ms=trigger["published_at_ms"],
         generated_at_ms=fields["generated_at_ms"],
+        holdout=fields.get("holdout", False),
     )

@@ -110,6 +110,7 @@ def build_ranker_app(settings: Settings) -> faust.App:
         catalog=build_catalog_store(settings, client),
         feeds=build_feed_store(settings, client),
         models=ModelSlot(ModelStore(settings.model_dir), settings.model_poll_s),
+        holdout_share=settings.ranker_holdout_share,
     )
     return ranker_faust_app(settings, ranker)
 

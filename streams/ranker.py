@@ -23,6 +23,7 @@ is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import logging
@@ -56,6 +57,7 @@ from streams.logic.candidates import CandidateBudget, SharedView, merge_candidat
 from streams.logic.ranking import (
     ProductContext,
     feature_matrix,
+    in_holdout,
     popularity,
     product_context,
     user_context,
@@ -77,6 +79,11 @@ PRODUCT_CACHE_S = 10.0
 CATALOG_CACHE_S = 60.0
 #: Entries the in-memory caches keep at most (the oldest half goes when over).
 CACHE_ENTRIES = 200_000
+#: How often the ranker logs what it did.
+REPORT_EVERY_S = 10.0
+#: Triggers taken from the queue at once at most (when behind), and users ranked at once.
+TRIGGER_BATCH = 256
+RANK_CONCURRENCY = 8
 #: The feed's length (what the feed service pages through).
 FEED_LENGTH = 100
 _BUDGET = CandidateBudget()
@@ -92,6 +99,8 @@ class RankerCounters:
     scored: int = 0  # feeds ranked by the model
     fallbacks: int = 0  # popularity rankings served (no model loaded, or scoring failed)
     scoring_errors: int = 0
+    holdouts: int = 0  # popularity served on purpose (the holdout group)
+    superseded: int = 0  # triggers skipped: a later one of the same user was queued too
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
     channels: dict[str, int] = field(default_factory=dict)
@@ -128,6 +137,7 @@ class FeedRanker:
         rules: RerankRules = _RULES,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         models: ModelSlot | None = None,
+        holdout_share: float = 0.0,
     ) -> None:
         self._hot = hot_store
         self._features = features
@@ -143,6 +153,7 @@ class FeedRanker:
         self._item_cache: dict[str, tuple[float, CatalogItem | None]] = {}
         self._product_cache: dict[str, _Product] = {}
         self._models = models if models is not None else ModelSlot(None)
+        self._holdout_share = holdout_share
         self._scoring_error_logged = -float("inf")
         self._shared_at = -float("inf")
 
@@ -179,7 +190,8 @@ class FeedRanker:
         )
         ids = [c.product_id for c in candidates]
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
-        model = self._models.model
+        holdout = self._holdout_share > 0 and in_holdout(user, self._holdout_share)
+        model = None if holdout else self._models.model
         scores = None
         if model is not None:
             scores = self._scores(
@@ -206,7 +218,8 @@ class FeedRanker:
             products=feed_ids,
             channels=[channel[p] for p in feed_ids],
             model=model.version if scored and model is not None else POPULARITY_MODEL,
-            fallback=not scored,
+            fallback=not scored and not holdout,
+            holdout=holdout,
             trigger_reason=trigger.reason.value,
             trigger_published_at_ms=trigger.published_at_ms,
             generated_at_ms=self._clock_ms(),
@@ -217,6 +230,8 @@ class FeedRanker:
         self.counters.written += 1
         if scored:
             self.counters.scored += 1
+        elif holdout:
+            self.counters.holdouts += 1
         else:
             self.counters.fallbacks += 1
         self.counters.candidates += len(candidates)
@@ -366,6 +381,34 @@ def _bound(cache: dict[str, Any]) -> None:
             del cache[key]
 
 
+def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
+    """Log what the ranker did every REPORT_EVERY_S (when it did anything)."""
+    reported = dataclasses.replace(ranker.counters, channels={})
+
+    @app.timer(interval=REPORT_EVERY_S)  # type: ignore[untyped-decorator]
+    async def report_progress() -> None:
+        nonlocal reported
+        now, before = ranker.counters, reported
+        if now.triggers == before.triggers:
+            return
+        log.info(
+            "ranker: %d triggers in %.0fs (%.0f/s): %d feeds written (%d by model %s, %d "
+            "popularity fallbacks, %d holdout), %d stale, %d superseded, %d dead-lettered",
+            now.triggers - before.triggers,
+            REPORT_EVERY_S,
+            (now.triggers - before.triggers) / REPORT_EVERY_S,
+            now.written - before.written,
+            now.scored - before.scored,
+            ranker.models.version or "-",
+            now.fallbacks - before.fallbacks,
+            now.holdouts - before.holdouts,
+            now.stale - before.stale,
+            now.superseded - before.superseded,
+            now.dead_lettered - before.dead_lettered,
+        )
+        reported = dataclasses.replace(now, channels={})
+
+
 def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     """The ranker's Faust app: one agent over the trigger topic."""
     from streams.app import DeadLetterSender, faust_broker_urls  # noqa: PLC0415
@@ -385,31 +428,71 @@ def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
 
+    _report_progress(app, ranker)
+
     @app.timer(interval=settings.model_poll_s)  # type: ignore[untyped-decorator]
     async def look_for_a_new_model() -> None:
         ranker.models.poll()  # returns at once; a new model loads in a thread
 
+    async def dead_letter(event: Any, exc: InvalidTrigger) -> None:
+        ranker.counters.dead_lettered += 1
+        message = event.message
+        headers = dead_letter_headers(
+            InvalidEvent("trigger", str(exc)),
+            message.topic,
+            message.partition,
+            message.offset,
+            int(time.time() * 1000),
+        )
+        await (await dead_letters.send(event.key, event.value, headers))
+
+    async def rank_batches(stream: faust.StreamT[Any], queue: asyncio.Queue[Any]) -> None:
+        """Take what has queued up (one trigger when the ranker keeps up, many when it
+        is behind), keep each user's latest, rank those users concurrently, and only
+        then ack the batch: an offset is committed only once its trigger was served
+        (or superseded by a later one of the same user that was)."""
+        concurrent = asyncio.Semaphore(RANK_CONCURRENCY)
+
+        async def served(trigger: RankTrigger) -> None:
+            async with concurrent:
+                await until_applied(
+                    functools.partial(ranker.rank, trigger),
+                    give_up=lambda: bool(app.should_stop),
+                )
+
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < TRIGGER_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            latest: dict[str, RankTrigger] = {}
+            for event in batch:
+                try:
+                    trigger = decode_trigger(event.value)
+                except InvalidTrigger as exc:
+                    await dead_letter(event, exc)
+                    continue
+                known = latest.get(trigger.user_id)
+                if known is None or trigger.sequence > known.sequence:
+                    latest[trigger.user_id] = trigger
+                if known is not None:
+                    ranker.counters.superseded += 1
+            await asyncio.gather(*(served(trigger) for trigger in latest.values()))
+            for event in batch:
+                await stream.ack(event)
+
     @app.agent(topic)
     async def rank_triggers(stream: faust.StreamT[Any]) -> None:
         await ranker.models.load_now()  # the first trigger already scores with the model
-        async for event in stream.events():
-            try:
-                trigger = decode_trigger(event.value)
-            except InvalidTrigger as exc:
-                ranker.counters.dead_lettered += 1
-                message = event.message
-                headers = dead_letter_headers(
-                    InvalidEvent("trigger", str(exc)),
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    int(time.time() * 1000),
-                )
-                await (await dead_letters.send(event.key, event.value, headers))
-                continue
-            await until_applied(
-                functools.partial(ranker.rank, trigger), give_up=lambda: bool(app.should_stop)
-            )
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * TRIGGER_BATCH)
+        ranking = asyncio.ensure_future(rank_batches(stream, queue))
+        try:
+            async for event in stream.noack().events():  # type: ignore[attr-defined]
+                if ranking.done():
+                    ranking.result()  # a failure stops the agent, unacked
+                await queue.put(event)
+        finally:
+            ranking.cancel()
+            await asyncio.gather(ranking, return_exceptions=True)
 
     app.ranker = ranker  # type: ignore[attr-defined]
     app.rank_triggers = rank_triggers  # type: ignore[attr-defined]

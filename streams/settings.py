@@ -161,6 +161,9 @@ class Settings(BaseSettings):
         description="trained ranker models and the CURRENT pointer (shared by every ranker)",
     )
     model_poll_s: float = Field(5.0, gt=0, description="how often rankers look for a new model")
+    ranker_holdout_share: float = Field(
+        0.0, ge=0, le=1, description="users served popularity on purpose (a control group)"
+    )
 
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"

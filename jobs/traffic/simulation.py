@@ -289,15 +289,10 @@ class SessionModel:
         self._categories = [p.category_id for p in products]
         self._prices = [p.price_paise for p in products]
         self._languages = [p.language for p in products]
-        log_reference = math.log(params.reference_price_paise)
-        # log(price / reference): clicks scale with exp(-sensitivity * this).
-        self._price_levels = [math.log(max(p.price_paise, 1)) - log_reference for p in products]
+        self._price_levels = [price_level(params, p.price_paise) for p in products]
         self._popular = catalog.popular_cumulative
         self._members = catalog.category_members
-        self._decay = [
-            (1 + position) ** -params.position_decay_exponent
-            for position in range(_DECAY_POSITIONS)
-        ]
+        self._decay = [position_decay(params, position) for position in range(_DECAY_POSITIONS)]
         # Views per session: 1 + geometric, so the number still to come is memoryless.
         keep_browsing = 1.0 - 1.0 / params.mean_views_per_session
         self._log_keep_browsing = math.log(keep_browsing) if keep_browsing > 0 else -math.inf
@@ -332,11 +327,7 @@ class SessionModel:
         preferred_cut = popular_cut + params.preferred_feed_share
         if not favourites:
             popular_cut = preferred_cut
-        base = params.base_click_probability
-        boost = params.affinity_click_boost
-        mismatch = params.language_mismatch_factor
         elasticity = -user.price_sensitivity
-        low_price_factor, high_price_factor = _PRICE_FACTOR_RANGE
         cart_chance = params.add_to_cart_after_click
         wishlist_chance = params.wishlist_after_click
         order_chance = params.order_after_add_to_cart
@@ -360,20 +351,14 @@ class SessionModel:
             pid, category, price = ids[item], categories[item], prices[item]
             yield Event(new_id(), uid, _VIEW, t, pid, category, price, position, platform, language)
             t += thinks[getrandbits(THINK_BITS)]
-            price_factor = math.exp(elasticity * price_levels[item])
-            if price_factor < low_price_factor:
-                price_factor = low_price_factor
-            elif price_factor > high_price_factor:
-                price_factor = high_price_factor
-            chance = (
-                base
-                * (1.0 + boost * affinity.get(category, 0.0))
-                * decay[position if position < last_position else last_position]
-                * price_factor
+            chance = click_probability(
+                params,
+                affinity.get(category, 0.0),
+                elasticity * price_levels[item],
+                decay[position if position < last_position else last_position],
+                same_language=languages[item] == language,
             )
-            if languages[item] != language:
-                chance *= mismatch
-            if random_() < min(chance, _MAX_CLICK_PROBABILITY):
+            if random_() < chance:
                 yield Event(
                     new_id(), uid, _CLICK, t, pid, category, price, position, platform, language
                 )
@@ -408,6 +393,47 @@ class SessionModel:
                     prices[gone], shown_at, platform, language,
                 )  # fmt: skip
                 t += thinks[getrandbits(THINK_BITS)]
+
+
+def click_probability(
+    params: TrafficParams,
+    affinity: float,
+    log_price_factor: float,
+    position_decay: float,
+    *,
+    same_language: bool,
+) -> float:
+    """The chance that a shopper clicks a product shown to them: the behaviour the
+    simulation draws from and the closed-loop benchmark's shoppers follow.
+
+    `affinity` is the user's latent affinity for the product's category (0 to 1),
+    `log_price_factor` is `-price_sensitivity * log(price / reference price)`
+    (`price_level`), and `position_decay` is `position_decay(params, position)`."""
+    price_factor = math.exp(log_price_factor)
+    low, high = _PRICE_FACTOR_RANGE
+    if price_factor < low:
+        price_factor = low
+    elif price_factor > high:
+        price_factor = high
+    chance = (
+        params.base_click_probability
+        * (1.0 + params.affinity_click_boost * affinity)
+        * position_decay
+        * price_factor
+    )
+    if not same_language:
+        chance *= params.language_mismatch_factor
+    return min(chance, _MAX_CLICK_PROBABILITY)
+
+
+def price_level(params: TrafficParams, price_paise: int) -> float:
+    """log(price / reference price): clicks scale with exp(-sensitivity * this)."""
+    return math.log(max(price_paise, 1)) - math.log(params.reference_price_paise)
+
+
+def position_decay(params: TrafficParams, position: int) -> float:
+    """How much less a product is clicked at a feed position than at the top (0)."""
+    return float((1 + min(position, _DECAY_POSITIONS - 1)) ** -params.position_decay_exponent)
 
 
 def _think_table(params: TrafficParams) -> list[int]:

@@ -30,6 +30,7 @@ Missing values are NaN, which LightGBM routes down a learned default branch.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -272,3 +273,14 @@ def popularity(features: ProductFeatures, config: FeatureConfig) -> float:
     baseline the training job measures the model against."""
     day = features.counts["24h"]
     return sum(config.weights.get(kind, 0.0) * count for kind, count in day.items())
+
+
+#: Holdout buckets: a user's bucket is the CRC-32 of their id modulo this.
+HOLDOUT_BUCKETS = 10_000
+
+
+def in_holdout(user_id: str, share: float) -> bool:
+    """Whether the user is in the control group that is served popularity on purpose (an
+    experiment's holdout): the same answer in every ranker process, for the user's whole
+    life, and about `share` of all users."""
+    return zlib.crc32(user_id.encode()) % HOLDOUT_BUCKETS < share * HOLDOUT_BUCKETS

@@ -1,0 +1,416 @@
+"""The closed loop: simulated shoppers browse the feed the ranker served, and their clicks
+flow back through Kafka, the worker, the triggers and the ranker.
+
+Set-up, on the local stack under an isolated namespace: the generator's catalog is loaded;
+a LightGBM model is trained by the training job on generated traffic of the same world
+(other users, earlier) and published; `signals worker` (features and triggers on) and
+`signals ranker` run as subprocesses, the ranker with `SIGNALS_RANKER_HOLDOUT_SHARE=0.5`:
+half of the users (a hash of their id) are served the popularity ranking on purpose, the
+other half the model's. The shoppers' earlier history (generated, the hour before) is sent
+first, so each has a feed when the loop starts.
+
+The loop: each shopper (a generated user, whose latent preferences are known) runs
+sessions: an app-open, then views down their feed, position by position, reading the feed
+from Redis before each view (so a feed re-ranked mid-session takes effect at the next
+position) and skipping what this session already showed. Each view is clicked with the
+generator's own click model (`jobs.traffic.simulation.click_probability`: the shopper's
+affinity for the category, the price, the position, the listing's language); a click may
+be followed by an add-to-cart. Background traffic from other users runs beside it, so the
+worker sees `--rate` events/s in all. Click-through rate = clicks / views, per arm, by the
+arm of the feed each view came from.
+
+End to end: for every click after the first `--warmup` seconds, the time from producing
+it to the first read of the shopper's feed that comes from a trigger at or after it: click
+to re-ranked feed, through Kafka, the worker, the trigger topic and the ranker (polled every
+5 ms at first, then every 5% of the time waited so far).
+
+    .venv/bin/python bench/closed_loop_bench.py [--seconds 90] [--shoppers 300] [--rate 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import itertools
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Isolated, Table, WorkerProcess, ensure_stack, percentiles, write_results
+
+from jobs.catalog import generated_items, load_items
+from jobs.generate import paced
+from jobs.traffic import TrafficParams, simulate
+from jobs.traffic.catalog import Catalog
+from jobs.traffic.population import UserProfile, population, user_index
+from jobs.traffic.simulation import click_probability, position_decay, price_level
+from jobs.train import run_training
+from schemas.catalog import CatalogItem
+from schemas.events import Event, EventType
+from schemas.feed_layout import Feed
+from sinks.events_producer import DeliveryReport, EventProducer
+from sinks.model_store import ModelStore
+from streams.bootstrap import build_catalog_store, build_feed_store
+from streams.settings import Settings
+
+PARAMS = TrafficParams(seed=7, users=10_000, products=5_000, categories=100)
+WATCH_EVERY_S = 0.005
+WATCH_LIMIT_S = 5.0
+READS_IN_FLIGHT = 32
+
+
+@dataclass
+class Arm:
+    views: int = 0
+    clicks: int = 0
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.views if self.views else 0.0
+
+
+@dataclass
+class Outcome:
+    arms: dict[str, Arm] = field(default_factory=lambda: {"model": Arm(), "holdout": Arm()})
+    no_feed: int = 0  # views skipped: no feed, or nothing left unseen in it
+    latencies_ms: list[float] = field(default_factory=list)
+    missed: int = 0  # clicks whose re-ranked feed did not show within WATCH_LIMIT_S
+    models: set[str] = field(default_factory=set)
+    events: int = 0
+
+
+class Loop:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: dict[str, CatalogItem],
+        *,
+        producer: EventProducer,
+        outcome: Outcome,
+        deadline: float,
+        measure_from: float,
+    ) -> None:
+        self.measure_from = measure_from  # clicks before this are not timed (warm-up)
+        self.settings = settings
+        self.catalog = catalog
+        self.producer = producer
+        self.outcome = outcome
+        self.deadline = deadline
+        self.feeds = build_feed_store(settings)
+        self.offsets: dict[str, int] = {}  # event id -> offset, from delivery reports
+        self.watchers: set[asyncio.Task[None]] = set()
+        self._reads = asyncio.Semaphore(READS_IN_FLIGHT)  # the client's pool is bounded
+
+    async def feed(self, user: str) -> Feed | None:
+        async with self._reads:
+            return await self.feeds.read(user)
+
+    def delivered(self, report: DeliveryReport) -> None:
+        if report.ok and report.offset is not None:
+            self.offsets[report.event_id] = report.offset
+
+    def send(self, event: Event) -> None:
+        self.producer.send(event, self.delivered)
+        self.outcome.events += 1
+
+    async def shopper(self, profile: UserProfile, rng: random.Random) -> None:
+        user = profile.user_id
+        while time.monotonic() < self.deadline:
+            self.send(_event(rng, user, EventType.APP_OPEN, None, profile.language))
+            shown: set[str] = set()
+            for position in range(rng.randint(6, 14)):
+                await asyncio.sleep(rng.uniform(0.2, 0.6))
+                if time.monotonic() >= self.deadline:
+                    return
+                feed = await self.feed(user)
+                product = next((p for p in feed.products if p not in shown), None) if feed else None
+                item = self.catalog.get(product) if product else None
+                if feed is None or item is None:
+                    self.outcome.no_feed += 1
+                    continue
+                shown.add(item.product_id)
+                arm = self.outcome.arms["holdout" if feed.holdout else "model"]
+                if not feed.holdout:
+                    self.outcome.models.add(feed.model)
+                arm.views += 1
+                self.send(_event(rng, user, EventType.VIEW, item, profile.language, position))
+                chance = click_probability(
+                    PARAMS,
+                    profile.affinity(item.category_id),
+                    -profile.price_sensitivity * price_level(PARAMS, item.price_paise),
+                    position_decay(PARAMS, position),
+                    same_language=item.language == profile.language,
+                )
+                if rng.random() >= chance:
+                    continue
+                arm.clicks += 1
+                await asyncio.sleep(rng.uniform(0.1, 0.3))
+                click = _event(rng, user, EventType.CLICK, item, profile.language, position)
+                sent_at = time.monotonic()
+                self.send(click)
+                self._watch(user, click.event_id, sent_at)
+                if rng.random() < PARAMS.add_to_cart_after_click:
+                    await asyncio.sleep(rng.uniform(0.1, 0.3))
+                    cart = _event(
+                        rng, user, EventType.ADD_TO_CART, item, profile.language, position
+                    )
+                    self.send(cart)
+            await asyncio.sleep(rng.uniform(1.0, 3.0))  # between sessions
+
+    def _watch(self, user: str, event_id: str, sent_at: float) -> None:
+        task = asyncio.ensure_future(self._first_feed_after(user, event_id, sent_at))
+        self.watchers.add(task)
+        task.add_done_callback(self.watchers.discard)
+
+    async def _first_feed_after(self, user: str, event_id: str, sent_at: float) -> None:
+        """Poll the user's feed until one from a trigger at or after the click shows."""
+        while time.monotonic() - sent_at < WATCH_LIMIT_S:
+            offset = self.offsets.get(event_id)
+            if offset is not None:
+                feed = await self.feed(user)
+                if feed is not None and feed.sequence >= offset:
+                    if sent_at >= self.measure_from:
+                        self.outcome.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+                    return
+            # Every 5 ms at first, then every 5% of the wait so far: a slow pipeline is
+            # not also flooded with reads (the measurement's error stays under 5%).
+            await asyncio.sleep(max(WATCH_EVERY_S, 0.05 * (time.monotonic() - sent_at)))
+        if sent_at >= self.measure_from:
+            self.outcome.missed += 1
+
+
+def _event(  # noqa: PLR0917
+    rng: random.Random,
+    user: str,
+    kind: EventType,
+    item: CatalogItem | None,
+    language: str,
+    position: int | None = None,
+) -> Event:
+    now = int(time.time() * 1000)
+    product, category, price = (
+        (item.product_id, item.category_id, item.price_paise) if item else (None, None, None)
+    )
+    quantity = 1 if kind is EventType.ADD_TO_CART else None
+    return Event(
+        f"loop-{rng.getrandbits(64):016x}",
+        user,
+        kind,
+        now,
+        product,
+        category,
+        price,
+        position,
+        "android",
+        language,
+        None,
+        quantity,
+    )
+
+
+def background(settings: Settings, rate: float, stop: threading.Event) -> int:
+    """Other users' traffic at `rate`, paced to the wall clock, until `stop` is set. Their
+    ids get a `b` prefix: they never collide with a shopper's."""
+    sent = 0
+    start = int(time.time() * 1000)
+    stream: Iterator[Event] = paced(simulate(dataclasses.replace(PARAMS, rate=rate), start), start)
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for event in stream:
+            if stop.is_set():
+                break
+            producer.send(dataclasses.replace(event, user_id="b" + event.user_id))
+            sent += 1
+    return sent
+
+
+def history(shoppers: int, events: int) -> list[Event]:
+    """The shoppers' earlier sessions: generated traffic of the hour before now, kept to
+    the shoppers' ids."""
+    start = int(time.time() * 1000) - 3_600_000
+    stream = simulate(dataclasses.replace(PARAMS, users=shoppers, rate=events / 3000), start)
+    kept = (e for e in stream if user_index(e.user_id) < shoppers)
+    return list(itertools.islice(kept, events))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=90.0, help="loop length (90)")
+    parser.add_argument("--shoppers", type=int, default=300, help="simulated shoppers (300)")
+    parser.add_argument("--rate", type=float, default=2000.0, help="events/s in all (2000)")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds before clicks are timed (10)"
+    )
+    parser.add_argument(
+        "--train-events", type=int, default=150_000, help="events the model trains on (150000)"
+    )
+    args = parser.parse_args(argv)
+    ensure_stack(print)
+    with tempfile.TemporaryDirectory() as models:
+        iso = Isolated.create(
+            "loop",
+            SIGNALS_FEATURES_ENABLED="true",
+            SIGNALS_TRIGGERS_ENABLED="true",
+            SIGNALS_MODEL_DIR=models,
+            SIGNALS_RANKER_HOLDOUT_SHARE="0.5",
+        )
+        try:
+            return run(iso, args, models)
+        finally:
+            iso.cleanup()
+
+
+def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: PLR0915
+    settings = iso.settings
+    items = list(generated_items(Catalog.build(PARAMS)))
+    catalog = {item.product_id: item for item in items}
+
+    async def load_catalog() -> None:
+        store = build_catalog_store(settings)
+        try:
+            await load_items(store, items, len(items), "closed loop")
+        finally:
+            await store.close()
+
+    asyncio.run(load_catalog())
+    print(f"training a model on {args.train_events:,} generated events (other users) ...")
+    start = int(time.time() * 1000) - 86_400_000
+    log = list(
+        itertools.islice(simulate(dataclasses.replace(PARAMS, rate=20.0), start), args.train_events)
+    )
+    trained = run_training(
+        log, catalog, settings.feature_config(), ModelStore(models), progress=False
+    )
+    print(
+        f"  model {trained.version}: test NDCG@20 {trained.report['test']['ndcg@20']['model']:.3f}"
+    )
+    profiles = [population(PARAMS).profile(i) for i in range(args.shoppers)]
+    outcome = Outcome()
+    with (
+        WorkerProcess(iso.env, label="loop-worker") as worker,
+        WorkerProcess(iso.env, label="loop-ranker", command="ranker") as ranker,
+    ):
+        past = history(args.shoppers, 40 * args.shoppers)
+        print(f"sending the shoppers' history ({len(past):,} events of the hour before) ...")
+        with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+            for event in past:
+                producer.send(event)
+        time.sleep(8.0)  # the worker applies it, the ranker writes the first feeds
+        shopper_rate = args.shoppers / 0.45  # one event per ~0.45 s of think time
+        rest = max(args.rate - shopper_rate, 0.0)
+        print(
+            f"closed loop for {args.seconds:g}s: {args.shoppers} shoppers (~{shopper_rate:,.0f} "
+            f"events/s) and background traffic at {rest:,.0f} events/s"
+        )
+        stop = threading.Event()
+        sent_background: list[int] = []
+        thread = threading.Thread(
+            target=lambda: sent_background.append(background(settings, rest, stop)), daemon=True
+        )
+        thread.start()
+        began = time.monotonic()
+        deadline, measure_from = began + args.seconds, began + args.warmup
+        asyncio.run(
+            shop(
+                settings,
+                catalog,
+                profiles=profiles,
+                outcome=outcome,
+                deadline=deadline,
+                measure_from=measure_from,
+            )
+        )
+        stop.set()
+        thread.join(30)
+        elapsed = time.monotonic() - began
+        if not (worker.alive() and ranker.alive()):
+            raise RuntimeError(f"a process died:\n{worker.tail()}\n{ranker.tail()}")
+    model, holdout = outcome.arms["model"], outcome.arms["holdout"]
+    latency = percentiles(outcome.latencies_ms)
+    total_rate = (outcome.events + sum(sent_background)) / elapsed
+    result: dict[str, Any] = {
+        "shoppers": args.shoppers,
+        "seconds": elapsed,
+        "events_per_s": total_rate,
+        "model": trained.version,
+        "models_seen": sorted(outcome.models),
+        "arms": {
+            name: {"views": arm.views, "clicks": arm.clicks, "ctr": arm.ctr}
+            for name, arm in outcome.arms.items()
+        },
+        "ctr_ratio": model.ctr / holdout.ctr if holdout.ctr else None,
+        "views_without_feed": outcome.no_feed,
+        "click_to_feed": latency,
+        "clicks_not_reflected": outcome.missed,
+        "training": {
+            "ndcg@20": trained.report["test"]["ndcg@20"],
+            "auc": trained.report["test"]["auc"],
+        },
+    }
+    table = Table("closed loop: shoppers browse the served feed, clicks flow back")
+    table.add("click-through, learned feed", model.ctr * 100, "%", f"{model.clicks}/{model.views}")
+    table.add(
+        "click-through, popularity (holdout)",
+        holdout.ctr * 100,
+        "%",
+        f"{holdout.clicks}/{holdout.views}",
+    )
+    table.add("learned / popularity", result["ctr_ratio"] or 0.0, "x", "target >= 1.5")
+    table.add(
+        "click -> re-ranked feed, p50",
+        latency["p50_ms"],
+        "ms",
+        f"{len(outcome.latencies_ms)} clicks",
+    )
+    table.add("click -> re-ranked feed, p99", latency["p99_ms"], "ms", "target <= 300")
+    table.add("clicks not reflected within 5 s", outcome.missed, "clicks")
+    table.add("events/s through the worker", total_rate, "/s", "shoppers + background")
+    table.add("views with no feed to read", outcome.no_feed, "views")
+    table.print()
+    print(f"wrote {write_results('closed_loop', result)}")
+    return 0
+
+
+async def shop(
+    settings: Settings,
+    catalog: dict[str, CatalogItem],
+    *,
+    profiles: list[UserProfile],
+    outcome: Outcome,
+    deadline: float,
+    measure_from: float,
+) -> None:
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        loop = Loop(
+            settings,
+            catalog,
+            producer=producer,
+            outcome=outcome,
+            deadline=deadline,
+            measure_from=measure_from,
+        )
+
+        async def pump() -> None:
+            while time.monotonic() < deadline + WATCH_LIMIT_S:
+                producer.poll(0)
+                await asyncio.sleep(0.002)
+
+        pumping = asyncio.ensure_future(pump())
+        await asyncio.gather(
+            *(loop.shopper(p, random.Random(f"loop/{p.user_id}")) for p in profiles)
+        )
+        await asyncio.gather(*list(loop.watchers), return_exceptions=True)
+        pumping.cancel()
+        await loop.feeds.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
