@@ -375,7 +375,7 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
     table.add("events/s through the worker", total_rate, "/s", "shoppers + background")
     table.add("views with no feed to read", outcome.no_feed, "views")
     table.print()
-    print(f"wrote {write_results('closed_loop', result)}")
+    print(f"wrote {write_results(f'closed_loop_{int(args.rate)}', result)}")
     return 0
 
 

@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ranker",
         help="run the feed ranker (trigger topic -> ranked feeds in Redis)",
         description="Run the ranker's Faust agent: for each rank-refresh trigger it merges "
-        "candidates, ranks them (popularity until a model is trained; see README, The "
-        "catalog and the ranker's candidates) and writes the user's feed to Redis.",
+        "candidates, scores them with the model published in SIGNALS_MODEL_DIR (swapped "
+        "without a restart when `signals train` publishes another; popularity while there "
+        "is none), re-ranks them and writes the user's feed to Redis.",
     )
     ranker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -235,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="worker + synthetic traffic + live rate + a user's last-k and features",
-        description="Start a worker, send synthetic traffic for a while, show the rate at which "
-        "events land in Redis, then print one user's last-k. Needs the stack (signals-stack up).",
+        help="worker + ranker + synthetic traffic: a user's feed re-ranked live",
+        description="Start the worker (features and triggers on) and the ranker (training a "
+        "first model if none is published), send synthetic traffic for a while, show the "
+        "rate at which events land in Redis and each new feed of one user with the model "
+        "version that scored it, then print that user's last-k, features and feed. Needs "
+        "the stack (signals-stack up).",
     )
-    _traffic_arguments(demo, default_seconds=20.0, default_rate=2000.0)
+    _traffic_arguments(demo, default_seconds=30.0, default_rate=400.0)
     return parser
 
 
@@ -654,6 +658,40 @@ def _demo_catalog(
     print(f"catalog: {held:,} products (the traffic generator's)")
 
 
+#: Events the demo trains its first model on, when none was published yet.
+DEMO_TRAINING_EVENTS = 60_000
+
+
+def _demo_model(settings: Settings, params: TrafficParams) -> None:
+    """The ranker's model: the published one, or a quick first one trained now."""
+    from jobs.catalog import generated_items  # noqa: PLC0415
+    from jobs.traffic.catalog import Catalog  # noqa: PLC0415
+    from jobs.train import run_training  # noqa: PLC0415
+
+    store = ModelStore(settings.model_dir)
+    current = store.current()
+    if current is not None:
+        print(f"ranker model: {current} (from {store.directory}; `signals model list`)")
+        return
+    print(
+        f"no ranker model yet: training one on {DEMO_TRAINING_EVENTS:,} generated events "
+        "(`signals train` trains a bigger one) ..."
+    )
+    start_ms = _wall_ms() - DEMO_TRAINING_EVENTS * 50 - 3_600_000
+    world = TrafficParams(
+        seed=params.seed, users=params.users, products=params.products,
+        categories=params.categories, rate=20.0,
+    )  # fmt: skip
+    events = list(itertools.islice(simulate(world, start_ms), DEMO_TRAINING_EVENTS))
+    catalog = {item.product_id: item for item in generated_items(Catalog.build(world))}
+    trained = run_training(events, catalog, settings.feature_config(), store, progress=False)
+    test = trained.report["test"]
+    print(
+        f"ranker model: {trained.version}, test NDCG@20 {test['ndcg@20']['model']:.3f} "
+        f"(popularity {test['ndcg@20']['popularity']:.3f})"
+    )
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     logs = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -662,6 +700,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     loop = asyncio.new_event_loop()
     params = traffic_params(args)
     _demo_catalog(loop, settings, params)
+    _demo_model(settings, params)
     applied_before = loop.run_until_complete(store.applied_count())
     print(f"starting worker with features and triggers on, and the ranker (logs: {logs})")
     # Off by default for now (README, Rolling features); at the demo's rate they keep up.

@@ -1,10 +1,13 @@
 """Bad arguments get one line and the usage, never a traceback."""
 
+import itertools
+import json
 import subprocess
 import sys
 
 import pytest
 
+from jobs.traffic import TrafficParams, simulate
 from tests.conftest import ROOT
 
 
@@ -38,6 +41,9 @@ def run(
         (["features", "product", "p1", "--at", "soon"], "expected a whole number"),
         (["catalog", "load"], "one CSV file, or --generated"),
         (["catalog", "show"], "needs at least one product id"),
+        (["train", "--events", "0"], "must be > 0"),
+        (["train", "--file", "a.jsonl", "--topic"], "not allowed with argument"),
+        (["model", "use"], "needs a VERSION"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -108,3 +114,31 @@ def test_a_catalog_with_bad_rows_is_refused_line_by_line(tmp_path) -> None:
     assert "Traceback" not in result.stderr
     assert f"{path}:3: missing price_paise" in result.stderr
     assert "1 bad rows, nothing loaded" in result.stderr
+
+
+def test_training_on_too_little_data_is_one_line_and_model_list_says_what_to_do(tmp_path) -> None:
+    env = {**bare_env(tmp_path), "SIGNALS_MODEL_DIR": str(tmp_path / "models")}
+    result = run("train", "--events", "300", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not enough data to train" in result.stderr.splitlines()[-1]
+    listed = run("model", "list", env=env)
+    assert listed.returncode == 0 and "run `signals train`" in listed.stdout
+    missing = run("model", "use", "20260101T000000Z-00000000", env=env)
+    assert missing.returncode == 2 and "no model file for version" in missing.stderr
+
+
+def test_training_from_a_file_writes_and_publishes_a_model(tmp_path) -> None:
+    params = TrafficParams(seed=3, users=200, products=300, categories=10, rate=5.0)
+    events = itertools.islice(simulate(params, 1_764_547_200_000), 8_000)
+    log = tmp_path / "events.jsonl"
+    log.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in events) + "not json\n")
+    env = {**bare_env(tmp_path), "SIGNALS_MODEL_DIR": str(tmp_path / "models")}
+    result = run(
+        "train", "--file", str(log), "--seed", "3", "--products", "300", "--categories", "10",
+        "--rounds", "30", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "left out 1 records that are not valid events" in result.stdout
+    assert "published" in result.stdout and "test NDCG@20" in result.stdout
+    listed = run("model", "list", env=env)
+    assert listed.stdout.startswith("* ") and "x popularity" in listed.stdout

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import pytest
+from fastavro import schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.triggers import Reason
+from schemas.registry import schema_for
+from schemas.triggers import RankTrigger, Reason, decode_trigger, encode_trigger
+from schemas.wire import HEADER, MAGIC
+from streams.logic.ranking import in_holdout
 from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
 
 RULES = TriggerRules(debounce_ms=10_000, views_per_trigger=3)
@@ -116,3 +122,32 @@ def test_the_state_remembers_the_offsets_it_decided_on() -> None:
     assert state.decided_offset == 100
     _, state = decide(state, batch(50, views=1), RULES)  # never moves back
     assert state.decided_offset == 100
+
+
+def test_a_trigger_round_trips_and_a_v1_trigger_still_decodes_without_a_language() -> None:
+    trigger = RankTrigger("u1", 42, Reason.HIGH_INTENT, 1_000, 3, "c1", 2_000, "ta")
+    assert decode_trigger(encode_trigger(trigger)) == trigger
+    old = BytesIO()
+    old.write(HEADER.pack(MAGIC, 2))  # trigger-v1, as workers before the language wrote it
+    record = {
+        "user_id": "u1",
+        "sequence": 42,
+        "reason": "views",
+        "newest_event_time_ms": 1_000,
+        "partition": 3,
+        "top_category": None,
+        "published_at_ms": 2_000,
+    }
+    schemaless_writer(old, schema_for(2), record)
+    decoded = decode_trigger(old.getvalue())
+    assert decoded.language is None and decoded.reason is Reason.VIEWS and decoded.sequence == 42
+
+
+def test_the_holdout_is_stable_and_about_its_share() -> None:
+    users = [f"u{i:07d}" for i in range(20_000)]
+    half = [u for u in users if in_holdout(u, 0.5)]
+    assert 0.47 < len(half) / len(users) < 0.53
+    assert half == [u for u in users if in_holdout(u, 0.5)]  # the same answer every time
+    assert not any(in_holdout(u, 0.0) for u in users)
+    assert all(in_holdout(u, 1.0) for u in users)
+    assert set(u for u in users if in_holdout(u, 0.2)) <= set(half)  # shares nest
