@@ -116,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ranker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
+    api = commands.add_parser(
+        "api",
+        help="run the HTTP read API (feeds, interactions, features as JSON)",
+        description="Serve the feed, interactions (hot or cold tier), user and product "
+        "features and trending products over HTTP, with an OpenAPI document at "
+        "/openapi.json and interactive docs at /docs. Host, port and workers default to "
+        "SIGNALS_API_HOST, SIGNALS_API_PORT and SIGNALS_API_WORKERS.",
+    )
+    api.add_argument("--host", default=None, help="address to listen on (127.0.0.1)")
+    api.add_argument("--port", type=_positive_int, default=None, help="port (8080)")
+    api.add_argument("--workers", type=_positive_int, default=None, help="processes (1)")
+    api.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
     produce = commands.add_parser(
         "produce",
         help="send events from a JSON-lines file or stdin",
@@ -642,6 +655,25 @@ def cmd_ranker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn  # noqa: PLC0415  (only the API serves HTTP)
+
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    workers = args.workers or settings.api_workers
+    print(f"read API on http://{host}:{port} ({workers} worker(s); docs at /docs)", flush=True)
+    uvicorn.run(
+        "streams.api:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=args.loglevel,
+        access_log=args.loglevel == "debug",
+    )
+    return 0
+
+
 def _demo_catalog(
     loop: asyncio.AbstractEventLoop, settings: Settings, params: TrafficParams
 ) -> None:
@@ -892,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command not in ("worker", "ranker"):
+    if args.command not in ("worker", "ranker", "api"):
         # The CQL driver logs every failed connection attempt with a traceback; a CLI
         # reports the outcome in one line instead (the worker keeps the driver's logs).
         logging.getLogger("cassandra").setLevel(logging.CRITICAL)
@@ -901,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {
             "worker": cmd_worker,
             "ranker": cmd_ranker,
+            "api": cmd_api,
             "produce": cmd_produce,
             "generate": cmd_generate,
             "last-k": cmd_last_k,

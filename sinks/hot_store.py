@@ -101,6 +101,12 @@ class HotStore(Protocol):
         """Newest first: (product id, event time ms)."""
         ...
 
+    async def last_k_many(
+        self, user_id: str, event_types: Sequence[EventType], k: int
+    ) -> list[list[tuple[str, int]]]:
+        """`last_k` of each type, in order, in one round trip."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -275,6 +281,18 @@ class RedisHotStore:
             "list[tuple[bytes, float]]", await self._redis.zrevrange(key, 0, k - 1, withscores=True)
         )
         return [(_text(member), int(score)) for member, score in rows]
+
+    async def last_k_many(
+        self, user_id: str, event_types: Sequence[EventType], k: int
+    ) -> list[list[tuple[str, int]]]:
+        # One pipeline: a user's keys share a hash tag, so on a cluster it is one node too.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_type in event_types:
+                pipe.zrevrange(
+                    hot_key(self._prefix, user_id, event_type), 0, k - 1, withscores=True
+                )
+            replies = cast("list[list[tuple[bytes, float]]]", await pipe.execute())
+        return [[(_text(member), int(score)) for member, score in rows] for rows in replies]
 
     async def close(self) -> None:
         await self._redis.aclose()

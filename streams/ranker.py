@@ -313,9 +313,7 @@ class FeedRanker:
         return self._models
 
     async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
-        lists = await asyncio.gather(
-            *(self._hot.last_k(user_id, kind, self._last_k) for kind in _LAST_K_TYPES)
-        )
+        lists = await self._hot.last_k_many(user_id, _LAST_K_TYPES, self._last_k)
         return {kind: [p for p, _ in rows] for kind, rows in zip(_LAST_K_TYPES, lists, strict=True)}
 
     async def _shared_view(self) -> SharedView:

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1, description="users served popularity on purpose (a control group)"
     )
 
+    # The HTTP read API (`signals api`)
+    api_host: str = Field("127.0.0.1", description="address the API listens on")
+    api_port: int = Field(8080, ge=1, le=65535, description="port the API listens on")
+    api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn workers)")
+
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"
     cql_port: int = 9042

@@ -88,6 +88,23 @@ def test_last_k_is_newest_first_with_event_times(store: RedisHotStore) -> None:
     assert got == [("p2", 30), ("p3", 20), ("p1", 10)]
 
 
+def test_many_types_are_read_in_one_call_in_order(store: RedisHotStore) -> None:
+    async def scenario() -> list[list[tuple[str, int]]]:
+        try:
+            await store.record(
+                [
+                    *views("u1", [("p1", 10), ("p2", 30)]),
+                    Interaction("u1", EventType.CLICK, "p2", 31),
+                ]
+            )
+            kinds = [EventType.CLICK, EventType.ORDER, EventType.VIEW]
+            return await store.last_k_many("u1", kinds, 1)
+        finally:
+            await store.close()
+
+    assert run(scenario()) == [[("p2", 31)], [], [("p2", 30)]]
+
+
 def test_redelivery_changes_nothing(store: RedisHotStore) -> None:
     batch = views("u1", [("p1", 10), ("p2", 20)])
 
