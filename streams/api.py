@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, ORJSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, stores: ApiStores | None = None
         summary="Served feeds, interactions and online features of a discovery feed.",
         version="1",
         lifespan=lifespan,
+        default_response_class=ORJSONResponse,  # orjson: the bodies' JSON in C
     )
     _add_error_handlers(app)
 
