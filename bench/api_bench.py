@@ -9,8 +9,8 @@ tier and the features, and a served feed for the most active user. Then, for eac
 stores) and each route (`/healthz`, `/users/{u}/feed?limit=20`,
 `/users/{u}/interactions?k=20`): `hey` at 1,000 requests/s for `--seconds` (4
 connections x 250/s, per-request times from its CSV), then `wrk` (2 threads, 32
-connections) for the maximum rate. Load tools from Debian's packages (`apt-get install hey wrk`; installed
-here when missing and root). Writes bench/results/api.json.
+connections) for the maximum rate. Load tools from Debian's packages (`apt-get install
+hey wrk`; installed here when missing and root). Writes bench/results/api.json.
 
     .venv/bin/python bench/api_bench.py [--seconds 15]
 """
