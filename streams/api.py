@@ -20,6 +20,7 @@ Routes (all GET, JSON):
     /healthz                             the process is up
     /readyz                              each store reachable (503 naming those that
                                          are not)
+    /metrics                             Prometheus: request durations by route, status
 
 Errors are `{"error": "<one line>"}`: 400 for a bad parameter, 404 for an unknown user,
 product, category or route, 503 when a store is down; never a stack trace.
@@ -37,7 +38,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
@@ -57,13 +59,14 @@ from schemas.api_models import (
     UserFeaturesBody,
 )
 from schemas.events import PRODUCT_EVENT_TYPES, EventType, InvalidEvent, check_user_id
-from schemas.features import WindowCounts
+from schemas.features import WindowCounts, user_features_of
 from schemas.hot_layout import Item, UserLastK
 from sinks.catalog_store import RedisCatalogStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.interaction_reader import ALL_TYPES, InteractionReader
 from sinks.redis_scripts import HotRedis
+from streams.metrics import request_duration
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,9 +179,15 @@ def create_app(settings: Settings | None = None, stores: ApiStores | None = None
         summary="Served feeds, interactions and online features of a discovery feed.",
         version="1",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,  # orjson: the bodies' JSON in C
     )
     _add_error_handlers(app)
+    registry = CollectorRegistry()
+    app.add_middleware(_Timing, durations=request_duration(registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this API process (`streams.metrics`)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def get() -> ApiStores:
         return holder["stores"]
@@ -277,9 +286,11 @@ def _feature_routes(app: FastAPI, get: Callable[[], ApiStores]) -> None:
         """The user's online features now (`schemas.features`)."""
         stores = get()
         user = _user(user_id)
-        if await stores.features.user_share(user) is None:
+        share = await stores.features.user_share(user)
+        if share is None:
             raise NotFound(f"no features for user {user_id}")
-        features = await stores.features.user_features(user)
+        at = int(time.time() * 1000)
+        features = user_features_of(user, share, at_ms=at, config=stores.features.config)
         return UserFeaturesBody(
             user_id=user,
             at_ms=features.at_ms,
@@ -329,6 +340,34 @@ def _feature_routes(app: FastAPI, get: Callable[[], ApiStores]) -> None:
             at_ms=at,
             products=[TrendingProduct(product_id=p, score=s) for p, s in top],
         )
+
+
+class _Timing:
+    """ASGI middleware: each request's duration by route template and status (a plain
+    ASGI wrapper: Starlette's BaseHTTPMiddleware costs a task per request)."""
+
+    def __init__(self, app: Any, durations: Histogram) -> None:
+        self._app = app
+        self._durations = durations
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self._durations.labels(route, str(status)).observe(time.perf_counter() - began)
 
 
 def _user(user_id: str) -> str:

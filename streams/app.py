@@ -29,6 +29,7 @@ from aiokafka.errors import (
 )
 from faust.app.base import BootStrategy
 from mode import Service
+from prometheus_client import CollectorRegistry
 
 from schemas.codec import decode_event
 from schemas.events import Event, EventType, InvalidEvent
@@ -47,6 +48,8 @@ from streams.logic.admission import (
     dead_letter_value,
 )
 from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
+from streams.metrics import WorkerCollector
+from streams.metrics import serve as serve_metrics
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
@@ -139,9 +142,13 @@ def build_app(
     app.ingest = ingest  # type: ignore[attr-defined]
     app.ingest_counters = pipeline.counters  # type: ignore[attr-defined]
     app.sessions = sessions  # type: ignore[attr-defined]
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(pipeline.counters, sessions.counters))
+    app.metrics_registry = registry  # type: ignore[attr-defined]
 
     async def start_ingest() -> None:
         """Started once the app (and its producer, needed for dead letters) is up."""
+        serve_metrics(registry, settings.worker_metrics_port, "worker")
         await app.add_runtime_dependency(ingest)
 
     app.task(start_ingest)

@@ -35,6 +35,7 @@ from typing import Any
 import faust
 import numpy as np
 from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.catalog import CatalogItem
 from schemas.events import EventType, InvalidEvent
@@ -63,6 +64,8 @@ from streams.logic.ranking import (
     user_context,
 )
 from streams.logic.rerank import RerankRules, rerank
+from streams.metrics import RankerCollector, rank_duration
+from streams.metrics import serve as serve_metrics
 from streams.models import LoadedModel, ModelSlot
 from streams.settings import Settings
 
@@ -155,6 +158,8 @@ class FeedRanker:
         self._models = models if models is not None else ModelSlot(None)
         self._holdout_share = holdout_share
         self._scoring_error_logged = -float("inf")
+        #: Observed per trigger when set (`streams.metrics.rank_duration`).
+        self.rank_seconds: Histogram | None = None
         self._shared_at = -float("inf")
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
@@ -165,6 +170,14 @@ class FeedRanker:
         newest listings, categories) is refreshed in memory every TRENDING_REFRESH_S."""
         self.counters.triggers += 1
         self._models.poll()
+        began = time.perf_counter()
+        try:
+            return await self._rank(trigger)
+        finally:
+            if self.rank_seconds is not None:
+                self.rank_seconds.observe(time.perf_counter() - began)
+
+    async def _rank(self, trigger: RankTrigger) -> Feed | None:
         user = trigger.user_id
         stored, last_k, share, shared = await asyncio.gather(
             self._feeds.sequence(user),
@@ -379,6 +392,24 @@ def _bound(cache: dict[str, Any]) -> None:
             del cache[key]
 
 
+def _watch_models(app: faust.App, ranker: FeedRanker, every_s: float) -> None:
+    @app.timer(interval=every_s)  # type: ignore[untyped-decorator]
+    async def look_for_a_new_model() -> None:
+        ranker.models.poll()  # returns at once; a new model loads in a thread
+
+
+def _serve_metrics(app: faust.App, ranker: FeedRanker, port: int) -> None:
+    """The ranker's Prometheus metrics (`streams.metrics`), served once the app runs."""
+    registry = CollectorRegistry()
+    registry.register(RankerCollector(ranker.counters, ranker.models))
+    ranker.rank_seconds = rank_duration(registry)
+    app.metrics_registry = registry  # type: ignore[attr-defined]
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_ranker_metrics() -> None:
+        serve_metrics(registry, port, "ranker")
+
+
 def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
     """Log what the ranker did every REPORT_EVERY_S (when it did anything)."""
     reported = dataclasses.replace(ranker.counters, channels={})
@@ -427,10 +458,8 @@ def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
 
     _report_progress(app, ranker)
-
-    @app.timer(interval=settings.model_poll_s)  # type: ignore[untyped-decorator]
-    async def look_for_a_new_model() -> None:
-        ranker.models.poll()  # returns at once; a new model loads in a thread
+    _serve_metrics(app, ranker, settings.ranker_metrics_port)
+    _watch_models(app, ranker, settings.model_poll_s)
 
     async def dead_letter(event: Any, exc: InvalidTrigger) -> None:
         ranker.counters.dead_lettered += 1

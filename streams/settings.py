@@ -165,6 +165,10 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1, description="users served popularity on purpose (a control group)"
     )
 
+    # Prometheus metrics (`streams.metrics`): each process's /metrics port; 0 turns it off
+    worker_metrics_port: int = Field(9101, ge=0, le=65535, description="the worker's /metrics")
+    ranker_metrics_port: int = Field(9102, ge=0, le=65535, description="the ranker's /metrics")
+
     # The HTTP read API (`signals api`)
     api_host: str = Field("127.0.0.1", description="address the API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="port the API listens on")

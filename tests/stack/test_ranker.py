@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import httpx
 import redis
 from confluent_kafka import Producer
 
@@ -36,7 +37,7 @@ from streams.logic.candidates import Channel
 from streams.models import ModelSlot
 from streams.ranker import FeedRanker
 from streams.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.stack.test_faults import PrivateRedis
 from tests.stack.test_feature_pipeline import FEATURES_ON, send, trigger_list
 
@@ -155,6 +156,17 @@ def test_every_trigger_becomes_a_feed_that_obeys_the_rules(
         assert ranker.process.poll() is None
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A process's /metrics as {sample with labels: value}."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def publish_model(model_dir: str, catalog: dict[str, CatalogItem], rounds: int) -> str:
     """Train on generated traffic of the test's world (an hour before now) and publish."""
     events = list(itertools.islice(simulate(PARAMS, int(time.time() * 1000) - 7_200_000), 6000))
@@ -184,7 +196,14 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
     model_dir = isolated_env["SIGNALS_MODEL_DIR"]
     first = publish_model(model_dir, catalog, rounds=30)
     events = list(itertools.islice(simulate(PARAMS, int(time.time() * 1000) - 300_000), 300))
-    env = {**isolated_env, **FEATURES_ON, "SIGNALS_MODEL_POLL_S": "0.3"}
+    ports = {"worker": free_port(), "ranker": free_port()}
+    env = {
+        **isolated_env,
+        **FEATURES_ON,
+        "SIGNALS_MODEL_POLL_S": "0.3",
+        "SIGNALS_WORKER_METRICS_PORT": str(ports["worker"]),
+        "SIGNALS_RANKER_METRICS_PORT": str(ports["ranker"]),
+    }
     with worker(env) as running, worker(env, "ranker") as ranker:
         send(provisioned, events)
         wait_for(
@@ -197,6 +216,25 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
         for user, feed in feeds_of(provisioned, list(latest)).items():
             assert feed is not None and feed.products, user
             assert (feed.model, feed.fallback) == (first, False)
+        # Both processes' /metrics moved with the traffic.
+        worker_metrics = scrape(ports["worker"])
+        assert worker_metrics["feedsignals_events_consumed_total"] >= len(events)
+        published = sum(
+            v
+            for k, v in worker_metrics.items()
+            if k.startswith("feedsignals_triggers_published_total{")
+        )
+        assert published >= len(latest)
+        ranker_metrics = scrape(ports["ranker"])
+        assert ranker_metrics["feedsignals_ranker_triggers_total"] >= len(latest)
+        assert ranker_metrics['feedsignals_ranker_feeds_written_total{ranking="model"}'] >= len(
+            latest
+        )
+        assert any(
+            k.startswith("feedsignals_ranker_model_info{compiled=") and f'version="{first}"' in k
+            for k in ranker_metrics
+        )
+        assert ranker_metrics["feedsignals_ranker_rank_duration_seconds_count"] >= len(latest)
         assert all(trigger.language for trigger in latest.values())  # travels with it
 
         user, trigger = next(iter(latest.items()))

@@ -22,7 +22,7 @@ from schemas.catalog import CatalogItem
 from schemas.events import Event, EventType
 from schemas.feature_layout import CountedEvent
 from schemas.features import FeatureConfig, OfflineFeatures, ProductFeatures, UserFeatures
-from sinks.model_store import ModelStore
+from sinks.model_store import ModelStore, model_version
 from streams.logic.ranking import (
     FEATURES,
     UNRANKED,
@@ -293,3 +293,18 @@ def test_the_rankers_matrix_equals_the_row_definition(catalog: dict[str, Catalog
         expected = np.array([feature_row(user, pid, ctx) for pid, ctx in products])
         ids, contexts = [p for p, _ in products], [c for _, c in products]
         np.testing.assert_array_equal(feature_matrix(user, ids, contexts), expected)
+
+
+def test_the_model_folder_publishes_only_written_versions(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    assert store.current() is None and store.versions() == []
+    with pytest.raises(FileNotFoundError, match="no model file for version v9"):
+        store.publish("v9")
+    version = model_version("tree text", at_s=1_796_140_800)
+    assert version == "20261201T160000Z-" + version.rsplit("-", 1)[1] and len(version) == 25
+    store.write(version, "tree text", "{}")
+    store.write("20250101T000000Z-00000000", "older", "{}")
+    store.publish(version)
+    assert store.current() == version
+    assert store.versions() == ["20250101T000000Z-00000000", version]  # oldest first
+    assert not list((tmp_path / "models").glob(".*.tmp"))  # written by rename, none left

@@ -1,0 +1,196 @@
+"""Prometheus metrics of the worker, the ranker and the API (`prometheus-client`).
+
+The counters each process already keeps (`IngestCounters`, `SessionCounters`,
+`RankerCounters`, the model slot's) are read when Prometheus scrapes, by a collector, so
+the hot paths pay nothing for them; durations are histograms observed where they are
+measured. Names follow Prometheus' conventions (`feedsignals_` prefix, `_total` for
+counters, `_seconds` for durations). The worker and the ranker serve `/metrics` on
+their own port (`SIGNALS_WORKER_METRICS_PORT`, `SIGNALS_RANKER_METRICS_PORT`; 0 turns it
+off); the API serves it beside its routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger(__name__)
+
+#: Buckets for per-request and per-trigger durations (0.5 ms to 2.5 s).
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _labelled(
+    name: str, documentation: str, label: str, values: dict[str, int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+class WorkerCollector:
+    """The ingest worker's counters, read at scrape time."""
+
+    def __init__(self, ingest: Any, sessions: Any) -> None:
+        self._ingest = ingest  # streams.app.IngestCounters
+        self._sessions = sessions  # streams.sessions.SessionCounters
+
+    def collect(self) -> Iterator[Metric]:
+        ingest, sessions = self._ingest, self._sessions
+        yield _counter(
+            "feedsignals_events_consumed_total",
+            "records fetched from the events topic",
+            ingest.events,
+        )
+        yield _counter(
+            "feedsignals_interactions_applied_total",
+            "interactions written to the hot tier",
+            ingest.applied,
+        )
+        yield _labelled(
+            "feedsignals_dead_letters_total",
+            "records sent to the dead-letter topic, by the field that was wrong",
+            "reason",
+            ingest.invalid_reasons,
+        )
+        yield _counter(
+            "feedsignals_events_too_late_total",
+            "events beyond the allowed lateness (in no feature tile)",
+            ingest.too_late,
+        )
+        yield _labelled(
+            "feedsignals_triggers_published_total",
+            "rank-refresh triggers published, by reason",
+            "reason",
+            ingest.trigger_reasons,
+        )
+        yield _counter(
+            "feedsignals_sessions_rehydrated_total",
+            "returning users whose last-k was loaded back from the cold tier",
+            sessions.hydrated_users,
+        )
+        yield _counter(
+            "feedsignals_sessions_flushed_total",
+            "users whose ended session was moved to the cold tier",
+            sessions.flushed_users,
+        )
+        yield _counter(
+            "feedsignals_flush_passes_total", "session flush rounds", sessions.flush_passes
+        )
+
+
+class RankerCollector:
+    """The ranker's counters and its serving model, read at scrape time."""
+
+    def __init__(self, counters: Any, models: Any) -> None:
+        self._counters = counters  # streams.ranker.RankerCounters
+        self._models = models  # streams.models.ModelSlot
+
+    def collect(self) -> Iterator[Metric]:
+        counters, models = self._counters, self._models
+        yield _counter("feedsignals_ranker_triggers_total", "triggers ranked", counters.triggers)
+        written = CounterMetricFamily(
+            "feedsignals_ranker_feeds_written_total",
+            "feeds written, by how they were ranked",
+            labels=["ranking"],
+        )
+        written.add_metric(["model"], counters.scored)
+        written.add_metric(["popularity_fallback"], counters.fallbacks)
+        written.add_metric(["holdout"], counters.holdouts)
+        yield written
+        yield _counter(
+            "feedsignals_ranker_fallbacks_total",
+            "feeds ranked by popularity for want of a model (none loaded, or scoring failed)",
+            counters.fallbacks,
+        )
+        yield _counter(
+            "feedsignals_ranker_scoring_errors_total", "scoring failures", counters.scoring_errors
+        )
+        yield _counter(
+            "feedsignals_ranker_stale_total",
+            "triggers dropped: the stored feed came from the same or a later one",
+            counters.stale,
+        )
+        yield _counter(
+            "feedsignals_ranker_superseded_total",
+            "triggers skipped for a later one of the same user",
+            counters.superseded,
+        )
+        yield _counter(
+            "feedsignals_ranker_dead_letters_total",
+            "malformed triggers dead-lettered",
+            counters.dead_lettered,
+        )
+        yield _counter(
+            "feedsignals_ranker_candidates_total",
+            "candidates merged over every written feed",
+            counters.candidates,
+        )
+        yield _counter("feedsignals_ranker_model_swaps_total", "models swapped in", models.swaps)
+        yield _counter(
+            "feedsignals_ranker_model_refused_total", "published models refused", models.refused
+        )
+        info = GaugeMetricFamily(
+            "feedsignals_ranker_model_info",
+            "the serving model (1), by version; popularity when none is loaded",
+            labels=["version", "compiled"],
+        )
+        model = models.model
+        info.add_metric(
+            [model.version if model else "popularity", str(bool(model and model.compiled)).lower()],
+            1,
+        )
+        yield info
+
+
+def rank_duration(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "feedsignals_ranker_rank_duration_seconds",
+        "one trigger: reads, candidates, scoring, re-ranking and the feed write",
+        registry=registry,
+        buckets=FAST_BUCKETS,
+    )
+
+
+def request_duration(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "feedsignals_api_request_duration_seconds",
+        "HTTP API requests, by route and status",
+        labelnames=["route", "status"],
+        registry=registry,
+        buckets=FAST_BUCKETS,
+    )
+
+
+def serve(
+    registry: CollectorRegistry,
+    port: int,
+    what: str,
+    host: str = "0.0.0.0",  # noqa: S104
+) -> Callable[[], None] | None:
+    """Serve `/metrics` for `registry` on `port` in a background thread; returns a stop,
+    or None when the port is 0 or taken (logged: a second process on one machine needs
+    its own port, and its work matters more than its metrics)."""
+    if port == 0:
+        return None
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.warning("%s metrics not served: port %d: %s", what, port, exc)
+        return None
+    log.info("%s metrics on http://%s:%d/metrics", what, host, port)
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(5)
+
+    return stop

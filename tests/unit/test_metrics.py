@@ -1,0 +1,66 @@
+"""The Prometheus metrics: what the collectors read from the processes' counters, and the
+API's request durations by route and status (no servers: the API's stores connect lazily
+and these routes touch none)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+
+from streams.api import create_app
+from streams.app import IngestCounters
+from streams.metrics import RankerCollector, WorkerCollector
+from streams.models import ModelSlot
+from streams.ranker import RankerCounters
+from streams.sessions import SessionCounters
+from streams.settings import Settings
+
+
+def scrape(collector: object) -> str:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
+    ingest, sessions = IngestCounters(), SessionCounters()
+    collector = WorkerCollector(ingest, sessions)
+    assert "feedsignals_events_consumed_total 0.0" in scrape(collector)
+    ingest.events, ingest.applied = 10, 8
+    ingest.invalid_reasons["user_id"] = 2
+    ingest.trigger_reasons["high_intent"] = 3
+    sessions.flushed_users, sessions.hydrated_users = 4, 1
+    text = scrape(collector)
+    for line in (
+        "feedsignals_events_consumed_total 10.0",
+        "feedsignals_interactions_applied_total 8.0",
+        'feedsignals_dead_letters_total{reason="user_id"} 2.0',
+        'feedsignals_triggers_published_total{reason="high_intent"} 3.0',
+        "feedsignals_sessions_flushed_total 4.0",
+        "feedsignals_sessions_rehydrated_total 1.0",
+    ):
+        assert line in text, line
+
+
+def test_the_ranker_collector_names_the_serving_model() -> None:
+    counters = RankerCounters(triggers=5, written=4, scored=3, fallbacks=1, superseded=2)
+    text = scrape(RankerCollector(counters, ModelSlot(None)))
+    assert 'feedsignals_ranker_feeds_written_total{ranking="model"} 3.0' in text
+    assert 'feedsignals_ranker_feeds_written_total{ranking="popularity_fallback"} 1.0' in text
+    assert "feedsignals_ranker_superseded_total 2.0" in text
+    assert 'feedsignals_ranker_model_info{compiled="false",version="popularity"} 1.0' in text
+
+
+def test_the_api_times_requests_by_route_and_status(tmp_path) -> None:
+    settings = Settings.load()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/nowhere").status_code == 404
+        text = client.get("/metrics").text
+    assert (
+        'feedsignals_api_request_duration_seconds_count{route="/healthz",status="200"} 2.0' in text
+    )
+    assert (
+        'feedsignals_api_request_duration_seconds_count{route="unmatched",status="404"} 1.0' in text
+    )
