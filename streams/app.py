@@ -29,7 +29,7 @@ from aiokafka.errors import (
 )
 from faust.app.base import BootStrategy
 from mode import Service
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.codec import decode_event
 from schemas.events import Event, EventType, InvalidEvent
@@ -48,7 +48,7 @@ from streams.logic.admission import (
     dead_letter_value,
 )
 from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
-from streams.metrics import WorkerCollector
+from streams.metrics import WorkerCollector, worker_durations
 from streams.metrics import serve as serve_metrics
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
@@ -143,7 +143,8 @@ def build_app(
     app.ingest_counters = pipeline.counters  # type: ignore[attr-defined]
     app.sessions = sessions  # type: ignore[attr-defined]
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(pipeline.counters, sessions.counters))
+    registry.register(WorkerCollector(pipeline.counters, sessions.counters, ingest.lag))
+    ingest.batch_seconds, ingest.flush_seconds = worker_durations(registry)
     app.metrics_registry = registry  # type: ignore[attr-defined]
 
     async def start_ingest() -> None:
@@ -611,6 +612,24 @@ class RecordInteractions(Service):
         self._loop_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.commit_failures = 0
+        #: Partition -> the next offset to fetch (for the lag metric).
+        self.fetched: dict[int, int] = {}
+        #: Observed when set (`streams.metrics.worker_durations`).
+        self.batch_seconds: Histogram | None = None
+        self.flush_seconds: Histogram | None = None
+
+    def lag(self) -> dict[int, int]:
+        """Per owned partition, records on the broker not fetched yet (the high
+        watermark as of the last fetch, minus the next offset to fetch)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and tp.partition in self.fetched:
+                lags[tp.partition] = max(highwater - self.fetched[tp.partition], 0)
+        return lags
 
     @property
     def shortlabel(self) -> str:
@@ -716,6 +735,8 @@ class RecordInteractions(Service):
                 continue
             records = [record for batch in fetched.values() for record in batch]
             offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
+            for tp, upto in offsets.items():
+                self.fetched[tp.partition] = upto
             await ready.put((self.pipeline.prepare(records), offsets))
 
     async def _apply(
@@ -731,7 +752,10 @@ class RecordInteractions(Service):
                 more, more_offsets = ready.get_nowait()
                 prepared.absorb(more)
                 offsets.update(more_offsets)  # later fetches have higher offsets
+            began = time.perf_counter()
             await self.pipeline.apply(prepared)
+            if self.batch_seconds is not None:
+                self.batch_seconds.observe(time.perf_counter() - began)
             applied.add(offsets)
 
     async def _commit_applied(self, consumer: AIOKafkaConsumer, applied: _AppliedOffsets) -> None:
@@ -751,7 +775,10 @@ class RecordInteractions(Service):
     async def _flush_sessions(self) -> None:
         while not self.should_stop:
             await asyncio.sleep(self.settings.flush_interval_s)
+            began = time.perf_counter()
             await self.pipeline.flush(self.assigned_partitions())
+            if self.flush_seconds is not None:
+                self.flush_seconds.observe(time.perf_counter() - began)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: Offsets) -> None:
         self.batches += 1

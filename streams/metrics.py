@@ -40,9 +40,12 @@ def _labelled(
 class WorkerCollector:
     """The ingest worker's counters, read at scrape time."""
 
-    def __init__(self, ingest: Any, sessions: Any) -> None:
+    def __init__(
+        self, ingest: Any, sessions: Any, lag: Callable[[], dict[int, int]] | None = None
+    ) -> None:
         self._ingest = ingest  # streams.app.IngestCounters
         self._sessions = sessions  # streams.sessions.SessionCounters
+        self._lag = lag
 
     def collect(self) -> Iterator[Metric]:
         ingest, sessions = self._ingest, self._sessions
@@ -86,6 +89,15 @@ class WorkerCollector:
         yield _counter(
             "feedsignals_flush_passes_total", "session flush rounds", sessions.flush_passes
         )
+        if self._lag is not None:
+            lag = GaugeMetricFamily(
+                "feedsignals_consumer_lag_records",
+                "records of the events topic not fetched yet, per owned partition",
+                labels=["partition"],
+            )
+            for partition, behind in sorted(self._lag().items()):
+                lag.add_metric([str(partition)], behind)
+            yield lag
 
 
 class RankerCollector:
@@ -150,6 +162,24 @@ class RankerCollector:
             1,
         )
         yield info
+
+
+def worker_durations(registry: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    """The worker's batch (decode to committed-ready: stores, features, triggers) and
+    session-flush durations."""
+    batch = Histogram(
+        "feedsignals_batch_duration_seconds",
+        "one applied batch: re-hydration, the hot-tier write, features and triggers",
+        registry=registry,
+        buckets=FAST_BUCKETS,
+    )
+    flush = Histogram(
+        "feedsignals_flush_duration_seconds",
+        "one session-flush round: ended sessions moved to the cold tier",
+        registry=registry,
+        buckets=FAST_BUCKETS,
+    )
+    return batch, flush
 
 
 def rank_duration(registry: CollectorRegistry) -> Histogram:

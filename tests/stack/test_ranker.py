@@ -225,6 +225,9 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
             if k.startswith("feedsignals_triggers_published_total{")
         )
         assert published >= len(latest)
+        assert worker_metrics["feedsignals_batch_duration_seconds_count"] >= 1
+        lags = [v for k, v in worker_metrics.items() if k.startswith("feedsignals_consumer_lag_")]
+        assert lags and all(lag >= 0 for lag in lags)
         ranker_metrics = scrape(ports["ranker"])
         assert ranker_metrics["feedsignals_ranker_triggers_total"] >= len(latest)
         assert ranker_metrics['feedsignals_ranker_feeds_written_total{ranking="model"}'] >= len(

@@ -24,7 +24,7 @@ def scrape(collector: object) -> str:
 
 def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
     ingest, sessions = IngestCounters(), SessionCounters()
-    collector = WorkerCollector(ingest, sessions)
+    collector = WorkerCollector(ingest, sessions, lambda: {3: 12, 0: 0})
     assert "feedsignals_events_consumed_total 0.0" in scrape(collector)
     ingest.events, ingest.applied = 10, 8
     ingest.invalid_reasons["user_id"] = 2
@@ -38,6 +38,8 @@ def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
         'feedsignals_triggers_published_total{reason="high_intent"} 3.0',
         "feedsignals_sessions_flushed_total 4.0",
         "feedsignals_sessions_rehydrated_total 1.0",
+        'feedsignals_consumer_lag_records{partition="3"} 12.0',
+        'feedsignals_consumer_lag_records{partition="0"} 0.0',
     ):
         assert line in text, line
 
