@@ -67,11 +67,9 @@ def ensure_tools() -> None:
 def seed(settings: Any) -> str:
     """A generated stream through the hot tier and the features, and a feed; returns
     the most active user."""
+    from jobs.seed import apply_events  # noqa: PLC0415
     from jobs.traffic import TrafficParams, simulate  # noqa: PLC0415
-    from schemas.feature_layout import CountedEvent  # noqa: PLC0415
-    from schemas.features import plan_features  # noqa: PLC0415
     from schemas.feed_layout import Feed  # noqa: PLC0415
-    from schemas.hot_layout import interaction_of  # noqa: PLC0415
     from streams.bootstrap import (  # noqa: PLC0415
         build_feature_store,
         build_feed_store,
@@ -88,25 +86,7 @@ def seed(settings: Any) -> str:
             build_feed_store(settings),
         )
         try:
-            for start in range(0, len(stream), 2000):
-                batch = stream[start : start + 2000]
-                counted = [
-                    CountedEvent(
-                        e.user_id,
-                        e.event_type,
-                        e.event_time_ms,
-                        e.product_id,
-                        e.category_id,
-                        0,
-                        start + i,
-                        e.event_id,
-                    )
-                    for i, e in enumerate(batch)
-                ]
-                await features.apply(plan_features(counted, {}, features.config))
-                interactions = [i for e in batch if (i := interaction_of(e)) is not None]
-                activity = {0: {e.user_id: e.event_time_ms for e in batch}}
-                await hot.record(interactions, activity, counted=len(interactions))
+            await apply_events(stream, features, hot)
             users = [e.user_id for e in stream]
             user = max(set(users), key=users.count)
             products = [f"p{i:07d}" for i in range(100)]

@@ -35,13 +35,12 @@ import numpy as np
 from harness import Table, ensure_stack, percentiles, write_results
 
 from jobs.catalog import generated_items, load_items
+from jobs.seed import apply_events
 from jobs.traffic import TrafficParams, simulate
 from jobs.traffic.catalog import Catalog
 from jobs.train import run_training
-from schemas.feature_layout import CountedEvent
-from schemas.features import FeatureConfig, plan_features
+from schemas.features import FeatureConfig
 from schemas.feed_layout import Feed
-from schemas.hot_layout import interaction_of
 from schemas.triggers import RankTrigger, Reason
 from sinks.model_store import ModelStore
 from streams.bootstrap import (
@@ -73,28 +72,7 @@ async def prepare(settings: Settings, events: int) -> list[str]:
         await load_items(catalog_store, items, len(items), "bench")
         start = int(time.time() * 1000) - 3_600_000
         stream = list(itertools.islice(simulate(params, start), events))
-        watermarks: dict[int, int] = {}
-        for position in range(0, len(stream), 2_000):
-            batch = stream[position : position + 2_000]
-            counted = [
-                CountedEvent(
-                    e.user_id,
-                    e.event_type,
-                    e.event_time_ms,
-                    e.product_id,
-                    e.category_id,
-                    0,
-                    position + i,
-                    e.event_id,
-                )
-                for i, e in enumerate(batch)
-            ]
-            plan = plan_features(counted, watermarks, features.config)
-            watermarks = plan.watermarks
-            await features.apply(plan)
-            interactions = [i for e in batch if (i := interaction_of(e)) is not None]
-            activity = {0: {e.user_id: e.event_time_ms for e in batch}}
-            await hot.record(interactions, activity, counted=len(interactions))
+        await apply_events(stream, features, hot)
         return sorted({e.user_id for e in stream})
     finally:
         await catalog_store.close()

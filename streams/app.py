@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
@@ -84,6 +85,22 @@ def faust_broker_urls(settings: Settings) -> list[str]:
     return [f"kafka://{server}" for server in settings.kafka_servers]
 
 
+def faust_app_options(settings: Settings, datadir: Path) -> dict[str, Any]:
+    """What every Faust app of the project is built with (the worker's, the ranker's)."""
+    return {
+        "broker": faust_broker_urls(settings),
+        # Topics are declared once in infra.topics and applied before workers start.
+        "topic_allow_declare": False,
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        "producer_acks": -1,
+        "web_enabled": False,
+        "autodiscover": False,
+        "store": "memory://",
+        "datadir": str(datadir),
+    }
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -111,19 +128,7 @@ def build_app(
     clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> faust.App:
     """A Faust app whose topics all come from the topic spec (it never creates topics)."""
-    app = SignalsApp(
-        settings.app_id,
-        broker=faust_broker_urls(settings),
-        # Topics are declared once in infra.topics and applied before workers start.
-        topic_allow_declare=False,
-        value_serializer="raw",
-        key_serializer="raw",
-        producer_acks=-1,
-        web_enabled=False,
-        autodiscover=False,
-        store="memory://",
-        datadir=str(settings.faust_datadir),
-    )
+    app = SignalsApp(settings.app_id, **faust_app_options(settings, settings.faust_datadir))
     pipeline = IngestPipeline(
         settings,
         hot_store,

@@ -440,19 +440,10 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
 
 def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     """The ranker's Faust app: one agent over the trigger topic."""
-    from streams.app import DeadLetterSender, faust_broker_urls  # noqa: PLC0415
+    from streams.app import DeadLetterSender, faust_app_options  # noqa: PLC0415
 
     app = faust.App(
-        settings.ranker_app_id,
-        broker=faust_broker_urls(settings),
-        topic_allow_declare=False,
-        value_serializer="raw",
-        key_serializer="raw",
-        producer_acks=-1,
-        web_enabled=False,
-        autodiscover=False,
-        store="memory://",
-        datadir=str(settings.faust_datadir / "ranker"),
+        settings.ranker_app_id, **faust_app_options(settings, settings.faust_datadir / "ranker")
     )
     topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)

@@ -17,12 +17,10 @@ import httpx
 import pytest
 
 from jobs.catalog import generated_items, load_items
+from jobs.seed import apply_events
 from jobs.traffic import TrafficParams, simulate
 from jobs.traffic.catalog import Catalog
-from schemas.feature_layout import CountedEvent
-from schemas.features import plan_features
 from schemas.feed_layout import Feed
-from schemas.hot_layout import interaction_of
 from sinks.api_client import ApiError, FeedApiClient
 from streams.bootstrap import (
     build_catalog_store,
@@ -84,23 +82,7 @@ def seed(settings: Settings) -> tuple[str, list[str]]:
         hot, feeds = build_hot_store(settings), build_feed_store(settings)
         try:
             await load_items(catalog, items, len(items), "test")
-            counted = [
-                CountedEvent(
-                    e.user_id,
-                    e.event_type,
-                    e.event_time_ms,
-                    e.product_id,
-                    e.category_id,
-                    0,
-                    i,
-                    e.event_id,
-                )
-                for i, e in enumerate(stream)
-            ]
-            await features.apply(plan_features(counted, {}, features.config))
-            interactions = [i for e in stream if (i := interaction_of(e)) is not None]
-            activity = {0: {e.user_id: e.event_time_ms for e in stream}}
-            await hot.record(interactions, activity, counted=len(interactions))
+            await apply_events(stream, features, hot)
             user = max({e.user_id for e in stream}, key=[e.user_id for e in stream].count)
             products = [item.product_id for item in items[:30]]
             feed = Feed(user, 7, products, ["trending"] * 30, "popularity", True, "views", 1, 2)
