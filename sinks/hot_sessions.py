@@ -195,6 +195,17 @@ class RedisSessions:
         rows = await self._redis.zrevrange(self.active_key(partition), 0, 0, withscores=True)
         return int(rows[0][1]) if rows else None
 
+    async def active_counts(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Users in each partition's active set (the hot sessions), one round trip."""
+        chosen = sorted(partitions)
+        if not chosen:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in chosen:
+                pipe.zcard(self.active_key(partition))
+            replies = await pipe.execute()
+        return {partition: int(n) for partition, n in zip(chosen, replies, strict=True)}
+
     async def snapshots(self, sessions: Sequence[EndedSession]) -> list[HotSnapshot]:
         """Read the ended users' last-k (the newest k per type) and versions, and give each
         snapshot its write timestamp: one script call per slot (on a single Redis, one call

@@ -49,7 +49,7 @@ from streams.logic.admission import (
     dead_letter_value,
 )
 from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
-from streams.metrics import WorkerCollector, worker_durations
+from streams.metrics import BulkHistogram, WorkerCollector, event_freshness, worker_durations
 from streams.metrics import serve as serve_metrics
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
@@ -150,6 +150,8 @@ def build_app(
     registry = CollectorRegistry()
     registry.register(WorkerCollector(pipeline.counters, sessions.counters, ingest.lag))
     ingest.batch_seconds, ingest.flush_seconds = worker_durations(registry)
+    pipeline.freshness = event_freshness()
+    registry.register(pipeline.freshness)
     app.metrics_registry = registry  # type: ignore[attr-defined]
 
     async def start_ingest() -> None:
@@ -211,6 +213,8 @@ class IngestPipeline:
         self._reported_at = -DEAD_LETTER_LOG_EVERY_S
         self._dead_letter_max_bytes = settings.dead_letter_max_bytes
         self._limits = settings.admission_limits()
+        #: Event time to applied, per user and batch (`streams.metrics.event_freshness`).
+        self.freshness: BulkHistogram | None = None
 
     def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Admit a batch: decode and validate each event (CPU only, no I/O).
@@ -415,6 +419,12 @@ class IngestPipeline:
             for partition, latest in prepared.activity.items():
                 self.sessions.observe(partition, max(latest.values()), wall_ms)
         self.counters.applied += len(prepared.interactions)
+        if self.freshness is not None:
+            self.freshness.observe_many(
+                max(0, wall_ms - newest) / 1000
+                for latest in prepared.activity.values()
+                for newest in latest.values()
+            )
 
     async def flush(self, partitions: set[int]) -> int:
         """Move ended sessions of these (owned) partitions to the cold tier."""

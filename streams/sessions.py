@@ -65,6 +65,8 @@ class SessionCounters:
     flush_skipped: int = 0  # users active again between snapshot and eviction
     hot_without_keys: int = 0  # found hot, keys gone at the write: re-hydrated
     flush_passes: int = 0
+    #: Users in the hot tier per owned partition, counted at the end of each flush pass.
+    hot_by_partition: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ class SessionKeeper:
             }
         if moved:
             log.info("flushed %d ended sessions to the cold tier", moved)
+        self.counters.hot_by_partition = await self.hot.active_counts(chosen)
         return moved
 
     async def _move(self, chunks: Sequence[Sequence[EndedSession]]) -> list[EndedSession]:

@@ -228,6 +228,22 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
         assert worker_metrics["feedsignals_batch_duration_seconds_count"] >= 1
         lags = [v for k, v in worker_metrics.items() if k.startswith("feedsignals_consumer_lag_")]
         assert lags and all(lag >= 0 for lag in lags)
+        users = {event.user_id for event in events}
+        assert worker_metrics["feedsignals_event_freshness_seconds_count"] >= len(users)
+        # The events are five minutes old, in a 30-minute session gap: everyone is hot,
+        # counted by the next flush round (once a second).
+        wait_for(
+            lambda: (
+                sum(
+                    v
+                    for k, v in scrape(ports["worker"]).items()
+                    if k.startswith("feedsignals_sessions_hot{")
+                )
+                >= len(users)
+            ),
+            10,
+            "every user counted hot",
+        )
         ranker_metrics = scrape(ports["ranker"])
         assert ranker_metrics["feedsignals_ranker_triggers_total"] >= len(latest)
         assert ranker_metrics['feedsignals_ranker_feeds_written_total{ranking="model"}'] >= len(

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from streams.api import create_app
 from streams.app import IngestCounters
-from streams.metrics import RankerCollector, WorkerCollector
+from streams.metrics import BulkHistogram, RankerCollector, WorkerCollector
 from streams.models import ModelSlot
 from streams.ranker import RankerCounters
 from streams.sessions import SessionCounters
@@ -30,6 +30,7 @@ def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
     ingest.invalid_reasons["user_id"] = 2
     ingest.trigger_reasons["high_intent"] = 3
     sessions.flushed_users, sessions.hydrated_users = 4, 1
+    sessions.hot_by_partition = {0: 7, 1: 2}
     text = scrape(collector)
     for line in (
         "feedsignals_events_consumed_total 10.0",
@@ -40,6 +41,23 @@ def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
         "feedsignals_sessions_rehydrated_total 1.0",
         'feedsignals_consumer_lag_records{partition="3"} 12.0',
         'feedsignals_consumer_lag_records{partition="0"} 0.0',
+        'feedsignals_sessions_hot{partition="0"} 7.0',
+        'feedsignals_sessions_hot{partition="1"} 2.0',
+    ):
+        assert line in text, line
+
+
+def test_a_bulk_histogram_counts_each_value_in_its_le_bucket() -> None:
+    histogram = BulkHistogram("feedsignals_test_seconds", "a test", (0.1, 1.0))
+    histogram.observe_many([0.05, 0.1, 0.5, 2.0])
+    histogram.observe_many([])
+    text = scrape(histogram)
+    for line in (
+        'feedsignals_test_seconds_bucket{le="0.1"} 2.0',  # 0.1 itself is `le` 0.1
+        'feedsignals_test_seconds_bucket{le="1.0"} 3.0',
+        'feedsignals_test_seconds_bucket{le="+Inf"} 4.0',
+        "feedsignals_test_seconds_count 4.0",
+        "feedsignals_test_seconds_sum 2.65",
     ):
         assert line in text, line
 
