@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -247,17 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--categories", type=_positive_int, default=TrafficParams.categories, help=argparse.SUPPRESS
     )
 
+    _add_demo_command(commands)
+    return parser
+
+
+def _add_demo_command(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="worker + ranker + synthetic traffic: a user's feed re-ranked live",
         description="Start the worker (features and triggers on) and the ranker (training a "
         "first model if none is published), send synthetic traffic for a while, show the "
         "rate at which events land in Redis and each new feed of one user with the model "
-        "version that scored it, then print that user's last-k, features and feed. Needs "
-        "the stack (signals-stack up).",
+        "version that scored it, then print that user's last-k, features and feed. The API "
+        "runs beside them: its live page (the address is printed) shows any user's feed, "
+        "last-k and features updating, and the pipeline's rates. Needs the stack "
+        "(signals-stack up).",
     )
     _traffic_arguments(demo, default_seconds=30.0, default_rate=400.0)
-    return parser
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the traffic, keep the worker, ranker and API (the live page) running "
+        "until Ctrl-C",
+    )
 
 
 def _add_model_commands(commands: Any) -> None:
@@ -724,6 +737,17 @@ def _demo_model(settings: Settings, params: TrafficParams) -> None:
     )
 
 
+def _demo_processes(logs: Path) -> list[subprocess.Popen[bytes]]:
+    """The worker (first), the ranker and the API, logging into `logs`."""
+    print(f"starting the worker (features and triggers on), the ranker and the API (logs: {logs})")
+    # Off by default for now (README, Rolling features); at the demo's rate they keep up.
+    env = {**os.environ, "SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "true"}
+    return [
+        _background(command, logs / f"demo-{command}.log", env)
+        for command in ("worker", "ranker", "api")
+    ]
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     logs = Path(os.environ.get("SIGNALS_STATE_DIR", ".state")) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -734,15 +758,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _demo_catalog(loop, settings, params)
     _demo_model(settings, params)
     applied_before = loop.run_until_complete(store.applied_count())
-    print(f"starting worker with features and triggers on, and the ranker (logs: {logs})")
-    # Off by default for now (README, Rolling features); at the demo's rate they keep up.
-    env = {**os.environ, "SIGNALS_FEATURES_ENABLED": "true", "SIGNALS_TRIGGERS_ENABLED": "true"}
-    processes = [
-        _background("worker", logs / "demo-worker.log", env),
-        _background("ranker", logs / "demo-ranker.log", env),
-    ]
+    processes = _demo_processes(logs)
     worker = processes[0]
     user = user_id(0)  # the most active user
+    page = f"http://{settings.api_host}:{settings.api_port}/?user={user}"
+    print(f"live page: {page}")
     shown: Feed | None = None
     try:
         start_ms = _wall_ms()
@@ -775,6 +795,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print()
         time.sleep(1.0)  # the last triggers' feeds
         print("\n".join(_feed_lines(user, loop.run_until_complete(feeds.read(user)), 10)))
+        if args.stay:
+            _stay(processes, page)
         return 0
     finally:
         for process in processes:
@@ -890,6 +912,14 @@ def _show_new_feed(feed: Feed | None, shown: Feed | None) -> Feed | None:
         f"model {feed.model}): {top}, ..."
     )
     return feed
+
+
+def _stay(processes: list[subprocess.Popen[bytes]], page: str) -> None:
+    """Keep the demo's processes running until Ctrl-C (or one of them ends)."""
+    print(f"\nstill running: the worker, the ranker and the live page {page}; Ctrl-C stops them")
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(process.poll() is None for process in processes):
+            time.sleep(1.0)
 
 
 def _background(command: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -7,7 +7,7 @@ Pydantic models, free of I/O; `streams.api` fills them from the stores and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,14 @@ class ErrorBody(BaseModel):
     """Every error: 400 bad parameter, 404 unknown user/product/category, 503 store down."""
 
     error: str = Field(description="one line saying what is wrong")
+
+
+#: The error answers every route documents in the OpenAPI document.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a bad parameter"},
+    404: {"model": ErrorBody, "description": "unknown user, product or category"},
+    503: {"model": ErrorBody, "description": "a store is down"},
+}
 
 
 class FeedItem(BaseModel):
@@ -93,3 +101,40 @@ class HealthBody(BaseModel):
 class ReadyBody(BaseModel):
     ready: bool
     stores: dict[str, str] = Field(description='store -> "ok" or why it is unreachable')
+
+
+class ActiveUser(BaseModel):
+    user_id: str
+    last_event_ms: int = Field(description="event time of the user's newest event")
+
+
+class ActiveUsersBody(BaseModel):
+    users: list[ActiveUser] = Field(description="hot-tier users, most recently active first")
+
+
+class PipelineSource(BaseModel):
+    url: str
+    up: bool
+    error: str | None = Field(None, description="why the scrape failed")
+
+
+class PipelineBody(BaseModel):
+    """The live page's pipeline panel: every configured worker's and ranker's /metrics,
+    summed; rates over the interval since an earlier scrape (null on the first)."""
+
+    at_ms: int
+    interval_s: float | None = Field(description="seconds the rates are taken over")
+    events_per_s: float | None
+    applied_per_s: float | None
+    triggers_per_s: float | None
+    reranks_per_s: float | None
+    sessions_flushed_per_s: float | None
+    sessions_rehydrated_per_s: float | None
+    freshness_mean_s: float | None = Field(description="event time to applied, mean")
+    freshness_p99_s: float | None = Field(description="event time to applied, p99 (buckets)")
+    sessions_hot: int
+    sessions_flushed_total: int
+    dead_letters: dict[str, int] = Field(description="dead letters since start, by reason")
+    fallbacks_total: int
+    models: list[str] = Field(description="the model each ranker serves")
+    sources: list[PipelineSource]

@@ -21,6 +21,9 @@ Routes (all GET, JSON):
     /readyz                              each store reachable (503 naming those that
                                          are not)
     /metrics                             Prometheus: request durations by route, status
+    /                                    the live page (`streams.live`), with /users (the
+                                         hot tier's most recently active users) and
+                                         /pipeline (the pipeline panel) beside it
 
 Errors are `{"error": "<one line>"}`: 400 for a bad parameter, 404 for an unknown user,
 product, category or route, 503 when a store is down; never a stack trace.
@@ -44,8 +47,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from schemas.api_models import (
+    ERROR_RESPONSES,
     CategoryAffinity,
-    ErrorBody,
     FeedBody,
     FeedItem,
     HealthBody,
@@ -66,6 +69,7 @@ from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.interaction_reader import ALL_TYPES, InteractionReader
 from sinks.redis_scripts import HotRedis
+from streams.live import PipelineScraper, add_live_routes
 from streams.metrics import request_duration
 from streams.settings import Settings
 
@@ -75,11 +79,7 @@ MAX_FEED_LIMIT = 100
 MAX_K = 1000
 MAX_TRENDING = 500
 MAX_WINDOW_MS = 31 * 86_400_000
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a bad parameter"},
-    404: {"model": ErrorBody, "description": "unknown user, product or category"},
-    503: {"model": ErrorBody, "description": "a store is down"},
-}
+ERRORS = ERROR_RESPONSES
 
 
 class NotFound(Exception):
@@ -137,9 +137,11 @@ class ApiStores:
     feeds: RedisFeedStore
     catalog: RedisCatalogStore
     cold: LazyCold
+    pipeline: PipelineScraper
 
     async def close(self) -> None:
         await self.interactions.close()  # the shared Redis client and the cold tier
+        await self.pipeline.close()
 
 
 def build_api_stores(settings: Settings) -> ApiStores:
@@ -159,16 +161,18 @@ def build_api_stores(settings: Settings) -> ApiStores:
         feeds=build_feed_store(settings, client),
         catalog=build_catalog_store(settings, client),
         cold=cold,
+        pipeline=PipelineScraper(settings.pipeline_metrics_urls),
     )
 
 
 def create_app(settings: Settings | None = None, stores: ApiStores | None = None) -> FastAPI:
     """The API app; stores are built from settings when the server starts."""
     holder: dict[str, ApiStores] = {}
+    settings = settings or Settings.load()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        holder["stores"] = stores or build_api_stores(settings or Settings.load())
+        holder["stores"] = stores or build_api_stores(settings)
         try:
             yield
         finally:
@@ -212,6 +216,13 @@ def create_app(settings: Settings | None = None, stores: ApiStores | None = None
 
     _user_routes(app, get)
     _feature_routes(app, get)
+    add_live_routes(
+        app,
+        redis=lambda: get().redis,
+        scraper=lambda: get().pipeline,
+        prefix=settings.redis_key_prefix,
+        partitions=settings.events_partitions,
+    )
     return app
 
 

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="address the API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="port the API listens on")
     api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn workers)")
+    api_pipeline_metrics: str = Field(
+        "",
+        description="comma-separated /metrics URLs of the workers and rankers the live page's "
+        "pipeline panel sums (default: this machine's worker and ranker metrics ports)",
+    )
 
     # CQL cold tier
     cql_hosts: str = "127.0.0.1"
@@ -227,6 +232,14 @@ class Settings(BaseSettings):
                 "from what the feature write reports (session starts, top categories)"
             )
         return self
+
+    @property
+    def pipeline_metrics_urls(self) -> list[str]:
+        """What the live page's pipeline panel scrapes (`api_pipeline_metrics`)."""
+        if self.api_pipeline_metrics.strip():
+            return [u.strip() for u in self.api_pipeline_metrics.split(",") if u.strip()]
+        ports = [p for p in (self.worker_metrics_port, self.ranker_metrics_port) if p]
+        return [f"http://127.0.0.1:{port}/metrics" for port in ports]
 
     @property
     def ranker_app_id(self) -> str:
