@@ -318,6 +318,41 @@ def _add_model_commands(commands: Any) -> None:
     model.add_argument("version", nargs="?", default=None, help="use: the version")
     model.add_argument("--model-dir", default=None, help="default: SIGNALS_MODEL_DIR")
 
+    drift = commands.add_parser(
+        "drift",
+        help="compare the live ranking features with the model's training data (PSI)",
+        description="Score the hot tier's most recently active users as the ranker would "
+        "(nothing is written), compare each ranking feature's and the score's distribution "
+        "with the one saved beside the serving model at training, print the population "
+        "stability index per feature, store the report for the live page, and say whether "
+        "retraining is due (a PSI above the threshold). Exits 1 when it is due.",
+    )
+    drift.add_argument(
+        "--users", type=_positive_int, default=300, help="live users to sample (300)"
+    )
+    drift.add_argument(
+        "--threshold",
+        type=_positive_float,
+        default=None,
+        help="PSI that makes retraining due (SIGNALS_DRIFT_THRESHOLD, 0.25)",
+    )
+    drift.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.drift import DriftUnavailable, check_drift, report_lines  # noqa: PLC0415
+
+    threshold = args.threshold or settings.drift_threshold
+    try:
+        check = asyncio.run(check_drift(settings, args.users, threshold))
+    except DriftUnavailable as exc:
+        raise CliError(f"drift: {exc}") from None
+    if args.json:
+        print(json.dumps(check.report.to_json(), indent=2))
+    else:
+        print("\n".join(report_lines(check)))
+    return 1 if check.report.retrain_due else 0
+
 
 def _traffic_arguments(
     parser: argparse.ArgumentParser,
@@ -972,6 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
             "feed": cmd_feed,
             "train": cmd_train,
             "model": cmd_model,
+            "drift": cmd_drift,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

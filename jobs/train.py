@@ -40,6 +40,7 @@ from schemas.catalog import CatalogItem
 from schemas.events import Event
 from schemas.features import FeatureConfig
 from sinks.model_store import ModelFiles, ModelStore, model_version
+from streams.logic.drift import HOT_USERS, MIN_LIVE_ROWS, TRIGGERS, reference_of
 from streams.logic.ranking import FEATURES
 
 NDCG_AT = 20
@@ -271,7 +272,37 @@ def train_model(
     report["test"]["ndcg@20"]["model_vs_popularity"] = (  # type: ignore[index]
         model_ndcg / popular_ndcg if popular_ndcg and not math.isnan(popular_ndcg) else math.nan
     )
+    report["drift_reference"] = drift_reference(booster, data, test_x)
     return booster, report
+
+
+def drift_reference(
+    booster: lgb.Booster, data: TrainingSet, test_rows: NDArray[np.float64]
+) -> dict[str, Any]:
+    """Each feature's and the score's distribution over the rows the ranker will see
+    (`streams.logic.drift`), for the two live samples: `triggers` (the ranker's, at the
+    trigger rule's instants) and `hot_users` (`signals drift`'s, hot users as they are).
+    The test impressions at position 0 stand in for either when the log gave too few."""
+    populations = {
+        TRIGGERS: (data.serving_rows, "candidates at the trigger rule's instants, position 0"),
+        HOT_USERS: (data.snapshot_rows, "candidates of hot users at snapshot instants"),
+    }
+    saved = {}
+    for name, (listed, described) in populations.items():
+        rows = np.asarray(listed, dtype=np.float64).reshape(-1, len(FEATURES))
+        population = described
+        if len(rows) < MIN_LIVE_ROWS:
+            rows, population = test_rows, "test impressions, position 0"
+        scores = np.asarray(
+            booster.predict(rows, num_iteration=booster.best_iteration), dtype=np.float64
+        )
+        reference = reference_of(rows, scores, FEATURES)
+        saved[name] = {
+            "population": population,
+            "rows": len(rows),
+            "distributions": {feature: d.to_json() for feature, d in reference.items()},
+        }
+    return saved
 
 
 def plot_report(report: Mapping[str, Any], path: str) -> None:
@@ -359,6 +390,10 @@ def summary_lines(trained: Trained) -> list[str]:
         f"{test['ndcg@20']['model_vs_popularity']:.2f}x popularity over "
         f"{test['ndcg@20']['sessions']:,} sessions)",
         f"  candidate recall {recall['recall']:.3f} of {recall['clicks']:,} next-session clicks",
+        "  drift references: "
+        + ", ".join(
+            f"{name} {saved['rows']:,} rows" for name, saved in report["drift_reference"].items()
+        ),
         f"  wrote {trained.files.model}, {trained.files.report.name}, {trained.files.plot.name}",
     ]
     lines.append(

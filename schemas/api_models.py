@@ -118,6 +118,23 @@ class PipelineSource(BaseModel):
     error: str | None = Field(None, description="why the scrape failed")
 
 
+class FeatureDrift(BaseModel):
+    feature: str
+    psi: float
+
+
+class DriftBody(BaseModel):
+    """The latest drift check (`signals drift` or a ranker's), largest PSI first."""
+
+    model: str
+    at_ms: int
+    rows: int
+    threshold: float
+    retrain_due: bool
+    source: str
+    worst: list[FeatureDrift] = Field(description="the five largest PSIs")
+
+
 class PipelineBody(BaseModel):
     """The live page's pipeline panel: every configured worker's and ranker's /metrics,
     summed; rates over the interval since an earlier scrape (null on the first)."""
@@ -137,4 +154,5 @@ class PipelineBody(BaseModel):
     dead_letters: dict[str, int] = Field(description="dead letters since start, by reason")
     fallbacks_total: int
     models: list[str] = Field(description="the model each ranker serves")
+    drift: DriftBody | None = Field(description="the latest drift check, if any")
     sources: list[PipelineSource]

@@ -11,6 +11,8 @@
         trigger         {"sequence", "reason", "published_at_ms"} of the trigger that
                         caused it
         generated_at_ms when the ranker wrote it
+        language        the user's language as the trigger carried it (null when unknown;
+                        the drift check scores a user's candidates with it)
 
 `<sequence>` is the trigger's sequence (the offset of the newest event behind it): a
 feed is replaced only by one from a later trigger, so a stale or repeated trigger, or a
@@ -43,6 +45,7 @@ class Feed:
     trigger_published_at_ms: int
     generated_at_ms: int
     holdout: bool = False
+    language: str | None = None
 
 
 def feed_key(prefix: str, user_id: str) -> str:
@@ -62,6 +65,7 @@ def encode_feed(feed: Feed) -> bytes:
             "published_at_ms": feed.trigger_published_at_ms,
         },
         "generated_at_ms": feed.generated_at_ms,
+        "language": feed.language,
     }
     return b"%d|%b" % (feed.sequence, orjson.dumps(body))
 
@@ -82,4 +86,5 @@ def decode_feed(user_id: str, value: bytes | str) -> Feed:
         trigger_published_at_ms=trigger["published_at_ms"],
         generated_at_ms=fields["generated_at_ms"],
         holdout=fields.get("holdout", False),
+        language=fields.get("language"),
     )

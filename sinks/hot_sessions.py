@@ -298,6 +298,54 @@ class RedisSessions:
         ]
 
 
+#: A search by prefix stops after this many matches.
+MAX_MATCHES = 200
+
+
+async def recently_active(
+    client: RedisClient, prefix: str, partitions: int, n: int, starting: str | None = None
+) -> list[tuple[str, int]]:
+    """The `n` most recently active hot-tier users over every partition's active set, as
+    (user, newest event ms); with `starting`, those whose id starts with it (a ZSCAN per
+    partition, at most MAX_MATCHES)."""
+    keys = [active_key(prefix, p) for p in range(partitions)]
+    found: dict[str, int] = {}
+    if starting:
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in starting) + "*"
+        for key in keys:
+            async for member, score in client.zscan_iter(key, match=pattern, count=500):
+                found[_text(member)] = int(score)
+                if len(found) >= MAX_MATCHES:
+                    break
+    else:
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrange(key, 0, n - 1, withscores=True)
+            replies = await pipe.execute()
+        for rows in replies:
+            for member, score in rows:
+                found[_text(member)] = int(score)
+    return sorted(found.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
+
+
+async def random_hot_users(client: RedisClient, prefix: str, partitions: int, n: int) -> list[str]:
+    """About `n` users drawn at random from the hot tier, the same share of each
+    partition's active set (ZRANDMEMBER, one round trip)."""
+    keys = [active_key(prefix, p) for p in range(partitions)]
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zcard(key)
+        sizes = [int(n) for n in await pipe.execute()]
+    total = sum(sizes)
+    if total == 0:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for key, size in zip(keys, sizes, strict=True):
+            pipe.zrandmember(key, max(1, round(n * size / total)) if size else 0)
+        replies = await pipe.execute()
+    return [_text(member) for members in replies if members for member in members]
+
+
 def group_by_partition(pairs: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
     grouped: dict[int, dict[str, None]] = {}
     for partition, user_id in pairs:

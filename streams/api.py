@@ -65,6 +65,7 @@ from schemas.events import PRODUCT_EVENT_TYPES, EventType, InvalidEvent, check_u
 from schemas.features import WindowCounts, user_features_of
 from schemas.hot_layout import Item, UserLastK
 from sinks.catalog_store import RedisCatalogStore
+from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.interaction_reader import ALL_TYPES, InteractionReader
@@ -138,6 +139,7 @@ class ApiStores:
     catalog: RedisCatalogStore
     cold: LazyCold
     pipeline: PipelineScraper
+    drift: RedisDriftStore
 
     async def close(self) -> None:
         await self.interactions.close()  # the shared Redis client and the cold tier
@@ -147,6 +149,7 @@ class ApiStores:
 def build_api_stores(settings: Settings) -> ApiStores:
     from streams.bootstrap import (  # noqa: PLC0415
         build_catalog_store,
+        build_drift_store,
         build_feature_store,
         build_feed_store,
         build_redis,
@@ -162,6 +165,7 @@ def build_api_stores(settings: Settings) -> ApiStores:
         catalog=build_catalog_store(settings, client),
         cold=cold,
         pipeline=PipelineScraper(settings.pipeline_metrics_urls),
+        drift=build_drift_store(settings, client),
     )
 
 
@@ -220,6 +224,7 @@ def create_app(settings: Settings | None = None, stores: ApiStores | None = None
         app,
         redis=lambda: get().redis,
         scraper=lambda: get().pipeline,
+        drift=lambda: get().drift,
         prefix=settings.redis_key_prefix,
         partitions=settings.events_partitions,
     )

@@ -48,7 +48,13 @@ from streams.logic.admission import (
     dead_letter_headers,
     dead_letter_value,
 )
-from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
+from streams.logic.triggers import (
+    HIGH_INTENT_TYPES,
+    TriggerRules,
+    TriggerState,
+    UserBatch,
+    decide,
+)
 from streams.metrics import BulkHistogram, WorkerCollector, event_freshness, worker_durations
 from streams.metrics import serve as serve_metrics
 from streams.sessions import SessionKeeper
@@ -488,14 +494,7 @@ class IngestPipeline:
         await asyncio.gather(*pending)  # delivered (acks=all) before the batch is committed
 
 
-_HIGH_INTENT = frozenset(
-    {
-        EventType.CLICK.value,
-        EventType.ADD_TO_CART.value,
-        EventType.WISHLIST.value,
-        EventType.ORDER.value,
-    }
-)
+_HIGH_INTENT = frozenset(kind.value for kind in HIGH_INTENT_TYPES)
 _VIEW = EventType.VIEW.value
 
 

@@ -11,6 +11,7 @@ import faust
 import redis.asyncio as aioredis
 
 from sinks.catalog_store import RedisCatalogStore
+from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.hot_sessions import RedisSessions
@@ -101,18 +102,35 @@ def build_feed_store(settings: Settings, client: HotRedis | None = None) -> Redi
     return RedisFeedStore(client or build_redis(settings), settings.redis_key_prefix)
 
 
-def build_ranker_app(settings: Settings) -> faust.App:
-    """The feed ranker's Faust app (its own consumer group over the trigger topic)."""
-    client = build_redis(settings)
-    ranker = FeedRanker(
+def build_drift_store(settings: Settings, client: HotRedis | None = None) -> RedisDriftStore:
+    """The latest drift check (the rankers and `signals drift` write it)."""
+    return RedisDriftStore(client or build_redis(settings), settings.redis_key_prefix)
+
+
+def build_ranker(
+    settings: Settings, client: HotRedis | None = None, *, compile_models: bool = True
+) -> FeedRanker:
+    """The ranker's logic over the stores (the Faust app and `signals drift` use it)."""
+    client = client or build_redis(settings)
+    return FeedRanker(
         hot_store=build_hot_store(settings, client),
         features=build_feature_store(settings, client),
         catalog=build_catalog_store(settings, client),
         feeds=build_feed_store(settings, client),
-        models=ModelSlot(ModelStore(settings.model_dir), settings.model_poll_s),
+        models=ModelSlot(
+            ModelStore(settings.model_dir), settings.model_poll_s, compile=compile_models
+        ),
         holdout_share=settings.ranker_holdout_share,
+        drift_threshold=settings.drift_threshold,
     )
-    return ranker_faust_app(settings, ranker)
+
+
+def build_ranker_app(settings: Settings) -> faust.App:
+    """The feed ranker's Faust app (its own consumer group over the trigger topic)."""
+    client = build_redis(settings)
+    return ranker_faust_app(
+        settings, build_ranker(settings, client), build_drift_store(settings, client)
+    )
 
 
 def build_worker_app(settings: Settings) -> faust.App:

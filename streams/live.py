@@ -23,15 +23,19 @@ from typing import Annotated, Any
 import httpx
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
+from redis.exceptions import RedisError
 
 from schemas.api_models import (
     ERROR_RESPONSES,
     ActiveUser,
     ActiveUsersBody,
+    DriftBody,
+    FeatureDrift,
     PipelineBody,
     PipelineSource,
 )
-from schemas.hot_layout import active_key
+from sinks.drift_store import RedisDriftStore
+from sinks.hot_sessions import recently_active
 from streams.logic.panel import Scrape, panel_between, parse_scrape
 
 MAX_ACTIVE = 200
@@ -57,7 +61,7 @@ class PipelineScraper:
         response.raise_for_status()
         return response.text
 
-    async def panel(self) -> PipelineBody:
+    async def panel(self, drift: dict[str, Any] | None = None) -> PipelineBody:
         async with self._lock:  # tabs polling at once share one round
             results = await asyncio.gather(
                 *(self._fetch(url) for url in self.urls), return_exceptions=True
@@ -84,6 +88,7 @@ class PipelineScraper:
             dead_letters={k: int(v) for k, v in sorted(current.dead_letters.items())},
             fallbacks_total=int(current.fallbacks),
             models=list(current.models),
+            drift=_drift_body(drift),
             sources=[
                 PipelineSource(url=url, up=True, error=None)
                 if isinstance(result, str)
@@ -104,42 +109,26 @@ class PipelineScraper:
             await self._client.aclose()
 
 
+def _drift_body(saved: dict[str, Any] | None) -> DriftBody | None:
+    """The drift store's report (`sinks.drift_store`) for the panel."""
+    if not saved:
+        return None
+    try:
+        return DriftBody(
+            model=saved["model"],
+            at_ms=saved["at_ms"],
+            rows=saved["rows"],
+            threshold=saved["threshold"],
+            retrain_due=saved["retrain_due"],
+            source=saved.get("source", ""),
+            worst=[FeatureDrift(feature=k, psi=v) for k, v in list(saved["psi"].items())[:5]],
+        )
+    except (KeyError, TypeError, ValueError):
+        return None  # written by another version: not shown
+
+
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-
-
-def _glob_escaped(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-async def active_users(
-    redis: Any, prefix: str, partitions: int, n: int, prefix_filter: str | None
-) -> list[ActiveUser]:
-    """The `n` most recently active hot-tier users over every partition's active set;
-    with a filter, those whose id starts with it (a ZSCAN per partition)."""
-    keys = [active_key(prefix, p) for p in range(partitions)]
-    found: dict[str, int] = {}
-    if prefix_filter:
-        pattern = _glob_escaped(prefix_filter) + "*"
-        for key in keys:
-            async for member, score in redis.zscan_iter(key, match=pattern, count=500):
-                found[_text(member)] = int(score)
-                if len(found) >= MAX_ACTIVE:
-                    break
-    else:
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.zrevrange(key, 0, n - 1, withscores=True)
-            replies = await pipe.execute()
-        for rows in replies:
-            for member, score in rows:
-                found[_text(member)] = int(score)
-    newest = sorted(found.items(), key=lambda pair: (-pair[1], pair[0]))[:n]
-    return [ActiveUser(user_id=user, last_event_ms=ms) for user, ms in newest]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def page_html() -> str:
@@ -148,8 +137,10 @@ def page_html() -> str:
 
 def add_live_routes(
     app: FastAPI,
+    *,
     redis: Callable[[], Any],
     scraper: Callable[[], PipelineScraper],
+    drift: Callable[[], RedisDriftStore],
     prefix: str,
     partitions: int,
 ) -> None:
@@ -170,12 +161,17 @@ def add_live_routes(
         ] = None,
     ) -> ActiveUsersBody:
         """Users in the hot tier, most recently active first (the page's user picker)."""
-        found = await active_users(redis(), prefix, partitions, n, q)
-        return ActiveUsersBody(users=found)
+        found = await recently_active(redis(), prefix, partitions, n, q)
+        return ActiveUsersBody(users=[ActiveUser(user_id=u, last_event_ms=ms) for u, ms in found])
 
     @app.get("/pipeline", response_model=PipelineBody, responses={400: ERROR_RESPONSES[400]})
     async def pipeline() -> PipelineBody:
         """The pipeline panel: events/s, freshness, dead letters, sessions, triggers and
         re-ranks per second, summed over the configured workers' and rankers' /metrics
-        (`SIGNALS_API_PIPELINE_METRICS`); a source that does not answer is listed down."""
-        return await scraper().panel()
+        (`SIGNALS_API_PIPELINE_METRICS`); a source that does not answer is listed down;
+        and the latest drift check."""
+        try:
+            saved = await drift().read()
+        except (RedisError, OSError):
+            saved = None  # the panel still shows the processes' figures
+        return await scraper().panel(saved)

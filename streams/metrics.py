@@ -181,9 +181,10 @@ class WorkerCollector:
 class RankerCollector:
     """The ranker's counters and its serving model, read at scrape time."""
 
-    def __init__(self, counters: Any, models: Any) -> None:
+    def __init__(self, counters: Any, models: Any, drift: Any = None) -> None:
         self._counters = counters  # streams.ranker.RankerCounters
         self._models = models  # streams.models.ModelSlot
+        self._drift = drift  # streams.logic.drift.DriftMonitor
 
     def collect(self) -> Iterator[Metric]:
         counters, models = self._counters, self._models
@@ -240,6 +241,30 @@ class RankerCollector:
             1,
         )
         yield info
+        report = self._drift.latest if self._drift is not None else None
+        if report is not None:
+            yield from _drift_metrics(report)
+
+
+def _drift_metrics(report: Any) -> Iterator[Metric]:
+    """The latest drift check (`streams.logic.drift.DriftReport`)."""
+    psi = GaugeMetricFamily(
+        "feedsignals_drift_psi",
+        "population stability index of each ranking feature (and the score) in the live "
+        "sample against the serving model's training distribution",
+        labels=["feature", "model"],
+    )
+    for name, value in report.worst:
+        psi.add_metric([name, report.model], value)
+    yield psi
+    yield GaugeMetricFamily(
+        "feedsignals_drift_sample_rows", "rows in the live drift sample", value=report.rows
+    )
+    yield GaugeMetricFamily(
+        "feedsignals_drift_retrain_due",
+        "1 when a PSI exceeds SIGNALS_DRIFT_THRESHOLD over enough rows",
+        value=int(report.retrain_due),
+    )
 
 
 def worker_durations(registry: CollectorRegistry) -> tuple[Histogram, Histogram]:

@@ -15,6 +15,8 @@ serving; the slot tries again only when CURRENT names another version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -27,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sinks.model_store import ModelStore
+from streams.logic.drift import Distribution, References
 from streams.logic.ranking import FEATURES
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class LoadedModel:
     version: str
     booster: lgb.Booster
     compiled: Any = None
+    #: Its features' and score's distributions at training, per live sample
+    #: (`streams.logic.drift`); None for a model trained before the report carried them.
+    references: References | None = None
 
     def score(self, rows: Sequence[Sequence[float]] | NDArray[np.float64]) -> NDArray[np.float64]:
         """Click probabilities, one per row (rows in `FEATURES` order)."""
@@ -79,7 +85,22 @@ def compile_model(store: ModelStore, model: LoadedModel) -> LoadedModel:
     difference = float(np.max(np.abs(compiled.predict(rows, n_jobs=1) - expected)))
     if not difference <= CHECK_TOLERANCE:
         raise ModelRefused(f"compiled predictions differ from LightGBM's by {difference:g}")
-    return LoadedModel(model.version, model.booster, compiled)
+    return dataclasses.replace(model, compiled=compiled)
+
+
+def drift_references(store: ModelStore, version: str) -> References | None:
+    """The distributions the training job saved in the model's report, if any."""
+    try:
+        report = json.loads(store.files(version).report.read_text())
+        return {
+            sample: {
+                name: Distribution.from_json(data) for name, data in saved["distributions"].items()
+            }
+            for sample, saved in report["drift_reference"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        log.info("ranker model %s has no drift reference: drift is not checked", version)
+        return None
 
 
 def load_model(store: ModelStore, version: str) -> LoadedModel:
@@ -95,7 +116,7 @@ def load_model(store: ModelStore, version: str) -> LoadedModel:
             f"{path} was trained on other features ({len(names)} columns, expected "
             f"{len(FEATURES)}: {', '.join(sorted(set(names) ^ set(FEATURES))) or 'order'})"
         )
-    model = LoadedModel(version, booster)
+    model = LoadedModel(version, booster, references=drift_references(store, version))
     probe = model.score([[0.0] * len(FEATURES)])
     if probe.shape != (1,) or not math.isfinite(float(probe[0])):
         raise ModelRefused(f"{path} does not score a row to a probability")

@@ -27,6 +27,8 @@ import dataclasses
 import functools
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ import faust
 import numpy as np
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Histogram
+from redis.exceptions import RedisError
 
 from schemas.catalog import CatalogItem
 from schemas.events import EventType, InvalidEvent
@@ -49,13 +52,16 @@ from schemas.features import (
 from schemas.feed_layout import POPULARITY_MODEL, Feed
 from schemas.triggers import InvalidTrigger, RankTrigger, decode_trigger
 from sinks.catalog_store import RedisCatalogStore
+from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.hot_store import HotStore
 from sinks.retry import until_applied
 from streams.logic.admission import dead_letter_headers
-from streams.logic.candidates import CandidateBudget, SharedView, merge_candidates
+from streams.logic.candidates import Candidate, CandidateBudget, SharedView, merge_candidates
+from streams.logic.drift import DEFAULT_THRESHOLD, TRIGGERS, DriftMonitor
 from streams.logic.ranking import (
+    FEATURES,
     ProductContext,
     feature_matrix,
     in_holdout,
@@ -141,6 +147,7 @@ class FeedRanker:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         models: ModelSlot | None = None,
         holdout_share: float = 0.0,
+        drift_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         self._hot = hot_store
         self._features = features
@@ -161,6 +168,11 @@ class FeedRanker:
         #: Observed per trigger when set (`streams.metrics.rank_duration`).
         self.rank_seconds: Histogram | None = None
         self._shared_at = -float("inf")
+        #: A few rows of every scored trigger, compared with the model's reference.
+        self.drift = DriftMonitor(len(FEATURES), drift_threshold)
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
         """Write the trigger's feed; None when a feed of the same or a later trigger is
@@ -189,17 +201,8 @@ class FeedRanker:
             self.counters.stale += 1
             return None
         at_ms = self._clock_ms()
-        config = self._features.config
-        affinities = top_decayed(
-            share.affinity.items() if share is not None else (),
-            at_ms,
-            config.affinity_half_life_ms,
-            self._budget.affinity_categories,
-        )
-        candidates = merge_candidates(
-            shared.inputs_for(affinities, last_k, self._budget, trigger.language),
-            self._budget,
-            seed=trigger.sequence,
+        candidates = self._candidates(
+            share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
         )
         ids = [c.product_id for c in candidates]
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
@@ -236,6 +239,7 @@ class FeedRanker:
             trigger_reason=trigger.reason.value,
             trigger_published_at_ms=trigger.published_at_ms,
             generated_at_ms=self._clock_ms(),
+            language=trigger.language,
         )
         if not await self._feeds.write(feed):
             self.counters.stale += 1  # a later trigger's feed landed meanwhile
@@ -252,6 +256,78 @@ class FeedRanker:
             self.counters.channels[name] = self.counters.channels.get(name, 0) + 1
         return feed
 
+    def _candidates(
+        self,
+        share: UserShare | None,
+        last_k: dict[EventType, list[str]],
+        shared: SharedView,
+        *,
+        language: str | None,
+        seed: int,
+        at_ms: int,
+    ) -> list[Candidate]:
+        affinities = top_decayed(
+            share.affinity.items() if share is not None else (),
+            at_ms,
+            self._features.config.affinity_half_life_ms,
+            self._budget.affinity_categories,
+        )
+        return merge_candidates(
+            shared.inputs_for(affinities, last_k, self._budget, language),
+            self._budget,
+            seed=seed,
+        )
+
+    def _matrix(
+        self,
+        user_id: str,
+        share: UserShare | None,
+        last_k: dict[EventType, list[str]],
+        *,
+        language: str | None,
+        at_ms: int,
+        ids: list[str],
+        items: list[CatalogItem | None],
+        products: list[_Product],
+    ) -> NDArray[np.float64]:
+        """The candidates' feature rows (`streams.logic.ranking.FEATURES` columns)."""
+        config = self._features.config
+        features = user_features_of(user_id, share, at_ms=at_ms, config=config)
+        affinity = share.affinity if share is not None else {}
+        context = user_context(features, affinity, last_k, language, config)
+        contexts = [product.context(item) for product, item in zip(products, items, strict=True)]
+        return np.asarray(feature_matrix(context, ids, contexts), dtype=np.float64)
+
+    async def score_now(
+        self, user_id: str, language: str | None, at_ms: int | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        """The rows and scores the ranker would produce for the user from the stores as
+        they are, as of `at_ms` (default now), without writing anything (the drift check's
+        live sample); None without a model or candidates."""
+        model = self._models.model
+        if model is None:
+            return None
+        last_k, share, shared = await asyncio.gather(
+            self._user_last_k(user_id), self._features.user_share(user_id), self._shared_view()
+        )
+        at_ms = self._clock_ms() if at_ms is None else at_ms
+        candidates = self._candidates(share, last_k, shared, language=language, seed=0, at_ms=at_ms)
+        ids = [c.product_id for c in candidates]
+        if not ids:
+            return None
+        items, products = await asyncio.gather(self._items(ids), self._products(ids))
+        matrix = self._matrix(
+            user_id,
+            share,
+            last_k,
+            language=language,
+            at_ms=at_ms,
+            ids=ids,
+            items=items,
+            products=products,
+        )
+        return matrix, model.score(matrix)
+
     def _scores(
         self,
         model: LoadedModel,
@@ -265,16 +341,20 @@ class FeedRanker:
         products: list[_Product],
     ) -> NDArray[np.float64] | None:
         """The model's click probability per candidate; None (and counted, and logged at
-        most once a minute) when scoring fails: the caller falls back to popularity."""
+        most once a minute) when scoring fails: the caller falls back to popularity. A few
+        rows of each go into the drift sample."""
         try:
-            config = self._features.config
-            features = user_features_of(trigger.user_id, share, at_ms=at_ms, config=config)
-            affinity = share.affinity if share is not None else {}
-            context = user_context(features, affinity, last_k, trigger.language, config)
-            contexts = [
-                product.context(item) for product, item in zip(products, items, strict=True)
-            ]
-            values = model.score(feature_matrix(context, ids, contexts))
+            matrix = self._matrix(
+                trigger.user_id,
+                share,
+                last_k,
+                language=trigger.language,
+                at_ms=at_ms,
+                ids=ids,
+                items=items,
+                products=products,
+            )
+            values = model.score(matrix)
         except Exception:
             self.counters.scoring_errors += 1
             now = time.monotonic()
@@ -284,6 +364,7 @@ class FeedRanker:
                     "scoring with model %s failed: popularity served", model.version, exc_info=True
                 )
             return None
+        self.drift.add(model.version, matrix, values)
         return values
 
     async def _items(self, ids: list[str]) -> list[CatalogItem | None]:
@@ -398,10 +479,42 @@ def _watch_models(app: faust.App, ranker: FeedRanker, every_s: float) -> None:
         ranker.models.poll()  # returns at once; a new model loads in a thread
 
 
+def _check_drift(
+    app: faust.App, ranker: FeedRanker, store: RedisDriftStore | None, every_s: float
+) -> None:
+    """Compare the live sample with the serving model's reference every `every_s`; the
+    figures go to /metrics, the log (when retraining is due) and the drift store."""
+    source = f"ranker {socket.gethostname()}:{os.getpid()}"
+
+    @app.timer(interval=every_s)  # type: ignore[untyped-decorator]
+    async def check_drift() -> None:
+        model = ranker.models.model
+        references = model.references if model is not None else None
+        report = ranker.drift.compare(
+            references.get(TRIGGERS) if references else None, FEATURES, ranker.now_ms()
+        )
+        if report is None:
+            return
+        if report.retrain_due:
+            worst = ", ".join(f"{name} {value:.2f}" for name, value in report.worst[:3])
+            log.warning(
+                "drift: retraining is due for model %s (PSI above %.2f over %d rows: %s)",
+                report.model,
+                report.threshold,
+                report.rows,
+                worst,
+            )
+        if store is not None:
+            try:
+                await store.write(report.to_json(), source)
+            except (RedisError, OSError) as exc:
+                log.warning("drift report not stored: %s", exc)
+
+
 def _serve_metrics(app: faust.App, ranker: FeedRanker, port: int) -> None:
     """The ranker's Prometheus metrics (`streams.metrics`), served once the app runs."""
     registry = CollectorRegistry()
-    registry.register(RankerCollector(ranker.counters, ranker.models))
+    registry.register(RankerCollector(ranker.counters, ranker.models, ranker.drift))
     ranker.rank_seconds = rank_duration(registry)
     app.metrics_registry = registry  # type: ignore[attr-defined]
 
@@ -438,7 +551,19 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
         reported = dataclasses.replace(now, channels={})
 
 
-def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
+def _background_work(
+    app: faust.App, ranker: FeedRanker, settings: Settings, drift_store: RedisDriftStore | None
+) -> None:
+    """The ranker's timers and tasks beside its agent."""
+    _report_progress(app, ranker)
+    _serve_metrics(app, ranker, settings.ranker_metrics_port)
+    _watch_models(app, ranker, settings.model_poll_s)
+    _check_drift(app, ranker, drift_store, settings.drift_interval_s)
+
+
+def ranker_faust_app(
+    settings: Settings, ranker: FeedRanker, drift_store: RedisDriftStore | None = None
+) -> faust.App:
     """The ranker's Faust app: one agent over the trigger topic."""
     from streams.app import DeadLetterSender, faust_app_options  # noqa: PLC0415
 
@@ -448,9 +573,7 @@ def ranker_faust_app(settings: Settings, ranker: FeedRanker) -> faust.App:
     topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
 
-    _report_progress(app, ranker)
-    _serve_metrics(app, ranker, settings.ranker_metrics_port)
-    _watch_models(app, ranker, settings.model_poll_s)
+    _background_work(app, ranker, settings, drift_store)
 
     async def dead_letter(event: Any, exc: InvalidTrigger) -> None:
         ranker.counters.dead_lettered += 1

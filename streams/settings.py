@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="address the API listens on")
     api_port: int = Field(8080, ge=1, le=65535, description="port the API listens on")
     api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn workers)")
+    drift_threshold: float = Field(
+        0.25, gt=0, description="PSI above which retraining is due (streams.logic.drift)"
+    )
+    drift_interval_s: float = Field(
+        60.0, gt=0, description="how often each ranker compares its live sample (drift)"
+    )
     api_pipeline_metrics: str = Field(
         "",
         description="comma-separated /metrics URLs of the workers and rankers the live page's "

@@ -30,12 +30,15 @@ producers and offline mobile clients do.
 
 Deterministic: one `random.Random` per purpose, seeded from `params.seed` (users: a keyed
 hash of seed and index, see `population.py`); the same parameters give the same events,
-byte for byte, and another `start_ms` only shifts their times.
+byte for byte, and another `start_ms` only shifts their times and gives them other
+event ids (mixed with the start), so a second run of `signals generate` or the demo is new
+traffic to the features' de-duplication, not a replay of the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import itertools
 import math
@@ -110,7 +113,7 @@ class TrafficSimulation:
         params = self.params
         rng = random.Random(f"sessions/{params.seed}")
         random_ = rng.random
-        model = SessionModel(params, self.catalog, rng)
+        model = SessionModel(params, self.catalog, rng, id_salt=f"{params.seed}/{self.start_ms}")
         session = model.session
         # Sessions do not depend on the rate or the delivery defects: share the estimate.
         shape = session_shape(_session_params(params), self.catalog)
@@ -281,7 +284,9 @@ def session_shape(params: TrafficParams, catalog: Catalog) -> SessionShape:
 class SessionModel:
     """How one shopper behaves in one session; draws everything from one rng."""
 
-    def __init__(self, params: TrafficParams, catalog: Catalog, rng: random.Random) -> None:
+    def __init__(
+        self, params: TrafficParams, catalog: Catalog, rng: random.Random, id_salt: str = ""
+    ) -> None:
         self.params = params
         self.rng = rng
         products = catalog.products
@@ -301,7 +306,7 @@ class SessionModel:
         #: Pauses between a session's events: index with rng.getrandbits(THINK_BITS).
         self.think_table = _think_table(params)
         self.mean_think_ms = sum(self.think_table) / len(self.think_table)
-        self.new_event_id = _event_ids(rng.getrandbits)
+        self.new_event_id = _event_ids(rng.getrandbits, id_salt)
 
     def session(  # noqa: PLR0912, PLR0915  (one flat generator, locals bound for speed)
         self, user: UserProfile, at_ms: int, first_position: int, *, opens_app: bool
@@ -450,11 +455,14 @@ def _think_table(params: TrafficParams) -> list[int]:
     ]
 
 
-def _event_ids(getrandbits: Callable[[int], int]) -> Callable[[], str]:
-    """Random version-4 UUID strings from the simulation's rng (3x faster than uuid.UUID)."""
+def _event_ids(getrandbits: Callable[[int], int], salt: str = "") -> Callable[[], str]:
+    """Random version-4 UUID strings from the simulation's rng (3x faster than uuid.UUID),
+    mixed with `salt` (the rng's draws, and so the rest of the stream, stay the same)."""
+    mix = int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=16).digest()) if salt else 0
 
     def new_event_id() -> str:
-        digits = "%032x" % (getrandbits(128) & _UUID_CLEAR | _UUID_SET)  # %-format: fastest
+        bits = getrandbits(128) ^ mix
+        digits = "%032x" % (bits & _UUID_CLEAR | _UUID_SET)  # %-format: fastest
         return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
     return new_event_id

@@ -27,7 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from schemas.events import EventType
 from schemas.triggers import Reason
+
+#: The events that trigger at once, never debounced.
+HIGH_INTENT_TYPES = frozenset(
+    {EventType.CLICK, EventType.ADD_TO_CART, EventType.WISHLIST, EventType.ORDER}
+)
 
 
 @dataclass(frozen=True, slots=True)

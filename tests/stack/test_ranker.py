@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,11 +33,13 @@ from schemas.triggers import RankTrigger, Reason, encode_trigger
 from sinks.model_store import ModelStore
 from streams.bootstrap import (
     build_catalog_store,
+    build_drift_store,
     build_feature_store,
     build_feed_store,
     build_hot_store,
 )
 from streams.logic.candidates import Channel
+from streams.logic.ranking import FEATURES
 from streams.models import ModelSlot
 from streams.ranker import FeedRanker
 from streams.settings import Settings
@@ -156,6 +162,19 @@ def test_every_trigger_becomes_a_feed_that_obeys_the_rules(
         assert ranker.process.poll() is None
 
 
+def drift_report(settings: Settings) -> dict:
+    async def read() -> dict:
+        store = build_drift_store(settings)
+        try:
+            saved = await store.read()
+        finally:
+            await store.close()
+        assert saved is not None
+        return saved
+
+    return asyncio.run(read())
+
+
 def scrape(port: int) -> dict[str, float]:
     """A process's /metrics as {sample with labels: value}."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -201,6 +220,7 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
         **isolated_env,
         **FEATURES_ON,
         "SIGNALS_MODEL_POLL_S": "0.3",
+        "SIGNALS_DRIFT_INTERVAL_S": "0.5",
         "SIGNALS_WORKER_METRICS_PORT": str(ports["worker"]),
         "SIGNALS_RANKER_METRICS_PORT": str(ports["ranker"]),
     }
@@ -254,6 +274,31 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
             for k in ranker_metrics
         )
         assert ranker_metrics["feedsignals_ranker_rank_duration_seconds_count"] >= len(latest)
+        # The ranker compared its live sample with the model's training distributions.
+        wait_for(
+            lambda: (
+                f'feedsignals_drift_psi{{feature="score",model="{first}"}}'
+                in scrape(ports["ranker"])
+            ),
+            10,
+            "the ranker's drift figures",
+        )
+        assert drift_report(provisioned)["source"].startswith("ranker ")
+        # `signals drift` samples the hot tier itself: a report per feature, stored.
+        checked = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "drift", "--json", "--users", "50"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert checked.returncode in (0, 1), checked.stderr  # 1: retraining is due
+        report = json.loads(checked.stdout)
+        assert report["model"] == first and report["rows"] > 0
+        assert set(report["psi"]) == {*FEATURES, "score"}
+        assert report["retrain_due"] == (checked.returncode == 1)
+        assert drift_report(provisioned)["source"] == "signals drift"
         assert all(trigger.language for trigger in latest.values())  # travels with it
 
         user, trigger = next(iter(latest.items()))

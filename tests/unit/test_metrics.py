@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from streams.api import create_app
 from streams.app import IngestCounters
+from streams.logic.drift import DriftMonitor, DriftReport
 from streams.metrics import BulkHistogram, RankerCollector, WorkerCollector
 from streams.models import ModelSlot
 from streams.ranker import RankerCounters
@@ -69,6 +70,17 @@ def test_the_ranker_collector_names_the_serving_model() -> None:
     assert 'feedsignals_ranker_feeds_written_total{ranking="popularity_fallback"} 1.0' in text
     assert "feedsignals_ranker_superseded_total 2.0" in text
     assert 'feedsignals_ranker_model_info{compiled="false",version="popularity"} 1.0' in text
+    assert "feedsignals_drift_psi" not in text  # no check yet
+
+
+def test_the_ranker_collector_exports_the_latest_drift_check() -> None:
+    drift = DriftMonitor(columns=2)
+    drift.latest = DriftReport(1, "v1", 900, 0.25, {"u_views_1h": 0.4, "score": 0.02})
+    text = scrape(RankerCollector(RankerCounters(), ModelSlot(None), drift))
+    assert 'feedsignals_drift_psi{feature="u_views_1h",model="v1"} 0.4' in text
+    assert 'feedsignals_drift_psi{feature="score",model="v1"} 0.02' in text
+    assert "feedsignals_drift_retrain_due 1.0" in text
+    assert "feedsignals_drift_sample_rows 900.0" in text
 
 
 def test_the_api_times_requests_by_route_and_status(tmp_path) -> None:

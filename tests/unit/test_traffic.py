@@ -84,6 +84,9 @@ def test_same_params_give_the_same_bytes_and_another_seed_does_not() -> None:
     original = take(SMALL, 200)
     assert [e.event_time_ms - 1_000 for e in shifted] == [e.event_time_ms for e in original]
     assert [e.product_id for e in shifted] == [e.product_id for e in original]
+    # ... but it is new traffic: other event ids (the features would drop repeats).
+    assert not {e.event_id for e in shifted} & {e.event_id for e in original}
+    assert [e.event_id for e in take(SMALL, 200)] == [e.event_id for e in original]
 
 
 # --- every event is usable -----------------------------------------------------------
