@@ -79,10 +79,16 @@ REFRESH_MS = 600_000
 TRENDING_PER_CATEGORY = 50
 
 #: Candidates of a sampled trigger turned into serving rows (every n-th of the merged list).
-SERVING_ROWS_PER_TRIGGER = 8
-#: At most this many serving rows in all (plenty for deciles of every feature): when the
-#: list is full, every other row goes and only every other trigger is sampled from then on.
-MAX_SERVING_ROWS = 50_000
+SERVING_ROWS_PER_TRIGGER = 4
+#: Serving rows aimed for (plenty for deciles of every feature): each trigger is sampled
+#: with the probability that gives about this many over the log, from the number of
+#: events and TRIGGERS_PER_EVENT; the candidates of one trigger cost about 1 ms.
+SERVING_ROWS_TARGET = 12_000
+#: Triggers per event of generated traffic under the default rules (29,923 of 100,000).
+TRIGGERS_PER_EVENT = 0.3
+#: At most this many serving rows in all, whatever the log: when the list is full, every
+#: other row goes and only half as many triggers are sampled from then on.
+MAX_SERVING_ROWS = 20_000
 #: Serving rows are taken this long after the trigger's event, on average (exponentially
 #: distributed): the ranker ranks a trigger moments after the event, and features of time
 #: since the newest event see that delay (click to feed: p50 32 ms, p99 151 ms measured
@@ -93,7 +99,7 @@ SERVING_LAG_MS = 50
 
 #: How often (event time) the replay takes a snapshot of hot users, and how many.
 SNAPSHOT_EVERY_MS = 120_000
-SNAPSHOT_USERS = 40
+SNAPSHOT_USERS = 20
 
 
 def serving_lags(seed: int = 0) -> Callable[[], int]:
@@ -127,7 +133,7 @@ class TrainingSet:
     probes: list[Probe] = field(default_factory=list)
     #: Rows as the ranker builds them when serving: at the instants the worker's trigger
     #: rule fires, a few of the candidates it would generate, at feed position 0 (the
-    #: reference the drift check compares live rows with), evenly thinned over the log.
+    #: reference the drift check compares live rows with), sampled at random over the log.
     serving_rows: list[list[float]] = field(default_factory=list)
     #: Rows of hot users as of snapshot instants every SNAPSHOT_EVERY_MS of event time:
     #: the reference of `signals drift`, which scores hot users as they are now.
@@ -204,6 +210,8 @@ class PointInTimeReplay:
         self._last_k: dict[str, dict[EventType, dict[str, int]]] = {}
         self._products: dict[str, _Counts] = {}
         self._every = _Counts()
+        #: Every product's windows at one instant (rows of one instant share them).
+        self._every_cached: tuple[int, WindowCounts] | None = None
         self._trending: dict[str, dict[str, float]] = {}
         self._session_numbers: dict[tuple[str, int], int] = {}
         self._shown: dict[tuple[str, int, str], list[int]] = {}
@@ -212,7 +220,8 @@ class PointInTimeReplay:
         self._view_at = -refresh_ms
         self.trigger_rules = trigger_rules or TriggerRules()
         self._trigger_states: dict[str, TriggerState] = {}
-        self._serving_stride = 1
+        self._serving_share = 1.0  # set per log in `run`
+        self._serving_draw = random.Random(2).random
         self._lag = serving_lags()  # the same log gives the same rows
         self._snapshot_at = -SNAPSHOT_EVERY_MS
         self._snapshot_rng = random.Random(1)
@@ -233,6 +242,8 @@ class PointInTimeReplay:
         self, events: Iterable[Event], progress: Callable[[int], None] | None = None
     ) -> TrainingSet:
         ordered = sorted(events, key=lambda event: event.event_time_ms)
+        expected_rows = SERVING_ROWS_PER_TRIGGER * TRIGGERS_PER_EVENT * max(1, len(ordered))
+        self._serving_share = min(1.0, SERVING_ROWS_TARGET / expected_rows)
         for at_ms, group in itertools.groupby(ordered, key=lambda event: event.event_time_ms):
             instant = list(group)
             rows = {
@@ -272,7 +283,7 @@ class PointInTimeReplay:
         self, context: UserContext, product: str, category: str | None, position: int, at_ms: int
     ) -> tuple[list[float], float]:
         config = self.config
-        every = self._every.at(at_ms)
+        every = self._every_at(at_ms)
         counts = self._products.get(product, _NO_COUNTS).at(at_ms)
         product_features = product_features_from_counts(product, counts, every, at_ms, config)
         item = self.catalog.get(product)
@@ -283,6 +294,12 @@ class PointInTimeReplay:
             position,
         )
         return row, popularity(product_features, config)
+
+    def _every_at(self, at_ms: int) -> WindowCounts:
+        cached = self._every_cached
+        if cached is None or cached[0] != at_ms:
+            cached = self._every_cached = (at_ms, self._every.at(at_ms))
+        return cached[1]
 
     def _last_k_lists(self, user: str) -> dict[EventType, list[str]]:
         lists = self._last_k.get(user)
@@ -324,6 +341,7 @@ class PointInTimeReplay:
                     counts = self._products[product] = _Counts()
                 counts.add(kind, at_ms)
                 self._every.add(kind, at_ms)
+                self._every_cached = None
             log_weight = self.config.log2_weights.get(kind.value)
             if category and log_weight is not None:
                 scores = self._trending.setdefault(category, {})
@@ -409,7 +427,7 @@ class PointInTimeReplay:
             return
         result = self.result
         result.triggers += 1
-        if result.triggers % self._serving_stride:
+        if self._serving_draw() >= self._serving_share:
             return
         serving = result.serving_rows
         serving += self._candidate_rows(
@@ -417,7 +435,7 @@ class PointInTimeReplay:
         )
         if len(serving) >= MAX_SERVING_ROWS:
             del serving[1::2]
-            self._serving_stride *= 2
+            self._serving_share /= 2
 
     def _snapshot(self, at_ms: int) -> None:
         """Rows of a sample of the users hot at `at_ms` (newest event within the session

@@ -94,7 +94,7 @@ PARAMS = TrafficParams(seed=3, users=3000, products=1500, categories=30, rate=20
 
 def replay_rows(params: TrafficParams, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
     items = {item.product_id: item for item in generated_items(catalog)}
-    events = itertools.islice(simulate(params, 1_700_000_000_000, catalog), 25_000)
+    events = itertools.islice(simulate(params, 1_700_000_000_000, catalog), 40_000)
     result = PointInTimeReplay(items, FeatureConfig()).run(events)
     return np.asarray(result.serving_rows), np.asarray(result.snapshot_rows)
 
