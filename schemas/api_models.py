@@ -131,6 +131,7 @@ class DriftBody(BaseModel):
     rows: int
     threshold: float
     retrain_due: bool
+    enough_rows: bool = Field(description="false: too few live rows for a verdict")
     source: str
     worst: list[FeatureDrift] = Field(description="the five largest PSIs")
 

@@ -120,6 +120,7 @@ def _drift_body(saved: dict[str, Any] | None) -> DriftBody | None:
             rows=saved["rows"],
             threshold=saved["threshold"],
             retrain_due=saved["retrain_due"],
+            enough_rows=saved.get("enough_rows", True),
             source=saved.get("source", ""),
             worst=[FeatureDrift(feature=k, psi=v) for k, v in list(saved["psi"].items())[:5]],
         )

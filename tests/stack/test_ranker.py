@@ -284,21 +284,6 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
             "the ranker's drift figures",
         )
         assert drift_report(provisioned)["source"].startswith("ranker ")
-        # `signals drift` samples the hot tier itself: a report per feature, stored.
-        checked = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "drift", "--json", "--users", "50"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert checked.returncode in (0, 1), checked.stderr  # 1: retraining is due
-        report = json.loads(checked.stdout)
-        assert report["model"] == first and report["rows"] > 0
-        assert set(report["psi"]) == {*FEATURES, "score"}
-        assert report["retrain_due"] == (checked.returncode == 1)
-        assert drift_report(provisioned)["source"] == "signals drift"
         assert all(trigger.language for trigger in latest.values())  # travels with it
 
         user, trigger = next(iter(latest.items()))
@@ -332,6 +317,24 @@ def test_the_ranker_serves_the_published_model_and_swaps_it_without_a_restart(
         assert feed is not None and feed.model == second
         assert "ranker model corrupt refused" in ranker.log_text()
         assert ranker.process.poll() is None and ranker.process.pid == pid
+
+    # `signals drift` samples the hot tier itself (the ranker stopped, so its own checks
+    # do not overwrite the report): a PSI per feature, stored, exit 1 when due.
+    ModelStore(model_dir).publish(first)
+    checked = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "drift", "--json", "--users", "50"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode in (0, 1), checked.stderr  # 1: retraining is due
+    report = json.loads(checked.stdout)
+    assert report["model"] == first and report["rows"] > 0
+    assert set(report["psi"]) == {*FEATURES, "score"}
+    assert report["retrain_due"] == (checked.returncode == 1)
+    assert drift_report(provisioned)["source"] == "signals drift"
 
 
 class _BrokenModel:
