@@ -798,7 +798,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     user = user_id(0)  # the most active user
     page = f"http://{settings.api_host}:{settings.api_port}/?user={user}"
     print(f"live page: {page}")
-    shown: Feed | None = None
+    # A feed left by an earlier run is not news: only feeds written from now on are shown.
+    shown = loop.run_until_complete(feeds.read(user))
     try:
         start_ms = _wall_ms()
         events = bounded(
