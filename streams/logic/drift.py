@@ -192,10 +192,10 @@ class LiveSample:
             return
         picked = np.linspace(0, n - 1, min(self.per_call, n)).astype(np.int64)
         capacity = len(self.rows)
-        for index in picked:
-            self.rows[self._next] = matrix[index]
-            self.scores[self._next] = scores[index]
-            self._next = (self._next + 1) % capacity
+        slots = (self._next + np.arange(len(picked))) % capacity  # one copy, no loop
+        self.rows[slots] = matrix[picked]
+        self.scores[slots] = scores[picked]
+        self._next = int(slots[-1] + 1) % capacity
         self.size = min(self.size + len(picked), capacity)
 
     def arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
