@@ -109,7 +109,11 @@ def serve_starlette(port: int) -> int:
     from starlette.responses import Response  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
-    from streams.api import build_api_stores  # noqa: PLC0415
+    from streams.api import (  # noqa: PLC0415
+        build_api_stores,
+        feed_body,
+        interactions_body,
+    )
     from streams.settings import Settings  # noqa: PLC0415
 
     stores = build_api_stores(Settings.load())
@@ -126,38 +130,13 @@ def serve_starlette(port: int) -> int:
         found = await stores.feeds.read(user)
         if found is None:
             return as_json({"error": f"no feed for user {user}"}, 404)
-        items = zip(found.products[:limit], found.channels[:limit], strict=True)
-        return as_json(
-            {
-                "user_id": user,
-                "model": found.model,
-                "fallback": found.fallback,
-                "holdout": found.holdout,
-                "generated_at_ms": found.generated_at_ms,
-                "trigger": {
-                    "sequence": found.sequence,
-                    "reason": found.trigger_reason,
-                    "published_at_ms": found.trigger_published_at_ms,
-                },
-                "total": len(found.products),
-                "products": [{"product_id": p, "channel": c} for p, c in items],
-            }
-        )
+        return as_json(feed_body(user, found, limit))
 
     async def interactions(request: Request) -> Response:
         user = request.path_params["user_id"]
         k = int(request.query_params.get("k", 20))
         found = await stores.interactions.last_k_many(user, k=k)
-        return as_json(
-            {
-                "user_id": user,
-                "tier": found.tier,
-                "items": {
-                    kind.value: [{"product_id": p, "event_time_ms": t} for p, t in rows]
-                    for kind, rows in found.items.items()
-                },
-            }
-        )
+        return as_json(interactions_body(found))
 
     app = Starlette(
         routes=[

@@ -62,12 +62,13 @@ from schemas.api_models import (
 )
 from schemas.events import PRODUCT_EVENT_TYPES, EventType, InvalidEvent, check_user_id
 from schemas.features import WindowCounts, user_features_of
+from schemas.feed_layout import Feed
 from schemas.hot_layout import Item, UserLastK
 from sinks.catalog_store import RedisCatalogStore
 from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
-from sinks.interaction_reader import ALL_TYPES, InteractionReader
+from sinks.interaction_reader import ALL_TYPES, InteractionReader, Interactions
 from sinks.redis_scripts import HotRedis
 from streams.live import PipelineScraper, add_live_routes
 from streams.metrics import request_duration
@@ -243,25 +244,7 @@ def _user_routes(app: FastAPI, get: Callable[[], ApiStores]) -> None:
         feed = await get().feeds.read(_user(user_id))
         if feed is None:
             raise NotFound(f"no feed for user {user_id} (the ranker writes one on their trigger)")
-        return _json(
-            {
-                "user_id": user_id,
-                "model": feed.model,
-                "fallback": feed.fallback,
-                "holdout": feed.holdout,
-                "generated_at_ms": feed.generated_at_ms,
-                "trigger": {
-                    "sequence": feed.sequence,
-                    "reason": feed.trigger_reason,
-                    "published_at_ms": feed.trigger_published_at_ms,
-                },
-                "total": len(feed.products),
-                "products": [
-                    {"product_id": p, "channel": c}
-                    for p, c in zip(feed.products[:limit], feed.channels[:limit], strict=True)
-                ],
-            }
-        )
+        return _json(feed_body(user_id, feed, limit))
 
     @app.get("/users/{user_id}/interactions", response_model=InteractionsBody, responses=ERRORS)
     async def user_interactions(
@@ -286,16 +269,40 @@ def _user_routes(app: FastAPI, get: Callable[[], ApiStores]) -> None:
             found = await reader.window(user, types[0], start, end, MAX_K)
         if found.tier == "cold" and not any(found.items.values()):
             raise NotFound(f"no interactions known for user {user_id}")
-        return _json(
-            {
-                "user_id": user,
-                "tier": found.tier,
-                "items": {
-                    kind.value: [{"product_id": p, "event_time_ms": t} for p, t in rows]
-                    for kind, rows in found.items.items()
-                },
-            }
-        )
+        return _json(interactions_body(found))
+
+
+def feed_body(user_id: str, feed: Feed, limit: int) -> dict[str, Any]:
+    """`FeedBody`'s shape, from the stored feed (its first `limit` products)."""
+    return {
+        "user_id": user_id,
+        "model": feed.model,
+        "fallback": feed.fallback,
+        "holdout": feed.holdout,
+        "generated_at_ms": feed.generated_at_ms,
+        "trigger": {
+            "sequence": feed.sequence,
+            "reason": feed.trigger_reason,
+            "published_at_ms": feed.trigger_published_at_ms,
+        },
+        "total": len(feed.products),
+        "products": [
+            {"product_id": p, "channel": c}
+            for p, c in zip(feed.products[:limit], feed.channels[:limit], strict=True)
+        ],
+    }
+
+
+def interactions_body(found: Interactions) -> dict[str, Any]:
+    """`InteractionsBody`'s shape, from a read of either tier."""
+    return {
+        "user_id": found.user_id,
+        "tier": found.tier,
+        "items": {
+            kind.value: [{"product_id": p, "event_time_ms": t} for p, t in rows]
+            for kind, rows in found.items.items()
+        },
+    }
 
 
 def _json(body: dict[str, Any]) -> Response:
