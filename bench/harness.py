@@ -197,43 +197,16 @@ class Isolated:
         settings = Settings.load()
         return cls(settings.redis_key_prefix, {}, settings)
 
-    def drop_keyspace(self, attempts: int = 3) -> None:
-        """DROP KEYSPACE, retried: a CQL server busy with other schema changes can refuse
-        connections for a few seconds."""
-        from sinks.cql import connect  # noqa: PLC0415
+    def drop_keyspace(self) -> None:
+        from infra.namespace import drop_keyspace  # noqa: PLC0415
 
-        for attempt in range(1, attempts + 1):
-            try:
-                cluster, session = connect(self.settings)
-                try:
-                    session.execute(
-                        f"DROP KEYSPACE IF EXISTS {self.settings.cql_keyspace}", timeout=60
-                    )
-                finally:
-                    cluster.shutdown()
-                return
-            except Exception as exc:  # the driver raises several unrelated types
-                if attempt == attempts:
-                    raise
-                print(f"dropping {self.settings.cql_keyspace} failed ({exc!r}); retrying")
-                time.sleep(2 * attempt)
+        drop_keyspace(self.settings)
 
     def cleanup_redis(self) -> None:
         """Delete the Redis keys of every prefix starting with the tag's prefix."""
-        import redis  # noqa: PLC0415
+        from infra.namespace import delete_redis_keys  # noqa: PLC0415
 
-        client = redis.Redis.from_url(self.settings.redis_url)
-        try:
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=f"{self.settings.redis_key_prefix}*", count=5000):
-                batch.append(key)
-                if len(batch) >= 5000:
-                    client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                client.unlink(*batch)
-        finally:
-            client.close()
+        delete_redis_keys(self.settings, pattern=f"{self.settings.redis_key_prefix}*")
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from jobs.dead_letters import read_dead_letters
 from jobs.generate import bounded, paced, send_all
+from jobs.replay_cli import add_backfill_parser, add_replay_parser
 from jobs.traffic import TrafficParams, TrafficSimulation, simulate, user_id, write_traffic
 from schemas.catalog import BadCatalogRow, CatalogItem
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
@@ -318,6 +319,9 @@ def _add_model_commands(commands: Any) -> None:
     model.add_argument("version", nargs="?", default=None, help="use: the version")
     model.add_argument("--model-dir", default=None, help="default: SIGNALS_MODEL_DIR")
 
+    add_replay_parser(commands)
+    add_backfill_parser(commands)
+
     drift = commands.add_parser(
         "drift",
         help="compare the live ranking features with the model's training data (PSI)",
@@ -337,6 +341,26 @@ def _add_model_commands(commands: Any) -> None:
         help="PSI that makes retraining due (SIGNALS_DRIFT_THRESHOLD, 0.25)",
     )
     drift.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.replay import ReplayError  # noqa: PLC0415  (pyarrow: only replays load it)
+    from jobs.replay_cli import cmd_replay as replay  # noqa: PLC0415
+
+    try:
+        return replay(args, settings)
+    except ReplayError as exc:
+        raise CliError(f"replay: {exc}") from None
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.replay import ReplayError  # noqa: PLC0415
+    from jobs.replay_cli import cmd_backfill as run  # noqa: PLC0415
+
+    try:
+        return run(args, settings)
+    except ReplayError as exc:
+        raise CliError(f"backfill: {exc}") from None
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
@@ -1009,6 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
             "train": cmd_train,
             "model": cmd_model,
             "drift": cmd_drift,
+            "replay": cmd_replay,
+            "backfill": cmd_backfill,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

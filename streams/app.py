@@ -665,6 +665,8 @@ class RecordInteractions(Service):
             client_id=f"{s.app_id}-{RECORD_AGENT}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Never aborted records: a replay copies into a topic in transactions.
+            isolation_level="read_committed",
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,

@@ -13,10 +13,11 @@ events kept arriving in real time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from schemas.hot_layout import Interaction
+from schemas.events import EventType
+from schemas.hot_layout import Interaction, Item, UserLastK, merge_items
 
 
 @dataclass(slots=True)
@@ -71,3 +72,68 @@ def latest_activity(interactions: Iterable[tuple[str, int]]) -> dict[str, int]:
 
 def user_times(interactions: Iterable[Interaction]) -> Iterable[tuple[str, int]]:
     return ((item.user_id, item.event_time_ms) for item in interactions)
+
+
+@dataclass(slots=True)
+class _ReplayedUser:
+    items: dict[EventType, list[Item]]
+    last_activity_ms: int
+    stored: UserLastK | None = None  # what the previous session's end wrote
+
+
+class SessionReplay:
+    """The cold tier's view of an event log, offline: each user's last-k at the end of each
+    session, as the worker's flush would have written it (`signals backfill`).
+
+    Feed it a partition's interactions in read order. A user's event more than the gap
+    after their newest activity ends their previous session: `add` returns that session's
+    snapshot (with the one before it, whose items are history rows already), the last-k
+    carries over as a re-hydration would, and at the end `finish` gives everyone's last
+    snapshot. The last-k merge is the hot tier's (`merge_items`). Versions are the newest
+    event time in microseconds, so the same log always writes the same rows, and a flush
+    the live worker made later (its version is a wall-clock time) is never overwritten.
+    """
+
+    def __init__(self, gap_ms: int, keep: Mapping[EventType, int]) -> None:
+        self.gap_ms = gap_ms
+        self.keep = dict(keep)
+        self._users: dict[str, _ReplayedUser] = {}
+
+    def add(
+        self, user_id: str, event_time_ms: int, interaction: Interaction | None
+    ) -> tuple[UserLastK, UserLastK | None] | None:
+        """One event of the user (app-opens count as activity); the ended session's
+        (snapshot, the stored one before it) when this event started a new one."""
+        user = self._users.get(user_id)
+        ended = None
+        if user is None:
+            user = self._users[user_id] = _ReplayedUser({}, event_time_ms)
+        elif session_has_ended(user.last_activity_ms, event_time_ms, self.gap_ms):
+            snapshot = self._snapshot(user_id, user)
+            if snapshot.items:
+                ended = (snapshot, user.stored)
+                user.stored = snapshot
+        user.last_activity_ms = max(user.last_activity_ms, event_time_ms)
+        if interaction is not None:
+            kind = interaction.event_type
+            user.items[kind] = merge_items(
+                user.items.get(kind, ()),
+                [(interaction.product_id, interaction.event_time_ms)],
+                self.keep.get(kind, 0),
+            )
+        return ended
+
+    def finish(self) -> list[tuple[UserLastK, UserLastK | None]]:
+        """Every user's current last-k (their open session), with the stored one before."""
+        done = []
+        for user_id, user in self._users.items():
+            snapshot = self._snapshot(user_id, user)
+            if snapshot.items and snapshot != user.stored:
+                done.append((snapshot, user.stored))
+        return done
+
+    def _snapshot(self, user_id: str, user: _ReplayedUser) -> UserLastK:
+        items = {kind: list(rows) for kind, rows in user.items.items() if rows}
+        snapshot = UserLastK(user_id, items)
+        snapshot.version = snapshot.newest_time_ms() * 1000
+        return snapshot

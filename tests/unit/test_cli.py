@@ -45,6 +45,22 @@ def run(
         (["train", "--file", "a.jsonl", "--topic"], "not allowed with argument"),
         (["model", "use"], "needs a VERSION"),
         (["frobnicate"], "invalid choice"),
+        (["replay", "--day", "2026-12-01"], "one of the arguments --to-parquet"),
+        (["replay", "--to-parquet", "x", "--start", "soon", "--end", "later"], "is not a time"),
+        (["replay", "--to-parquet", "x", "--day", "2026-13-01"], "is not a day"),
+        (["replay", "--to-parquet", "x", "--offsets", "0:5-5"], "is empty"),
+        (["replay", "--to-parquet", "x", "--offsets", "zero"], "is not PARTITION:FROM-TO"),
+        (["replay", "--to-parquet", "x", "--partitions", "3-1"], "empty partition range"),
+        (["replay", "--to-parquet", "x", "--lateness", "-1", "--day", "2026-12-01"], ">= 0"),
+        (["replay", "--to-parquet", "x"], "give one of: --start and --end, --day, or --offsets"),
+        (["replay", "--to-parquet", "x", "--start", "2026-12-01"], "needs both --start and --end"),
+        (
+            ["replay", "--to-parquet", "x", "--start", "2026-12-02", "--end", "2026-12-01"],
+            "end is before start",
+        ),
+        (["replay", "--to-pipeline", "Bad-Name", "--day", "2026-12-01"], "is not a namespace name"),
+        (["backfill", "--from-parquet", "nowhere"], "holds no replay"),
+        (["backfill", "--from-parquet", "nowhere", "--day", "2026-12-01"], "give no range"),
     ],
 )
 def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> None:
