@@ -196,7 +196,7 @@ def topic_records(
         selector = Selector(request, summary)
         for partition, messages, _after, _done in read_partitions(consumer, request.topic, scan):
             decoded = Decoded()
-            selector.split(partition, messages, decoded, keep_rows=False)
+            selector.split(partition, messages, decoded)
             if decoded.errors:
                 on_errors(len(decoded.errors))
             for message, event in decoded.selected:

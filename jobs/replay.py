@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -30,18 +31,22 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from tqdm import tqdm
 
+from schemas.avro_columns import DecodedColumns, decode_event_columns
 from schemas.codec import decode_event
-from schemas.events import Event, InvalidEvent
+from schemas.events import Event, EventType, InvalidEvent
 from schemas.replay_layout import (
     MANIFEST_NAME,
     PARQUET_SCHEMA,
@@ -58,6 +63,8 @@ from streams.settings import Settings, state_dir
 #: Records per consume call, and per Parquet chunk of one partition.
 CONSUME_BATCH = 10_000
 CHUNK_RECORDS = 500_000
+#: Chunks handed to the Parquet writer thread and not yet written, at most.
+WRITES_AHEAD = 2
 #: No record from partitions that still have some to give for this long: give up.
 STALL_S = 60.0
 DEFAULT_LATENESS_S = 3600.0
@@ -287,12 +294,14 @@ def read_partitions(
             by_partition, eof = _by_partition(messages, remaining, topic)
             for p in list(by_partition) + [p for p in eof if p not in by_partition]:
                 end = remaining[p][1]
-                batch = [m for m in by_partition.get(p, []) if _offset(m) < end]
+                batch = by_partition.get(p, [])
+                if batch and _offset(batch[-1]) >= end:  # only the last call reaches past
+                    batch = [m for m in batch if _offset(m) < end]
                 after = _offset(batch[-1]) + 1 if batch else position[p]
                 done = (
                     after >= end
                     or (p in eof and eof[p] >= end)
-                    or len(batch) < len(by_partition.get(p, []))
+                    or batch is not by_partition.get(p, batch)
                 )
                 if done:
                     after = end
@@ -346,9 +355,7 @@ class ReplaySink(Protocol):
 class Decoded:
     """A chunk of one partition, split three ways."""
 
-    rows: dict[tuple[str, str], list[tuple[Any, ...]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    tables: dict[tuple[str, str], list[pa.Table]] = field(default_factory=lambda: defaultdict(list))
     selected: list[tuple[Message, Event]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     outside: int = 0
@@ -367,13 +374,12 @@ class Selector:
         )
         self._days: dict[int, str] = {}
 
-    def split(
-        self, partition: int, messages: list[Message], into: Decoded, keep_rows: bool
-    ) -> None:
+    def split(self, partition: int, messages: list[Message], into: Decoded) -> None:
+        """Record by record: the selected messages with their events (a topic copy, the
+        backfill)."""
         counts = self.summary.partitions[partition]
         selects = self.request.selects
         edge = self.edge_ms
-        days = self._days
         for message in messages:
             offset = _offset(message)
             timestamp_ms = message.timestamp()[1]
@@ -400,30 +406,121 @@ class Selector:
             counts.max_lateness_ms = max(counts.max_lateness_ms, lateness)
             if edge is not None and timestamp_ms >= edge:
                 counts.near_the_edge += 1
-            if keep_rows:
-                day = days.get(time_ms // DAY_MS)
-                if day is None:
-                    day = days[time_ms // DAY_MS] = utc_date(time_ms)
-                into.rows[(day, event.event_type.value)].append(
-                    (
-                        event.event_id,
-                        event.user_id,
-                        time_ms,
-                        event.platform,
-                        event.language,
-                        event.product_id,
-                        event.category_id,
-                        event.price_paise,
-                        event.feed_position,
-                        event.order_id,
-                        event.quantity,
-                        partition,
-                        offset,
-                        timestamp_ms,
-                    )
+            into.selected.append((message, event))
+
+    def split_columns(self, partition: int, messages: list[Message], into: Decoded) -> None:
+        """The same selection in columns, for Parquet: the batch decoded at once
+        (`schemas.avro_columns`), the records that fast path leaves decoded one by one;
+        the selected events grouped into tables per (UTC day, type)."""
+        if not messages:
+            return
+        counts = self.summary.partitions[partition]
+        values = [m.value() for m in messages]
+        offsets = np.array([m.offset() for m in messages], dtype=np.int64)
+        stamps = np.array([m.timestamp()[1] for m in messages], dtype=np.int64)
+        plain = values if None not in values else [v or b"" for v in values]
+        fast = decode_event_columns(cast("list[bytes]", plain))
+        tables = [_fast_table(fast, partition, offsets, stamps)]
+        slow_rows = []
+        for i in np.flatnonzero(~fast.accepted).tolist():
+            try:
+                event = decode_event(values[i])
+            except InvalidEvent as exc:
+                counts.errors += 1
+                into.errors.append(
+                    {
+                        "partition": partition,
+                        "offset": int(offsets[i]),
+                        "timestamp_ms": int(stamps[i]),
+                        "reason": f"{exc.field}: {exc.reason}",
+                    }
                 )
-            else:
-                into.selected.append((message, event))
+                continue
+            slow_rows.append(_row(event, partition, int(offsets[i]), int(stamps[i])))
+        if slow_rows:
+            tables.append(_rows_table(slow_rows))
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        times = table["event_time_ms"].to_numpy()
+        if self.request.time_range is not None:
+            inside = (times >= self.request.time_range.start_ms) & (
+                times < self.request.time_range.end_ms
+            )
+            outside = int(len(times) - inside.sum())
+            if outside:
+                counts.outside += outside
+                into.outside += outside
+                table, times = table.filter(pa.array(inside)), times[inside]
+        if not len(table):
+            return
+        counts.selected += len(table)
+        lateness = table["kafka_timestamp_ms"].to_numpy() - times
+        counts.max_lateness_ms = max(counts.max_lateness_ms, int(lateness.max()))
+        if self.edge_ms is not None:
+            counts.near_the_edge += int(
+                (table["kafka_timestamp_ms"].to_numpy() >= self.edge_ms).sum()
+            )
+        self._group(table, times, into)
+
+    def _group(self, table: pa.Table, times: Any, into: Decoded) -> None:
+        """Sort by (day, type) once, then hand out zero-copy slices."""
+        types = pc.index_in(table["event_type"], value_set=_TYPE_NAMES).to_numpy()
+        keys = (times // DAY_MS) * len(_TYPE_NAMES) + types
+        order = np.argsort(keys, kind="stable")
+        table = table.take(pa.array(order)).drop_columns(["event_type"])
+        keys = keys[order]
+        bounds = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(keys)]
+        for low, high in itertools.pairwise(bounds):
+            day_index, type_index = divmod(int(keys[low]), len(_TYPE_NAMES))
+            day = self._days.get(day_index)
+            if day is None:
+                day = self._days[day_index] = utc_date(day_index * DAY_MS)
+            into.tables[(day, _TYPE_NAMES[type_index].as_py())].append(table.slice(low, high - low))
+
+
+_TYPE_NAMES = pa.array([t.value for t in EventType])
+#: A batch's fast-path table: the event's fields, the Kafka columns, and `event_type`.
+_BATCH_SCHEMA = pa.schema([*PARQUET_SCHEMA, pa.field("event_type", pa.string())])
+
+
+def _fast_table(fast: DecodedColumns, partition: int, offsets: Any, stamps: Any) -> pa.Table:
+    accepted = fast.accepted
+    count = int(accepted.sum())
+    columns = {
+        **fast.arrays,
+        "kafka_partition": pa.array(np.full(count, partition, dtype=np.int32)),
+        "kafka_offset": pa.array(offsets[accepted]),
+        "kafka_timestamp_ms": pa.array(stamps[accepted]),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in _BATCH_SCHEMA], schema=_BATCH_SCHEMA)
+
+
+def _row(event: Event, partition: int, offset: int, timestamp_ms: int) -> tuple[Any, ...]:
+    """An event in `_BATCH_SCHEMA`'s column order."""
+    return (
+        event.event_id,
+        event.user_id,
+        event.event_time_ms,
+        event.platform,
+        event.language,
+        event.product_id,
+        event.category_id,
+        event.price_paise,
+        event.feed_position,
+        event.order_id,
+        event.quantity,
+        partition,
+        offset,
+        timestamp_ms,
+        event.event_type.value,
+    )
+
+
+def _rows_table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    columns = list(zip(*rows, strict=True))
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, _BATCH_SCHEMA, strict=True)],
+        schema=_BATCH_SCHEMA,
+    )
 
 
 class ParquetSink:
@@ -442,6 +539,8 @@ class ParquetSink:
         self._pending: dict[int, Decoded] = {}
         self._pending_from: dict[int, int] = {}
         self._pending_count: dict[int, int] = defaultdict(int)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+        self._writes: list[Future[None]] = []
         _check_writable(folder)
         path = folder / MANIFEST_NAME
         if path.exists():
@@ -478,34 +577,38 @@ class ParquetSink:
         if decoded is None:
             decoded = self._pending[partition] = Decoded()
             self._pending_from[partition] = _offset(messages[0]) if messages else after
-        self.selector.split(partition, messages, decoded, keep_rows=True)
+        self.selector.split_columns(partition, messages, decoded)
         self._pending_count[partition] += len(messages)
         if done or self._pending_count[partition] >= self.chunk_records:
             self._write_chunk(partition, after)
 
     def finish(self) -> None:
+        while self._writes:
+            self._writes.pop(0).result()
         self.manifest.finished = True
         self._write_manifest()
 
     def close(self) -> None:
-        pass
+        """Lets the chunks handed over finish (what they wrote is complete and named)."""
+        self._writer.shutdown(wait=True)
 
     def _write_chunk(self, partition: int, after: int) -> None:
+        """Hand the chunk to the writer thread (Parquet encoding releases the GIL, so it
+        overlaps the next reads); at most `WRITES_AHEAD` chunks wait for it."""
         decoded = self._pending.pop(partition)
         first = self._pending_from.pop(partition)
         self._pending_count.pop(partition, None)
+        self._writes.append(self._writer.submit(self._store, partition, first, after, decoded))
+        while len(self._writes) > WRITES_AHEAD or (self._writes and self._writes[0].done()):
+            self._writes.pop(0).result()  # raises the writer's error here
+
+    def _store(self, partition: int, first: int, after: int, decoded: Decoded) -> None:
+        """The chunk's files, then the manifest naming them (one thread: in order)."""
         files = []
         last = max(after - 1, first)
-        for (date, event_type), rows in sorted(decoded.rows.items()):
+        for (date, event_type), tables in sorted(decoded.tables.items()):
             name = f"{partition_folder(date, event_type)}/{part_name(partition, first, last)}"
-            columns = list(zip(*rows, strict=True))
-            table = pa.Table.from_arrays(
-                [
-                    pa.array(column, type=f.type)
-                    for column, f in zip(columns, PARQUET_SCHEMA, strict=True)
-                ],
-                schema=PARQUET_SCHEMA,
-            )
+            table = pa.concat_tables(tables)
             _atomic(self.folder / name, partial(_write_parquet, table))
             files.append(name)
         if decoded.errors:
@@ -519,7 +622,7 @@ class ParquetSink:
                 from_offset=first,
                 to_offset=after,
                 files=files,
-                selected=sum(len(r) for r in decoded.rows.values()),
+                selected=sum(len(t) for tables in decoded.tables.values() for t in tables),
                 outside=decoded.outside,
                 errors=len(decoded.errors),
             )
@@ -595,7 +698,7 @@ class TopicSink:
 
     def add(self, partition: int, messages: list[Message], after: int, done: bool) -> None:
         decoded = Decoded()
-        self.selector.split(partition, messages, decoded, keep_rows=False)
+        self.selector.split(partition, messages, decoded)
         self.producer.begin_transaction()
         self._in_transaction = True
         for message, _event in decoded.selected:
