@@ -81,18 +81,7 @@ class Backfill:
         self.summary.events += 1
         self.summary.partitions[partition] = self.summary.partitions.get(partition, 0) + 1
         self._users.add(event.user_id)
-        self._batch.append(
-            CountedEvent(
-                event.user_id,
-                event.event_type,
-                event.event_time_ms,
-                event.product_id,
-                event.category_id,
-                partition,
-                offset,
-                event.event_id,
-            )
-        )
+        self._batch.append(CountedEvent.of(event, partition, offset))
         ended = self.sessions.add(event.user_id, event.event_time_ms, interaction_of(event))
         if ended is not None:
             self._ended.append(ended)

@@ -86,18 +86,7 @@ def counted_events(
             except InvalidEvent:
                 invalid += 1
                 continue
-            log.append(
-                CountedEvent(
-                    event.user_id,
-                    event.event_type,
-                    event.event_time_ms,
-                    event.product_id,
-                    event.category_id,
-                    partition,
-                    offset,
-                    event.event_id,
-                )
-            )
+            log.append(CountedEvent.of(event, partition, offset))
     return log, invalid
 
 

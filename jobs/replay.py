@@ -539,6 +539,7 @@ class ParquetSink:
         self._pending: dict[int, Decoded] = {}
         self._pending_from: dict[int, int] = {}
         self._pending_count: dict[int, int] = defaultdict(int)
+        self._next: dict[int, int] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
         self._writes: list[Future[None]] = []
         _check_writable(folder)
@@ -564,6 +565,7 @@ class ParquetSink:
 
     def resume(self, scan: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
         resumed = self.manifest.resume_offsets({p: first for p, (first, _) in scan.items()})
+        self._next = dict(resumed)
         for p, totals in self.manifest.totals().items():
             counts = self.selector.summary.partitions.get(p)
             if counts is not None:
@@ -576,7 +578,11 @@ class ParquetSink:
         decoded = self._pending.get(partition)
         if decoded is None:
             decoded = self._pending[partition] = Decoded()
-            self._pending_from[partition] = _offset(messages[0]) if messages else after
+            # Where this partition's previous chunk ended (or the resumed start): chunks
+            # tile the offsets even across gaps (transaction markers, compaction).
+            self._pending_from[partition] = self._next.get(
+                partition, _offset(messages[0]) if messages else after
+            )
         self.selector.split_columns(partition, messages, decoded)
         self._pending_count[partition] += len(messages)
         if done or self._pending_count[partition] >= self.chunk_records:
@@ -598,6 +604,7 @@ class ParquetSink:
         decoded = self._pending.pop(partition)
         first = self._pending_from.pop(partition)
         self._pending_count.pop(partition, None)
+        self._next[partition] = after
         self._writes.append(self._writer.submit(self._store, partition, first, after, decoded))
         while len(self._writes) > WRITES_AHEAD or (self._writes and self._writes[0].done()):
             self._writes.pop(0).result()  # raises the writer's error here

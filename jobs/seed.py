@@ -25,19 +25,7 @@ async def apply_events(
     watermarks: dict[int, int] = {}
     for start in range(0, len(events), SEED_BATCH):
         batch = events[start : start + SEED_BATCH]
-        counted = [
-            CountedEvent(
-                e.user_id,
-                e.event_type,
-                e.event_time_ms,
-                e.product_id,
-                e.category_id,
-                0,
-                start + i,
-                e.event_id,
-            )
-            for i, e in enumerate(batch)
-        ]
+        counted = [CountedEvent.of(e, 0, start + i) for i, e in enumerate(batch)]
         plan = plan_features(counted, watermarks, features.config)
         watermarks = plan.watermarks
         await features.apply(plan)

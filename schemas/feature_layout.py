@@ -65,7 +65,7 @@ import re
 from enum import StrEnum
 from typing import NamedTuple
 
-from schemas.events import EventType
+from schemas.events import Event, EventType
 
 #: Tile widths by field name: the user windows' tiles (5 min in 1-min tiles, 1 h in 5-min
 #: tiles, 24 h in 1-h tiles); products keep the last two.
@@ -167,3 +167,17 @@ class CountedEvent(NamedTuple):
     partition: int
     offset: int
     event_id: str = ""
+
+    @classmethod
+    def of(cls, event: Event, partition: int, offset: int) -> CountedEvent:
+        """The features' view of an event read at `partition` and `offset`."""
+        return cls(
+            event.user_id,
+            event.event_type,
+            event.event_time_ms,
+            event.product_id,
+            event.category_id,
+            partition,
+            offset,
+            event.event_id,
+        )

@@ -265,3 +265,14 @@ def _close(sock: socket.socket) -> None:
     with suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+def readme_blocks(section: str, language: str) -> list[str]:
+    """The code blocks in `language` of the README section headed `section` (the tests
+    run the README's examples as written)."""
+    import re  # noqa: PLC0415
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index(section)
+    body = text[start : text.index("\n## ", start + len(section))]
+    return re.findall(rf"```{language}\n(.*?)```", body, flags=re.DOTALL)

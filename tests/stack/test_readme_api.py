@@ -7,22 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import textwrap
 
 from streams.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import readme_blocks
 from tests.stack.test_api import ApiServer, api, seed  # noqa: F401  (the fixture)
 
 SECTION = "## The HTTP read API"
 
 
 def section_blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(SECTION)
-    section = text[start : text.index("\n## ", start + len(SECTION))]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+    return readme_blocks(SECTION, language)
 
 
 def put_in(line: str, url: str, user: str) -> str:

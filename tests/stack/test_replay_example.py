@@ -15,16 +15,13 @@ from pathlib import Path
 from jobs.event_log import topic_events
 from schemas.events import EventType
 from streams.settings import Settings, state_dir
-from tests.conftest import ROOT
+from tests.conftest import ROOT, readme_blocks
 
 SECTION = "## Replay and backfill (for analysts)"
 
 
 def section_blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(SECTION)
-    section = text[start : text.index("\n## ", start + len(SECTION))]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+    return readme_blocks(SECTION, language)
 
 
 def test_the_readme_replay_example_counts_the_days_orders(
