@@ -63,6 +63,8 @@ from streams.settings import Settings, state_dir
 #: Records per consume call, and per Parquet chunk of one partition.
 CONSUME_BATCH = 10_000
 CHUNK_RECORDS = 500_000
+#: Records of one partition decoded together on the way to Parquet.
+DECODE_BATCH = 16_384
 #: Chunks handed to the Parquet writer thread and not yet written, at most.
 WRITES_AHEAD = 2
 #: No record from partitions that still have some to give for this long: give up.
@@ -540,6 +542,7 @@ class ParquetSink:
         self._pending_from: dict[int, int] = {}
         self._pending_count: dict[int, int] = defaultdict(int)
         self._next: dict[int, int] = {}
+        self._waiting: dict[int, list[Message]] = defaultdict(list)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
         self._writes: list[Future[None]] = []
         _check_writable(folder)
@@ -583,9 +586,17 @@ class ParquetSink:
             self._pending_from[partition] = self._next.get(
                 partition, _offset(messages[0]) if messages else after
             )
-        self.selector.split_columns(partition, messages, decoded)
+        # A consume call brings a few thousand records spread over the partitions; decoding
+        # waits for DECODE_BATCH of one partition, since the columnar decoder's cost per
+        # call (a hundred NumPy and Arrow calls) is only small against that many.
+        waiting = self._waiting[partition]
+        waiting.extend(messages)
         self._pending_count[partition] += len(messages)
-        if done or self._pending_count[partition] >= self.chunk_records:
+        chunk_full = self._pending_count[partition] >= self.chunk_records
+        if done or chunk_full or len(waiting) >= DECODE_BATCH:
+            self.selector.split_columns(partition, waiting, decoded)
+            self._waiting[partition] = []
+        if done or chunk_full:
             self._write_chunk(partition, after)
 
     def finish(self) -> None:
