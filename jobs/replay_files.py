@@ -12,6 +12,7 @@ still running or was interrupted gives exactly the events written so far, never 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,21 +91,11 @@ def replay_rows(folder: str | Path) -> Iterator[tuple[int, int, int, Event]]:
         yield row["kafka_partition"], row["kafka_offset"], row["kafka_timestamp_ms"], _event(row)
 
 
+_EVENT_FIELDS = [f.name for f in dataclasses.fields(Event)]
+
+
 def _event(row: dict[str, Any]) -> Event:
-    return Event(
-        event_id=row["event_id"],
-        user_id=row["user_id"],
-        event_type=EventType(row["event_type"]),
-        event_time_ms=row["event_time_ms"],
-        platform=row["platform"],
-        language=row["language"],
-        product_id=row["product_id"],
-        category_id=row["category_id"],
-        price_paise=row["price_paise"],
-        feed_position=row["feed_position"],
-        order_id=row["order_id"],
-        quantity=row["quantity"],
-    )
+    return Event.from_dict({name: row[name] for name in _EVENT_FIELDS})
 
 
 def _filtered(
