@@ -11,6 +11,7 @@ One script per measurement (`bench/*_bench.py`) builds on these:
                               now, for benches that send each event when its time comes
 - `percentiles()`             p50/p95/p99/max of latency samples
 - `cpu_seconds()`, `broker_pid()` CPU time of a process; the local Kafka broker's pid
+- `raw_aiokafka_consume()`, `raw_confluent_consume()` the client libraries' ceilings
 - `WorkerProcess`             `signals worker` as a subprocess with the isolated environment,
                               optionally from another source tree (a git ref, for before/after)
 - `exported_tree()`           a git ref exported to a temporary folder
@@ -363,6 +364,83 @@ def produce(
     return Produced(count, interactions, time.perf_counter() - started)
 
 
+@dataclass
+class ConsumerRun:
+    messages: int
+    seconds: float  # first message to last
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else float("nan")
+
+
+async def raw_aiokafka_consume(settings: Settings, expected: int, decode: bool) -> ConsumerRun:
+    """Read every partition from the beginning, no consumer group: the broker/client ceiling."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+
+    from schemas.codec import decode_event  # noqa: PLC0415
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(settings.events_topic, p) for p in range(settings.events_partitions)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        first = last = 0.0
+        deadline = time.monotonic() + 120
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batches.values():
+                if not first:
+                    first = time.perf_counter()
+                if decode:
+                    for record in records:
+                        decode_event(record.value)
+                seen += len(records)
+            last = time.perf_counter()
+        return ConsumerRun(seen, last - first)
+    finally:
+        await consumer.stop()
+
+
+def raw_confluent_consume(settings: Settings, expected: int, batch: int = 10_000) -> ConsumerRun:
+    """The same ceiling through confluent-kafka (librdkafka): `consume(batch)` over every
+    partition from the beginning, no consumer group, nothing done with the messages."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: PLC0415
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex[:8]}",  # required, never joined (assign)
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.assign(
+            [
+                TopicPartition(settings.events_topic, p, OFFSET_BEGINNING)
+                for p in range(settings.events_partitions)
+            ]
+        )
+        seen = 0
+        first = last = 0.0
+        deadline = time.monotonic() + 120
+        while seen < expected and time.monotonic() < deadline:
+            messages = consumer.consume(batch, timeout=0.5)
+            if messages and not first:
+                first = time.perf_counter()
+            seen += sum(1 for m in messages if m.error() is None)
+            last = time.perf_counter()
+        return ConsumerRun(seen, last - first)
+    finally:
+        consumer.close()
+
+
 def exported_tree(ref: str) -> contextlib.AbstractContextManager[Path]:
     """The source tree at git `ref`, exported to a temporary folder (removed on exit)."""
 
@@ -386,8 +464,8 @@ def exported_tree(ref: str) -> contextlib.AbstractContextManager[Path]:
 
 
 class WorkerProcess:
-    """`signals worker` (or `command`, e.g. `ranker`) as a subprocess, stopped (SIGTERM,
-    then SIGKILL) on exit."""
+    """`signals worker` (or `command`, e.g. `ranker`, or any `argv`) as a subprocess,
+    stopped (SIGTERM, then SIGKILL) on exit."""
 
     def __init__(
         self,
@@ -398,11 +476,14 @@ class WorkerProcess:
         loglevel: str = "info",
         extra_args: list[str] | None = None,
         command: str = "worker",
+        argv: list[str] | None = None,
     ) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log = LOG_DIR / f"bench-{label}-{uuid.uuid4().hex[:6]}.log"
         self._command = [sys.executable, "-m", "jobs.cli", command, "--loglevel", loglevel]
         self._command += extra_args or []
+        if argv is not None:  # another program entirely (the peers of bench/peers_bench.py)
+            self._command = argv
         # `-m` puts the working directory first on sys.path, so `source` is what runs.
         self._source = source
         self._env = {**os.environ, **env}

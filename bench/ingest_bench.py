@@ -41,6 +41,7 @@ from harness import (
     exported_tree,
     parse_env,
     produce,
+    raw_aiokafka_consume,
     wait_until_quiet,
     write_results,
 )
@@ -48,50 +49,6 @@ from harness import (
 from streams.settings import Settings
 
 POLL_S = 0.02
-
-
-@dataclass
-class ConsumerRun:
-    messages: int
-    seconds: float  # first message to last
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds if self.seconds > 0 else float("nan")
-
-
-async def _raw_consume(settings: Settings, expected: int, decode: bool) -> ConsumerRun:
-    """Read every partition from the beginning, no consumer group: the broker/client ceiling."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-
-    from schemas.codec import decode_event  # noqa: PLC0415
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    try:
-        partitions = [
-            TopicPartition(settings.events_topic, p) for p in range(settings.events_partitions)
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        seen = 0
-        first = last = 0.0
-        deadline = time.monotonic() + 120
-        while seen < expected and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for records in batches.values():
-                if not first:
-                    first = time.perf_counter()
-                if decode:
-                    for record in records:
-                        decode_event(record.value)
-                seen += len(records)
-            last = time.perf_counter()
-        return ConsumerRun(seen, last - first)
-    finally:
-        await consumer.stop()
 
 
 @dataclass
@@ -325,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915  (a fl
 
     if not args.skip_raw:
         print("raw aiokafka consumer ...", flush=True)
-        raw = asyncio.run(_raw_consume(settings, produced.events, decode=False))
-        raw_decode = asyncio.run(_raw_consume(settings, produced.events, decode=True))
+        raw = asyncio.run(raw_aiokafka_consume(settings, produced.events, decode=False))
+        raw_decode = asyncio.run(raw_aiokafka_consume(settings, produced.events, decode=True))
         table.add("raw aiokafka consumer (ceiling)", raw.rate, "msg/s", f"{raw.messages:,} read")
         table.add("raw aiokafka + decode/validate", raw_decode.rate, "msg/s", "same, one core")
         result["raw_consumer_msgs_per_s"] = round(raw.rate)
