@@ -36,6 +36,7 @@ from sinks.cold_store import ColdStore
 from sinks.feature_store import RedisFeatureStore
 from streams.logic.admission import check_time
 from streams.logic.sessions import SessionReplay
+from streams.sessions import ColdIndex, prepare_cold_index
 from streams.settings import Settings
 
 #: Events per feature plan (the worker's default batch), users per cold-tier write.
@@ -59,10 +60,17 @@ class BackfillSummary:
 class Backfill:
     """Applies records in read order (per partition) to the features and the cold tier."""
 
-    def __init__(self, settings: Settings, features: RedisFeatureStore, cold: ColdStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        features: RedisFeatureStore,
+        cold: ColdStore,
+        index: ColdIndex | None = None,
+    ) -> None:
         self.settings = settings
         self.features = features
         self.cold = cold
+        self.index = index  # every cold writer adds its users to the index first
         self.limits = settings.admission_limits()
         self.sessions = SessionReplay(int(settings.inactivity_gap_s * 1000), settings.last_k)
         self.summary = BackfillSummary()
@@ -123,6 +131,8 @@ class Backfill:
                     seen.add(user)
                     call.append(ended)
             stored = {s.user_id: before for s, before in call if before is not None}
+            if self.index is not None:
+                await self.index.add(seen)
             await self.cold.write_snapshots([s for s, _ in call], stored)
             self.summary.snapshots += len(call)
             self._ended = rest
@@ -134,13 +144,22 @@ async def run_backfill(
     total: int | None = None,
     progress: bool = True,
 ) -> BackfillSummary:
-    from streams.bootstrap import build_cold_store, build_feature_store  # noqa: PLC0415
+    from streams.bootstrap import (  # noqa: PLC0415
+        build_cold_index,
+        build_cold_store,
+        build_feature_store,
+        build_redis,
+    )
 
     began = time.monotonic()
-    features = build_feature_store(settings)
+    client = build_redis(settings)
+    features = build_feature_store(settings, client)
     cold = build_cold_store(settings)
     try:
-        job = Backfill(settings, features, cold)
+        index = build_cold_index(settings, client)
+        if index is not None:
+            await prepare_cold_index(index, cold)  # before the first write: empty or not
+        job = Backfill(settings, features, cold, index)
         with tqdm(total=total, unit=" events", disable=not progress, desc="backfill") as bar:
             for record in records:
                 await job.add(record)

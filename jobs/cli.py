@@ -34,6 +34,7 @@ from schemas.catalog import BadCatalogRow, CatalogItem
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, check_user_id
 from schemas.features import ProductFeatures, UserFeatures
 from schemas.feed_layout import Feed
+from schemas.hot_layout import COLD_INDEX_BUCKETS
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
@@ -322,6 +323,17 @@ def _add_model_commands(commands: Any) -> None:
     add_replay_parser(commands)
     add_backfill_parser(commands)
 
+    cold_index = commands.add_parser(
+        "cold-index",
+        help="see or rebuild the index of the users the cold tier holds",
+        description="The worker skips the cold-tier read of users the index says were never "
+        "stored (README, Cold-tier index). `status`: how many of its buckets are trusted. "
+        "`rebuild`: scan the cold tier's users into it and mark it complete (safe beside "
+        "running workers; needed after Redis lost its data, or after the cold tier was "
+        "written by anything else than the worker and `signals backfill`).",
+    )
+    cold_index.add_argument("action", choices=["status", "rebuild"], help="what to do")
+
     drift = commands.add_parser(
         "drift",
         help="compare the live ranking features with the model's training data (PSI)",
@@ -361,6 +373,27 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         return run(args, settings)
     except ReplayError as exc:
         raise CliError(f"backfill: {exc}") from None
+
+
+def cmd_cold_index(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.cold_index import IndexDisabled, index_status, rebuild_index  # noqa: PLC0415
+
+    try:
+        if args.action == "rebuild":
+            users, seconds = asyncio.run(rebuild_index(settings, progress=sys.stderr.isatty()))
+            print(f"cold-tier index rebuilt: {users:,} users in {seconds:.1f}s; trusted")
+            return 0
+        status = asyncio.run(index_status(settings))
+    except IndexDisabled as exc:
+        raise CliError(str(exc)) from None
+    shape = status.shape
+    print(
+        f"cold-tier index: {status.complete_buckets} of {COLD_INDEX_BUCKETS} buckets trusted "
+        f"({'in use' if status.trusted else 'not trusted: run `signals cold-index rebuild`'}); "
+        f"{shape.bucket_bits * COLD_INDEX_BUCKETS / 8 / 2**20:.1f} MiB at full size, "
+        f"{shape.hashes} bits per user"
+    )
+    return 0 if status.trusted else 1
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
@@ -1035,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
             "drift": cmd_drift,
             "replay": cmd_replay,
             "backfill": cmd_backfill,
+            "cold-index": cmd_cold_index,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

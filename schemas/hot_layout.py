@@ -9,6 +9,10 @@ The layout is a public contract (the feed service and other languages read it di
     <prefix>:active:{p<N>}             sorted set per events-topic partition N of the users
                                        in the hot tier: member = user id, score = newest
                                        event time (ms) of their session
+    <prefix>:coldidx:m<M>k<K>:{c<N>}   string (a bitmap) per bucket N < COLD_INDEX_BUCKETS:
+                                       a Bloom filter of the users the cold tier may hold
+                                       a snapshot of (`ColdIndexShape`); bit 0 = the bucket
+                                       is complete (trusted), bits 1..M = K bits per user
 
 The `{user_id}` hash tag keeps all of a user's keys on one Redis Cluster slot, so one
 user's writes can share a pipeline or a Lua script even on a cluster.
@@ -16,15 +20,21 @@ user's writes can share a pipeline or a Lua script even on a cluster.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import NamedTuple
 
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
-    """What the hot tier keeps of an event: who, what kind, which product, when."""
+class Interaction(NamedTuple):
+    """What the hot tier keeps of an event: who, what kind, which product, when.
+
+    A named tuple, not a frozen dataclass: the worker builds one per event, and a frozen
+    dataclass's constructor (one `object.__setattr__` per field) cost ~1 us more.
+    """
 
     user_id: str
     event_type: EventType
@@ -42,6 +52,49 @@ def version_key(prefix: str, user_id: str) -> str:
 
 def active_key(prefix: str, partition: int) -> str:
     return f"{prefix}:active:{{p{partition}}}"
+
+
+#: Buckets of the cold-tier index: each its own key (and hash slot, on a cluster).
+COLD_INDEX_BUCKETS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ColdIndexShape:
+    """The cold-tier index: a Bloom filter, in buckets, of the users whose last-k the cold
+    tier may hold, so that a user it has never stored is not read from it at
+    re-hydration (a new user's first batch costs one Redis call instead of a CQL read).
+
+    No false negatives, by construction: every cold write sets its users' bits first, and
+    a bucket is trusted only once its bit 0 says it is complete (set when the cold tier
+    was empty, or after a rebuild scanned it). A lost bucket key (a Redis restart, a
+    cluster node's data) reads as incomplete: its users are read from the cold tier, as
+    without the index. False positives (about `false_positive_rate` at `expected_users`)
+    only cost the read the index would have saved.
+    """
+
+    bucket_bits: int  # M: bits per bucket after the completeness bit
+    hashes: int  # K: bits per user
+
+    @classmethod
+    def sized(cls, expected_users: int, false_positive_rate: float) -> ColdIndexShape:
+        """The standard Bloom filter sizes: M*B = -n ln p / ln(2)^2 bits, K = M*B/n ln 2."""
+        total = math.ceil(-expected_users * math.log(false_positive_rate) / math.log(2) ** 2)
+        bucket_bits = max(64, math.ceil(total / COLD_INDEX_BUCKETS))
+        hashes = max(1, round(total / expected_users * math.log(2)))
+        return cls(bucket_bits, hashes)
+
+    def key(self, prefix: str, bucket: int) -> str:
+        # The shape is in the name: bits set under another shape are never misread.
+        return f"{prefix}:coldidx:m{self.bucket_bits}k{self.hashes}:{{c{bucket}}}"
+
+    def bits(self, user_id: str) -> tuple[int, list[int]]:
+        """The user's bucket and bit offsets in it (double hashing over one digest)."""
+        digest = blake2b(user_id.encode(), digest_size=24).digest()
+        first = int.from_bytes(digest[:8], "little")
+        step = int.from_bytes(digest[8:16], "little") | 1
+        bucket = int.from_bytes(digest[16:], "little") % COLD_INDEX_BUCKETS
+        m = self.bucket_bits
+        return bucket, [1 + (first + i * step) % m for i in range(self.hashes)]
 
 
 def interaction_of(event: Event) -> Interaction | None:
@@ -68,15 +121,18 @@ def plan_writes(
     Within a batch the newest time per product wins, which is what `ZADD GT` does across
     batches, so replaying or reordering events never moves a product back in time.
     """
-    writes: dict[str, KeyWrite] = {}
-    for item in interactions:
-        key = hot_key(prefix, item.user_id, item.event_type)
-        write = writes.get(key)
+    writes: dict[tuple[str, EventType], KeyWrite] = {}
+    for user_id, event_type, product_id, event_time_ms in interactions:
+        # Keyed by (user, type): the key's text is built once per set, not per event.
+        write = writes.get((user_id, event_type))
         if write is None:
-            write = writes[key] = KeyWrite(key=key, keep=last_k[item.event_type])
-        previous = write.members.get(item.product_id)
-        if previous is None or item.event_time_ms > previous:
-            write.members[item.product_id] = item.event_time_ms
+            write = writes[user_id, event_type] = KeyWrite(
+                key=hot_key(prefix, user_id, event_type), keep=last_k[event_type]
+            )
+        members = write.members
+        previous = members.get(product_id)
+        if previous is None or event_time_ms > previous:
+            members[product_id] = event_time_ms
     return list(writes.values())
 
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from cassandra import (
@@ -39,6 +39,7 @@ from cassandra.query import (
     BatchStatement,
     BatchType,
     PreparedStatement,
+    SimpleStatement,
     Statement,
 )
 
@@ -121,6 +122,8 @@ _SELECT_USER = (
 _SELECT_USERS = (
     "SELECT user_id, event_type, items, WRITETIME(items) FROM lastk_by_user WHERE user_id IN ?"
 )
+_ANY_SNAPSHOT = "SELECT user_id FROM lastk_by_user LIMIT 1"
+_SNAPSHOT_USERS = "SELECT DISTINCT user_id FROM lastk_by_user"
 _SELECT_SNAPSHOT = "SELECT items FROM lastk_by_user WHERE user_id = ? AND event_type = ?"
 # Every block of the day that ends at or after the window's start; items outside the
 # window are dropped after decoding (`window_items`).
@@ -148,6 +151,14 @@ class ColdStore(Protocol):
 
     async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]:
         """Each user's stored last-k (empty when nothing is stored)."""
+        ...
+
+    async def holds_any_snapshot(self) -> bool:
+        """Whether any user's last-k is stored (the cold-tier index starts complete when not)."""
+        ...
+
+    def snapshot_users(self, page_size: int = 5000) -> AsyncIterator[list[str]]:
+        """Every user with a stored last-k, a page at a time (a full scan: the index rebuild)."""
         ...
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[Item]:
@@ -306,6 +317,29 @@ class CqlColdStore:
             )
         )
         return loaded
+
+    async def holds_any_snapshot(self) -> bool:
+        statement = SimpleStatement(_ANY_SNAPSHOT, consistency_level=_CONSISTENCY)
+        rows = await asyncio.to_thread(self._session.execute, statement)
+        return rows.one() is not None
+
+    async def snapshot_users(self, page_size: int = 5000) -> AsyncIterator[list[str]]:
+        # A token-range scan of the partition keys, paged by the driver; each page is
+        # fetched off the loop (the driver's paging API is synchronous).
+        statement = SimpleStatement(
+            _SNAPSHOT_USERS, fetch_size=page_size, consistency_level=_CONSISTENCY
+        )
+        paging_state = None
+        while True:
+            rows = await asyncio.to_thread(
+                self._session.execute, statement, paging_state=paging_state
+            )
+            users = [row[0] for row in rows.current_rows]
+            if users:
+                yield users
+            paging_state = rows.paging_state
+            if paging_state is None:
+                return
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[Item]:
         st = await self._statements()

@@ -266,13 +266,19 @@ class RedisHotStore:
     def _script_call(
         self, writes: Sequence[KeyWrite], versions: _Versions, counter: str, applied: int
     ) -> ScriptCall:
-        keys = [counter, *(write.key for write in writes), *versions.checked, *versions.unchecked]
-        batch = [
-            applied,
-            [(write.keep, write.members) for write in writes],
-            len(versions.checked),
-            versions.floors,
-        ]
+        """KEYS and the one JSON argument of `_APPLY_LUA`."""
+        version_keys = [*versions.checked, *versions.unchecked]
+        keys = [counter, *(write.key for write in writes), *version_keys]
+        first = len(writes) + 2  # 1-based index in KEYS of the first version key
+        index = {key: first + i for i, key in enumerate(version_keys)} if versions.floors else {}
+        floors = [[index[key], floor] for key, floor in versions.floors.items()]
+        entries = []
+        for write in writes:
+            flat: list[str | int] = []
+            for member, score in write.members.items():
+                flat += (score, member)
+            entries.append([write.keep, flat])
+        batch = [applied, len(versions.checked), floors, entries]
         return keys, [_compact_json(batch)]
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
@@ -310,85 +316,83 @@ _ACTIVE_MOVED = -1
 
 #: One batch in one round trip. KEYS[1] is the applied counter (left alone when the count
 #: is 0; on a cluster it is just the call's first key, for routing), then one key per
-#: sorted-set write, then version keys. ARGV[1] is JSON: [applied count,
-#: [[keep, {member: score, ...}], ...], checked, {version key: floor, ...}] with one
-#: entry per write key, in KEYS order; the first `checked` version keys belong to users
-#: the caller found hot: if any of them is missing, the script writes nothing and returns
-#: the missing ones. One JSON argument instead of one argument per member and score:
-#: redis-py packs every argument in Python (~1 us each), which was a fifth of a worker's
-#: CPU; cjson decodes the batch in C. Scores are event times in ms (13 digits until the
-#: year 2286), which Lua's number-to-string conversion (%.14g) passes to ZADD exactly.
+#: sorted-set write, then version keys, the first `checked` of them of users the caller
+#: found hot. ARGV[1] is JSON: [applied count, checked, [[version key's index in KEYS,
+#: floor], ...], [[keep, [score, member, score, member, ...]], ...]] with one entry per
+#: write key, in KEYS order. One JSON argument, not one argument per member and score:
+#: redis.asyncio packs every argument in Python (~1 us each), while json encodes in C and
+#: cjson decodes in C; each write's flat pairs go to ZADD straight from the decoded array
+#: (`unpack`), without a Lua loop per member. Scores are event times in ms (13 digits
+#: until the year 2286), which Lua's number-to-string conversion passes to ZADD exactly.
+#: Versions first, one INCR per version key (the call count per event is most of the
+#: script's cost): a new one (INCR gives 1) starts at the server's clock in microseconds,
+#: and a floor (the stored snapshot's write timestamp) lifts it above that. The version
+#: is the write timestamp of the user's next cold snapshot (`sinks.hot_sessions`), so it
+#: must never repeat or go back, also across evictions (an eviction retried with the
+#: version of before must not match the keys a new session wrote since). A checked key
+#: that INCR finds missing (it gives 1) means that user's keys were evicted: the script
+#: then deletes the version keys it just created, writes nothing else (the other bumps
+#: only change versions: harmless) and returns the missing keys. Versions are written
+#: with %.0f: Lua numbers are doubles, exact for integers below 2^53 (year 2255 in us).
 #: Per last-k key (keep > 0): ZADD GT (a redelivered or late event never moves a product
 #: back in time; new members are always added), then keep only the newest `keep` by score
 #: (event time). Per active set (keep = 0): ZADD GT only; (keep = -1) every member's
-#: score goes up (see `RedisHotStore.record`). No key gets a TTL.
-#: Per version key: INCR; a new one starts at the server's clock in microseconds, and a
-#: floor (the stored snapshot's write timestamp) lifts it above that. The version is the
-#: write timestamp of the user's next cold snapshot (`sinks.hot_sessions`), so it must
-#: never repeat or go back, also across evictions (an eviction retried with the version
-#: of before must not match the keys a new session wrote since). Versions are written
-#: with %.0f: Lua numbers are doubles, exact for integers below 2^53 (year 2255 in us).
-#: At most 1000 pairs per ZADD (Lua's unpack limit). Idempotent except the version bump,
-#: which only has to change. Returns the missing version keys (empty when written).
+#: score goes up (see `RedisHotStore.record`). No key gets a TTL. At most 1000 pairs per
+#: ZADD (Lua's unpack limit). Idempotent except the version bump, which only has to
+#: change. Returns the missing version keys (empty when written).
 _APPLY_LUA = """
 local batch = cjson.decode(ARGV[1])
-local writes = batch[2]
-local floors = batch[4]
+local writes = batch[4]
+local first = #writes + 2
+local checked = first + batch[2]
+local created = {}
 local missing = {}
-for i = #writes + 2, #writes + 1 + batch[3] do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    missing[#missing + 1] = KEYS[i]
+for i = first, #KEYS do
+  if redis.call('INCR', KEYS[i]) == 1 then
+    created[#created + 1] = i
+    if i < checked then
+      missing[#missing + 1] = KEYS[i]
+    end
   end
 end
 if #missing > 0 then
+  for _, i in ipairs(created) do
+    redis.call('DEL', KEYS[i])
+  end
   return missing
 end
-local args = {}
-for i = 1, #writes do
-  local key = KEYS[i + 1]
-  local keep = writes[i][1]
-  local n = 0
+if #created > 0 then
+  local now = redis.call('TIME')
+  local clock = string.format('%.0f', tonumber(now[1]) * 1000000 + tonumber(now[2]))
+  for _, i in ipairs(created) do
+    redis.call('SET', KEYS[i], clock)
+  end
+end
+for _, floor in ipairs(batch[3]) do
+  if tonumber(redis.call('GET', KEYS[floor[1]])) <= floor[2] then
+    redis.call('SET', KEYS[floor[1]], string.format('%.0f', floor[2] + 1))
+  end
+end
+for w = 1, #writes do
+  local key = KEYS[w + 1]
+  local keep = writes[w][1]
+  local flat = writes[w][2]
   if keep < 0 then
-    for member, score in pairs(writes[i][2]) do
-      local current = tonumber(redis.call('ZSCORE', key, member))
+    for i = 1, #flat, 2 do
+      local score = flat[i]
+      local current = tonumber(redis.call('ZSCORE', key, flat[i + 1]))
       if current and current >= score then
         score = current + 1
       end
-      redis.call('ZADD', key, score, member)
+      redis.call('ZADD', key, score, flat[i + 1])
     end
   else
-    for member, score in pairs(writes[i][2]) do
-      args[n + 1] = score
-      args[n + 2] = member
-      n = n + 2
-      if n >= 2000 then
-        redis.call('ZADD', key, 'GT', unpack(args, 1, n))
-        n = 0
-      end
-    end
-    if n > 0 then
-      redis.call('ZADD', key, 'GT', unpack(args, 1, n))
+    for i = 1, #flat, 2000 do
+      redis.call('ZADD', key, 'GT', unpack(flat, i, math.min(i + 1999, #flat)))
     end
     if keep > 0 then
       redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
     end
-  end
-end
-for i = #writes + 2, #KEYS do
-  local version = redis.call('INCR', KEYS[i])
-  local changed = false
-  if version == 1 then
-    local now = redis.call('TIME')
-    version = tonumber(now[1]) * 1000000 + tonumber(now[2])
-    changed = true
-  end
-  local floor = floors[KEYS[i]]
-  if floor and version <= floor then
-    version = floor + 1
-    changed = true
-  end
-  if changed then
-    redis.call('SET', KEYS[i], string.format('%.0f', version))
   end
 end
 if batch[1] > 0 then

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,16 +33,19 @@ from mode import Service
 from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.codec import decode_event
-from schemas.events import Event, EventType, InvalidEvent
+from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from schemas.feature_layout import CountedEvent
 from schemas.features import FeaturePlan, PlannedEvent, plan_features
-from schemas.hot_layout import Interaction, interaction_of
+from schemas.hot_layout import Interaction
 from schemas.triggers import RankTrigger
 from sinks.feature_store import FeatureWriter, UserOutcome
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from sinks.trigger_producer import TriggerProducer
 from streams.logic.admission import (
+    AdmittedRow,
+    FastAdmission,
+    admit_fast,
     check_size,
     check_time,
     dead_letter_headers,
@@ -225,6 +228,8 @@ class IngestPipeline:
     def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Admit a batch: decode and validate each event (CPU only, no I/O).
 
+        The whole batch goes through the columnar fast path first (`admit_fast`); what it
+        does not accept goes through the record decoder, which admits it or says why not.
         Every admitted event, app-open included, counts as activity of its user in its
         partition: it keeps (or makes) the user hot.
         """
@@ -234,39 +239,80 @@ class IngestPipeline:
         count = prepared.counted.append if self.features is not None else None
         activity = prepared.activity
         languages = prepared.languages
-        for record in records:
-            try:
-                event = self._admit(record.value, now_ms)
-            except InvalidEvent as exc:
-                prepared.rejected.append((record, exc))
-                continue
+        fast = admit_fast([record.value for record in records], now_ms, self._limits)
+        admitted: Iterable[tuple[ConsumerRecord[bytes, bytes], AdmittedRow]] = (
+            zip(records, fast.rows, strict=True)
+            if len(fast.rows) == len(records)
+            else self._admitted(records, fast, now_ms, prepared.rejected)
+        )
+        for record, (
+            user_id,
+            kind,
+            event_time_ms,
+            product_id,
+            category,
+            language,
+            event_id,
+        ) in admitted:
+            partition = record.partition
             if count is not None:
                 # A plain tuple of CountedEvent's fields (what plan_features unpacks):
                 # building the named tuple costs ~1 us more per event.
                 count(
                     (  # type: ignore[arg-type]
-                        event.user_id,
-                        event.event_type,
-                        event.event_time_ms,
-                        event.product_id,
-                        event.category_id,
-                        record.partition,
+                        user_id,
+                        kind,
+                        event_time_ms,
+                        product_id,
+                        category,
+                        partition,
                         record.offset,
-                        event.event_id,
+                        event_id,
                     )
                 )
-            latest = activity.get(record.partition)
+            latest = activity.get(partition)
             if latest is None:
-                latest = activity[record.partition] = {}
-            if event.event_time_ms > latest.get(event.user_id, 0):
-                latest[event.user_id] = event.event_time_ms
-                languages[event.user_id] = event.language
-            interaction = interaction_of(event)
-            if interaction is not None:
-                append(interaction)
+                latest = activity[partition] = {}
+            if event_time_ms > latest.get(user_id, 0):
+                latest[user_id] = event_time_ms
+                languages[user_id] = language
+            if product_id is not None and kind in PRODUCT_EVENT_TYPES:  # as interaction_of
+                append(Interaction(user_id, kind, product_id, event_time_ms))
         self.counters.events += len(records)
         prepared.size = len(records)
         return prepared
+
+    def _admitted(
+        self,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        fast: FastAdmission,
+        now_ms: int,
+        rejected: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]],
+    ) -> Iterator[tuple[ConsumerRecord[bytes, bytes], AdmittedRow]]:
+        """Every admitted record in batch order: the fast path's, and those the record
+        decoder admits among the rest (the others go to `rejected`, with the reason)."""
+        rows = iter(fast.rows)
+        for record, accepted in zip(records, fast.accepted.tolist(), strict=True):
+            if accepted:
+                yield record, next(rows)
+                continue
+            try:
+                event = self._admit(record.value, now_ms)
+            except InvalidEvent as exc:
+                rejected.append((record, exc))
+                continue
+            yield (
+                record,
+                (
+                    event.user_id,
+                    event.event_type,
+                    event.event_time_ms,
+                    event.product_id,
+                    event.category_id,
+                    event.language,
+                    event.event_id,
+                ),
+            )
 
     def _admit(self, payload: bytes | None, now_ms: int) -> Event:
         check_size(payload, self._limits)
@@ -673,6 +719,7 @@ class RecordInteractions(Service):
         )
 
     async def on_start(self) -> None:
+        await until_applied(self.pipeline.sessions.prepare_index, give_up=lambda: self.should_stop)
         self._consumer = await self._joined_consumer()
         self._loop_task = asyncio.ensure_future(self._run())
 

@@ -11,6 +11,7 @@ import faust
 import redis.asyncio as aioredis
 
 from sinks.catalog_store import RedisCatalogStore
+from sinks.cold_index import RedisColdIndex
 from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
@@ -72,12 +73,21 @@ def build_cold_store(settings: Settings) -> CqlColdStore:
     )
 
 
+def build_cold_index(settings: Settings, client: HotRedis | None = None) -> RedisColdIndex | None:
+    """Which users the cold tier may hold (None when `cold_index_enabled` is off)."""
+    if not settings.cold_index_enabled:
+        return None
+    return RedisColdIndex(
+        client or build_redis(settings), settings.redis_key_prefix, settings.cold_index_shape()
+    )
+
+
 def build_session_keeper(settings: Settings, client: HotRedis | None = None) -> SessionKeeper:
+    client = client or build_redis(settings)
     return SessionKeeper(
-        hot=RedisSessions(
-            client or build_redis(settings), settings.redis_key_prefix, settings.last_k
-        ),
+        hot=RedisSessions(client, settings.redis_key_prefix, settings.last_k),
         cold=build_cold_store(settings),
+        index=build_cold_index(settings, client),
         gap_ms=int(settings.inactivity_gap_s * 1000),
         idle_grace_ms=int(settings.session_idle_grace_s * 1000),
         flush_batch=settings.flush_batch,

@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.hot_layout import Interaction, UserLastK, approximate_bytes
+from schemas.hot_layout import COLD_INDEX_BUCKETS, Interaction, UserLastK, approximate_bytes
 from sinks.hot_sessions import EndedSession, HotSnapshot, RedisSessions, group_by_partition
 from sinks.hot_store import Rehydrated
 from streams.logic.sessions import PartitionClock, closing_score
@@ -54,6 +54,41 @@ class ColdTier(Protocol):
 
     async def load_last_k(self, user_ids: Sequence[str]) -> dict[str, UserLastK]: ...
 
+    async def holds_any_snapshot(self) -> bool: ...
+
+
+class ColdIndex(Protocol):
+    """Which users the cold tier may hold (`sinks.cold_index`): re-hydration skips the
+    others, and every cold write adds its users first."""
+
+    async def may_hold(self, user_ids: Collection[str]) -> list[str]: ...
+
+    async def add(self, user_ids: Collection[str]) -> None: ...
+
+    async def mark_complete(self) -> None: ...
+
+    async def complete_buckets(self) -> int: ...
+
+
+async def prepare_cold_index(index: ColdIndex, cold: ColdTier) -> bool:
+    """Trust the cold-tier index if the cold tier holds nothing yet (a new deployment or
+    namespace); returns whether it is trusted. Otherwise it must have been built (`signals
+    cold-index rebuild`), and until then users not hot are read from the cold tier."""
+    complete = await index.complete_buckets()
+    if complete == COLD_INDEX_BUCKETS:
+        return True
+    if not await cold.holds_any_snapshot():
+        await index.mark_complete()
+        log.info("cold tier empty: the cold-tier index starts complete")
+        return True
+    log.warning(
+        "cold-tier index incomplete (%d of %d buckets trusted): users not in the hot tier "
+        "are read from the cold tier; `signals cold-index rebuild` builds it",
+        complete,
+        COLD_INDEX_BUCKETS,
+    )
+    return False
+
 
 @dataclass
 class SessionCounters:
@@ -61,6 +96,8 @@ class SessionCounters:
 
     hydrated_users: int = 0
     hydrated_items: int = 0
+    #: Users not hot whom the cold-tier index showed were never stored: no read.
+    hydration_skipped: int = 0
     flushed_users: int = 0
     flush_skipped: int = 0  # users active again between snapshot and eviction
     hot_without_keys: int = 0  # found hot, keys gone at the write: re-hydrated
@@ -100,6 +137,13 @@ class SessionKeeper:
     stored_bytes: int = 0
     #: Held by a batch from its hot check to its write, and by each eviction.
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The cold-tier index (None: every user not hot is read from the cold tier).
+    index: ColdIndex | None = None
+
+    async def prepare_index(self) -> None:
+        """At start: see `prepare_cold_index`."""
+        if self.index is not None:
+            await prepare_cold_index(self.index, self.cold)
 
     def observe(self, partition: int, newest_event_ms: int, wall_ms: int) -> None:
         """A batch delivered events of `partition` up to this event time."""
@@ -139,6 +183,10 @@ class SessionKeeper:
             return Hydration(Rehydrated(), set())
         hot = await self.hot.hot_users(by_partition)
         returning = [u for users in by_partition.values() for u in users if u not in hot]
+        if returning and self.index is not None:
+            stored = await self.index.may_hold(returning)
+            self.counters.hydration_skipped += len(returning) - len(stored)
+            returning = stored
         return Hydration(await self.rehydrate(returning) if returning else Rehydrated(), hot)
 
     async def rehydrate_unkeyed(self, user_ids: Collection[str]) -> Rehydrated:
@@ -248,6 +296,8 @@ class SessionKeeper:
             if s.session.user_id in self.stored
         }
         written = [s.last_k for s in snapshots if s.last_k.items]
+        if self.index is not None:
+            await self.index.add([last_k.user_id for last_k in written])  # before: see ColdIndex
         await self.cold.write_snapshots(written, known)
         evicted = await self._evict(snapshots)
         gone = {session.user_id for session in evicted}

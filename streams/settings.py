@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
 from schemas.features import DEFAULT_WEIGHTS, FeatureConfig
+from schemas.hot_layout import ColdIndexShape
 from streams.logic.admission import Limits
 
 #: Last-k per type, in the spirit of the seeds: many views, fewer high-intent actions.
@@ -128,6 +129,15 @@ class Settings(BaseSettings):
     # history already stored): ~5 KB per realistic user, ~54 KB with every type full.
     stored_cache_mb: int = Field(
         256, ge=0, description="memory for snapshots the worker remembers as stored"
+    )
+    # The cold-tier index (`schemas.hot_layout.ColdIndexShape`): re-hydration skips the CQL
+    # read of users the cold tier has never stored. ~1.2 bytes of Redis per user at 1%.
+    cold_index_enabled: bool = Field(True, description="skip cold reads of never-stored users")
+    cold_index_users: int = Field(
+        20_000_000, ge=1000, description="users the cold-tier index is sized for"
+    )
+    cold_index_false_positive: float = Field(
+        0.01, gt=0, lt=0.5, description="share of never-stored users read anyway, at that size"
     )
 
     # Rolling features (`schemas.features`) and rank-refresh triggers (`streams.logic.triggers`)
@@ -251,6 +261,9 @@ class Settings(BaseSettings):
     def ranker_app_id(self) -> str:
         """The ranker's Faust app and consumer group (beside the worker's `app_id`)."""
         return f"{self.app_id}-ranker"
+
+    def cold_index_shape(self) -> ColdIndexShape:
+        return ColdIndexShape.sized(self.cold_index_users, self.cold_index_false_positive)
 
     def admission_limits(self) -> Limits:
         """What the worker admits (bigger or mistimed events are dead-lettered)."""

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.events import Event, InvalidEvent
+import numpy as np
+import numpy.typing as npt
+
+from schemas.avro_columns import decode_event_columns
+from schemas.events import Event, EventType, InvalidEvent
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -37,6 +41,56 @@ def check_time(event: Event, now_ms: int, limits: Limits) -> None:
         )
     if event.event_time_ms < limits.min_event_time_ms:
         raise InvalidEvent("event_time_ms", f"before the lower bound {limits.min_event_time_ms}")
+
+
+#: What the worker needs of an admitted event: (user_id, event_type, event_time_ms,
+#: product_id, category_id, language, event_id).
+AdmittedRow = tuple[str, EventType, int, str | None, str | None, str, str]
+
+_EVENT_TYPES = {member.value: member for member in EventType}
+
+
+@dataclass(frozen=True, slots=True)
+class FastAdmission:
+    """A batch through the columnar fast path: `accepted[i]` says record i was admitted
+    there (decoded, valid under the contract, within the size and time limits); `rows`
+    are the admitted records' fields, in batch order. The others are for the reference
+    path (`check_size`, the record decoder, `check_time`), which admits them or says why
+    not: the fast path only ever accepts (`schemas.avro_columns`)."""
+
+    accepted: npt.NDArray[np.bool_]
+    rows: list[AdmittedRow]
+
+
+def admit_fast(values: list[bytes | None], now_ms: int, limits: Limits) -> FastAdmission:
+    """Decode and check a whole batch at once: ~2 us an event against ~8 for the record
+    path (decode, build and validate an `Event`), the largest part of a worker's CPU."""
+    payloads = [value or b"" for value in values]  # no value: left to the reference path
+    decoded = decode_event_columns(payloads)
+    accepted = decoded.accepted
+    arrays = decoded.arrays
+    times = arrays["event_time_ms"].to_numpy(zero_copy_only=False)
+    sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))[accepted]
+    within = (
+        (sizes <= limits.max_payload_bytes)
+        & (times <= now_ms + limits.max_future_skew_ms)
+        & (times >= limits.min_event_time_ms)
+    )
+    columns = [
+        arrays["user_id"].to_pylist(),
+        [_EVENT_TYPES[kind] for kind in arrays["event_type"].to_pylist()],
+        times.tolist(),
+        arrays["product_id"].to_pylist(),
+        arrays["category_id"].to_pylist(),
+        arrays["language"].to_pylist(),
+        arrays["event_id"].to_pylist(),
+    ]
+    rows: list[AdmittedRow] = list(zip(*columns, strict=True))
+    if not within.all():
+        accepted = accepted.copy()
+        accepted[np.flatnonzero(accepted)[~within]] = False
+        rows = [row for row, ok in zip(rows, within.tolist(), strict=True) if ok]
+    return FastAdmission(accepted, rows)
 
 
 def dead_letter_headers(

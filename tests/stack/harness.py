@@ -15,7 +15,7 @@ from schemas.hot_layout import Interaction, Item
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import HotUsers
 from sinks.redis_scripts import HotRedis
-from streams.bootstrap import build_cold_store, build_hot_store, build_redis
+from streams.bootstrap import build_cold_index, build_cold_store, build_hot_store, build_redis
 from streams.sessions import SessionKeeper
 from streams.settings import Settings
 
@@ -32,13 +32,23 @@ class Worker:
         self.hot = build_hot_store(settings, self.client)
         self.sessions = RedisSessions(self.client, settings.redis_key_prefix, settings.last_k)
         self.cold = build_cold_store(settings)
+        # The cold-tier index as the worker has it (on by default): every flush adds its
+        # users, and re-hydration reads only those the index says may be stored.
         self.keeper = SessionKeeper(
-            hot=self.sessions, cold=self.cold, gap_ms=GAP_MS, idle_grace_ms=10**9
+            hot=self.sessions,
+            cold=self.cold,
+            gap_ms=GAP_MS,
+            idle_grace_ms=10**9,
+            index=build_cold_index(settings, self.client),
         )
+        self._index_prepared = False
         self.newest_ms = 0
 
     async def batch(self, rows: Sequence[tuple[str, EventType, str, int]]) -> None:
         """Apply (user, type, product, event time) rows as one batch of partition 0."""
+        if not self._index_prepared:  # as the worker does at start
+            await self.keeper.prepare_index()
+            self._index_prepared = True
         interactions = [Interaction(*row) for row in rows]
         latest: dict[str, int] = {}
         for row in interactions:

@@ -324,10 +324,11 @@ def test_a_cold_tier_outage_blocks_flushes_and_returns_but_loses_nothing(
             settle(store, sent, running.log_text)
             all_cold(store, {e.user_id for e in first}, running.log_text)  # flushed once
 
-            fresh = [Event("o-new", "o-u9", EventType.VIEW, RELATIVE, product_id="p-y")]
+            fresh = [Event("o-new", "o-u1", EventType.VIEW, RELATIVE, product_id="p-y")]
             proxy.cut()
             sent += send_phase(session_settings, fresh)
-            # o-u9 is new: re-hydration needs the cold tier, so the batch waits (retrying).
+            # o-u1 is returning: re-hydration needs the cold tier, so the batch waits
+            # (retrying). A user never stored would not: the cold-tier index says so.
             wait_for(
                 lambda: "store unavailable" in running.log_text(),
                 30,
@@ -335,7 +336,7 @@ def test_a_cold_tier_outage_blocks_flushes_and_returns_but_loses_nothing(
                 on_fail=running.log_text,
             )
             time.sleep(1.0)
-            assert store.tiers({"o-u9"}) == {"o-u9": "cold"}, "applied without its history"
+            assert store.tiers({"o-u1"}) == {"o-u1": "cold"}, "applied without its history"
             proxy.restore()
             settle(store, sent, running.log_text)
 

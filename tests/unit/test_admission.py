@@ -53,3 +53,58 @@ def test_a_dead_letter_value_is_the_original_bytes_or_their_start_with_the_size(
     value, headers = dead_letter_value(b"abcdef", 4)
     assert value == b"abcd"
     assert headers == [("dlq.truncated.from.bytes", b"6")]
+
+
+def _reference_row(value: bytes | None, now_ms: int, limits: Limits) -> tuple[object, ...] | None:
+    """What the record path admits (the fields the worker keeps), or None."""
+    from schemas.codec import decode_event  # noqa: PLC0415
+
+    try:
+        check_size(value, limits)
+        event = decode_event(value)
+        check_time(event, now_ms, limits)
+    except InvalidEvent:
+        return None
+    return (
+        event.user_id,
+        event.event_type,
+        event.event_time_ms,
+        event.product_id,
+        event.category_id,
+        event.language,
+        event.event_id,
+    )
+
+
+def test_the_fast_path_admits_only_what_the_record_path_admits_with_the_same_fields() -> None:
+    import dataclasses  # noqa: PLC0415
+
+    from schemas.codec import encode_event  # noqa: PLC0415
+    from streams.logic.admission import admit_fast  # noqa: PLC0415
+    from tests.unit.test_avro_columns import generated  # noqa: PLC0415
+
+    events = generated(400)
+    now = max(e.event_time_ms for e in events)
+    values: list[bytes | None] = [encode_event(e) for e in events]
+    # A size limit at the median: about half the valid records are oversized.
+    limit = sorted(len(v or b"") for v in values)[len(values) // 2] - 1
+    limits = Limits(limit, max_future_skew_ms=1000, min_event_time_ms=now - 10**9)
+    values[3] = None  # no value at all
+    values[5] = b"\x00\x00\x00\x00\x63\x02xx"  # corrupt
+    values[7] = encode_event(dataclasses.replace(events[7], event_time_ms=now + 1001))  # future
+    values[9] = encode_event(dataclasses.replace(events[9], event_time_ms=now - 10**9 - 1))
+    fast = admit_fast(values, now, limits)
+    reference = [_reference_row(v, now, limits) for v in values]
+    for index in (3, 5, 7, 9):
+        assert not fast.accepted[index] and reference[index] is None
+    oversized = [i for i, v in enumerate(values) if v is not None and len(v) > limit]
+    assert len(oversized) > 100
+    assert not fast.accepted[oversized].any()
+    rows = iter(fast.rows)
+    taken = 0
+    for accepted, expected in zip(fast.accepted.tolist(), reference, strict=True):
+        if accepted:
+            assert next(rows) == expected  # never accepts what the record path refuses
+            taken += 1
+    assert taken == len(fast.rows)
+    assert taken == sum(r is not None for r in reference)  # every valid one, here
