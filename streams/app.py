@@ -12,6 +12,7 @@ letters were confirmed and its interactions applied to Redis.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -75,6 +76,8 @@ T = TypeVar("T")
 TRIGGER_STATE_PRUNE_MS = 60_000
 #: A batch whose store work takes longer than this is logged with where the time went.
 SLOW_BATCH_S = 0.25
+#: Batches applied at once with the features off (see `RecordInteractions._apply`).
+APPLY_DEPTH = 2
 
 
 @dataclass
@@ -440,7 +443,7 @@ class IngestPipeline:
     async def _record_interactions(self, prepared: Prepared) -> None:
         users = [(p, user) for p, latest in prepared.activity.items() for user in latest]
         waited = time.perf_counter()
-        async with self._turn:
+        async with self._turn.batch():
             began = time.perf_counter()
             hydration = await self._until_applied(self.sessions.hydrate, users)
             history = hydration.history.rows
@@ -805,21 +808,65 @@ class RecordInteractions(Service):
     async def _apply(
         self, ready: asyncio.Queue[tuple[Prepared, Offsets]], applied: _AppliedOffsets
     ) -> None:
+        """Apply batches in fetch order, up to `APPLY_DEPTH` at once.
+
+        With the features off a batch's effects are idempotent, order-free Redis writes
+        (`ZADD GT`, version bumps, active sets; dead letters), so the next batch may be
+        planned and sent while Redis runs the previous one's script, instead of the
+        worker waiting for each reply in turn. With the features on, batches go one at a
+        time: the fenced feature writes and the trigger decisions need offset order.
+        Offsets are handed to the commit in fetch order, each only after its batch and
+        every earlier one were applied.
+        """
         batch_max = self.settings.batch_max
-        while not self.should_stop:
-            prepared, offsets = await ready.get()
-            # Small fetches (a paced producer, a quiet topic) pile up while a batch is being
-            # applied; taking them together pays the per-batch round trips (re-hydration
-            # check, script call) once instead of once per fetch.
-            while not ready.empty() and prepared.size < batch_max:
-                more, more_offsets = ready.get_nowait()
-                prepared.absorb(more)
-                offsets.update(more_offsets)  # later fetches have higher offsets
-            began = time.perf_counter()
-            await self.pipeline.apply(prepared)
-            if self.batch_seconds is not None:
-                self.batch_seconds.observe(time.perf_counter() - began)
-            applied.add(offsets)
+        depth = 1 if self.pipeline.features is not None else APPLY_DEPTH
+        in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
+        getter: asyncio.Task[tuple[Prepared, Offsets]] | None = None
+        try:
+            while not self.should_stop:
+                if getter is None:
+                    getter = asyncio.ensure_future(ready.get())
+                # Waiting for the next batch, notice a batch in flight that failed.
+                await asyncio.wait({getter, *in_flight}, return_when=asyncio.FIRST_COMPLETED)
+                while in_flight and in_flight[0].done():
+                    await in_flight.popleft()  # raises the batch's error
+                if not getter.done():
+                    continue
+                prepared, offsets = getter.result()
+                getter = None
+                # Small fetches (a paced producer, a quiet topic) pile up while a batch is
+                # being applied; taking them together pays the per-batch round trips
+                # (re-hydration check, script call) once instead of once per fetch.
+                while not ready.empty() and prepared.size < batch_max:
+                    more, more_offsets = ready.get_nowait()
+                    prepared.absorb(more)
+                    offsets.update(more_offsets)  # later fetches have higher offsets
+                earlier = in_flight[-1] if in_flight else None
+                in_flight.append(
+                    asyncio.ensure_future(self._apply_one(prepared, offsets, earlier, applied))
+                )
+                while len(in_flight) >= depth:
+                    await in_flight.popleft()
+        finally:
+            pending = [*in_flight, *([getter] if getter is not None else [])]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _apply_one(
+        self,
+        prepared: Prepared,
+        offsets: Offsets,
+        earlier: asyncio.Task[None] | None,
+        applied: _AppliedOffsets,
+    ) -> None:
+        began = time.perf_counter()
+        await self.pipeline.apply(prepared)
+        if self.batch_seconds is not None:
+            self.batch_seconds.observe(time.perf_counter() - began)
+        if earlier is not None:
+            await earlier  # its offsets go first (and its failure stops this one's)
+        applied.add(offsets)
 
     async def _commit_applied(self, consumer: AIOKafkaConsumer, applied: _AppliedOffsets) -> None:
         """Commit the offsets of applied batches: as soon as there are some, then at most

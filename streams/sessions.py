@@ -12,7 +12,10 @@ sequences the I/O so that nothing is ever lost:
 
 Within a worker a batch (hot check, re-hydration, write) and a flush's eviction never
 overlap (`SessionKeeper.turn`), so a user is not evicted between a batch's hot check and
-its write. Across workers (a rebalance, with the old owner still flushing) the write
+its write. Two batches may overlap (the features off): the later one's hot check may
+then miss users the earlier one is making hot, and it re-hydrates them again, which
+writes the same history (`ZADD GT`, the same version floors); nothing can evict them
+in between. Across workers (a rebalance, with the old owner still flushing) the write
 itself catches that case: it refuses users found hot whose keys are gone, and they are
 re-hydrated (`rehydrate_unkeyed`; `sinks.hot_store.HotUsers`). The rest of a flush (the
 Redis reads and the cold writes, most of its time) runs beside the batches, so a flush
@@ -24,9 +27,10 @@ checks both under the lock, then leaves that user hot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -106,6 +110,46 @@ class SessionCounters:
     hot_by_partition: dict[int, int] = field(default_factory=dict)
 
 
+class Turn:
+    """What a batch (hot check to write) and an eviction take turns with: batches share
+    it (with the features off two may be in flight), an eviction has it alone, and an
+    eviction waiting goes before batches that come after it (so it is not starved)."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._batches = 0
+        self._evicting = False
+        self._evictions_waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._evicting and not self._evictions_waiting)
+            self._batches += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._batches -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def eviction(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._evictions_waiting += 1
+            try:
+                await self._changed.wait_for(lambda: not self._evicting and not self._batches)
+            finally:
+                self._evictions_waiting -= 1
+            self._evicting = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._evicting = False
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True, slots=True)
 class Hydration:
     """A batch's re-hydration: history to write with it (and the floors of the returning
@@ -135,8 +179,8 @@ class SessionKeeper:
     stored: OrderedDict[str, UserLastK] = field(default_factory=OrderedDict)
     max_stored_bytes: int = 256 * 1024 * 1024
     stored_bytes: int = 0
-    #: Held by a batch from its hot check to its write, and by each eviction.
-    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Shared by batches from their hot check to their write, held alone by each eviction.
+    turn: Turn = field(default_factory=Turn)
     #: The cold-tier index (None: every user not hot is read from the cold tier).
     index: ColdIndex | None = None
 
@@ -306,7 +350,7 @@ class SessionKeeper:
         return evicted
 
     async def _evict(self, snapshots: Sequence[HotSnapshot]) -> list[EndedSession]:
-        async with self.turn:
+        async with self.turn.eviction():
             evicted = await self.hot.evict(snapshots)
         for session in evicted:
             self._forget(session.user_id)

@@ -62,3 +62,47 @@ def test_replay_gives_the_same_watermark_whatever_the_wall_clock(
         first.observe(event_time, wall_ms=index)
         second.observe(event_time, wall_ms=jitter + index)
     assert first.watermark(len(times)) == second.watermark(jitter + len(times)) == max(times)
+
+
+def test_batches_share_the_turn_and_an_eviction_has_it_alone_and_goes_first() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from streams.sessions import Turn  # noqa: PLC0415
+
+    async def scenario() -> list[str]:
+        turn = Turn()
+        log: list[str] = []
+        first_in = asyncio.Event()
+        release_first = asyncio.Event()
+
+        async def batch(name: str, hold: asyncio.Event | None = None) -> None:
+            async with turn.batch():
+                log.append(f"{name} in")
+                if hold is not None:
+                    first_in.set()
+                    await hold.wait()
+                await asyncio.sleep(0)
+                log.append(f"{name} out")
+
+        async def eviction() -> None:
+            async with turn.eviction():
+                log.append("evict in")
+                await asyncio.sleep(0)
+                log.append("evict out")
+
+        one = asyncio.ensure_future(batch("b1", release_first))
+        await first_in.wait()
+        two = asyncio.ensure_future(batch("b2"))  # shares the turn with b1
+        await asyncio.sleep(0.01)
+        evict = asyncio.ensure_future(eviction())  # waits for b1
+        await asyncio.sleep(0.01)
+        three = asyncio.ensure_future(batch("b3"))  # comes after the waiting eviction
+        await asyncio.sleep(0.01)
+        release_first.set()
+        await asyncio.gather(one, two, evict, three)
+        return log
+
+    log = asyncio.run(scenario())
+    assert log.index("b2 in") < log.index("b1 out")  # two batches at once
+    assert log.index("evict in") > max(log.index("b1 out"), log.index("b2 out"))
+    assert log.index("evict out") < log.index("b3 in")  # the eviction was not starved
