@@ -21,10 +21,13 @@ user's writes can share a pipeline or a Lua script even on a cluster.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType
 
@@ -88,13 +91,38 @@ class ColdIndexShape:
         return f"{prefix}:coldidx:m{self.bucket_bits}k{self.hashes}:{{c{bucket}}}"
 
     def bits(self, user_id: str) -> tuple[int, list[int]]:
-        """The user's bucket and bit offsets in it (double hashing over one digest)."""
-        digest = blake2b(user_id.encode(), digest_size=24).digest()
-        first = int.from_bytes(digest[:8], "little")
-        step = int.from_bytes(digest[8:16], "little") | 1
-        bucket = int.from_bytes(digest[16:], "little") % COLD_INDEX_BUCKETS
+        """The user's bucket and bit offsets in it: double hashing over one digest, in
+        64-bit arithmetic (as `bits_of_many` computes it for a whole batch)."""
+        first, step, bucket = _digest_words(user_id)
         m = self.bucket_bits
-        return bucket, [1 + (first + i * step) % m for i in range(self.hashes)]
+        return bucket % COLD_INDEX_BUCKETS, [
+            1 + ((first + i * step) & _U64) % m for i in range(self.hashes)
+        ]
+
+    def bits_of_many(
+        self, user_ids: Sequence[str]
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        """`bits` for many users at once: their buckets, and a row of offsets per user."""
+        words = np.frombuffer(
+            b"".join(blake2b(u.encode(), digest_size=24).digest() for u in user_ids),
+            dtype="<u8",
+        ).reshape(-1, 3)
+        first, step = words[:, 0], words[:, 1] | np.uint64(1)
+        spread = np.arange(self.hashes, dtype=np.uint64)
+        offsets = (first[:, None] + spread[None, :] * step[:, None]) % np.uint64(self.bucket_bits)
+        return words[:, 2] % np.uint64(COLD_INDEX_BUCKETS), offsets + np.uint64(1)
+
+
+_U64 = (1 << 64) - 1
+
+
+def _digest_words(user_id: str) -> tuple[int, int, int]:
+    digest = blake2b(user_id.encode(), digest_size=24).digest()
+    return (
+        int.from_bytes(digest[:8], "little"),
+        int.from_bytes(digest[8:16], "little") | 1,
+        int.from_bytes(digest[16:], "little"),
+    )
 
 
 def interaction_of(event: Event) -> Interaction | None:

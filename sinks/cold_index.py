@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 
+import numpy as np
+
 from schemas.hot_layout import COLD_INDEX_BUCKETS, ColdIndexShape
 from sinks.redis_scripts import HotRedis, ScriptCall, SlotScript
 
@@ -84,31 +86,39 @@ class RedisColdIndex:
     def key(self, bucket: int) -> str:
         return self.shape.key(self._prefix, bucket)
 
-    def _by_bucket(self, user_ids: Collection[str]) -> dict[int, list[tuple[str, list[int]]]]:
-        buckets: dict[int, list[tuple[str, list[int]]]] = {}
-        for user_id in user_ids:
-            bucket, bits = self.shape.bits(user_id)
-            buckets.setdefault(bucket, []).append((user_id, bits))
-        return buckets
+    def _by_bucket(self, user_ids: Collection[str]) -> list[tuple[int, list[str], str]]:
+        """Per bucket touched: its users and the JSON list of their bit offsets (K each)."""
+        users = list(user_ids)
+        buckets, offsets = self.shape.bits_of_many(users)
+        order = np.argsort(buckets, kind="stable")
+        cuts = np.flatnonzero(np.diff(buckets[order])) + 1
+        groups = []
+        for rows in np.split(order, cuts):
+            if len(rows):
+                groups.append(
+                    (
+                        int(buckets[rows[0]]),
+                        [users[i] for i in rows.tolist()],
+                        _json(offsets[rows].ravel().tolist()),
+                    )
+                )
+        return groups
 
     async def may_hold(self, user_ids: Collection[str]) -> list[str]:
         """The users the cold tier may hold a last-k of: all of those in an incomplete
         bucket, and those whose bits are all set in a complete one."""
         if not user_ids:
             return []
-        buckets = list(self._by_bucket(user_ids).items())
+        groups = self._by_bucket(user_ids)
         k = str(self.shape.hashes)
-        calls: list[ScriptCall] = [
-            ([self.key(bucket)], [_json([b for _, bits in users for b in bits]), k])
-            for bucket, users in buckets
-        ]
+        calls: list[ScriptCall] = [([self.key(b)], [bits, k]) for b, _users, bits in groups]
         replies = await self._may_hold.run(calls)
         maybe: list[str] = []
-        for (_bucket, users), reply in zip(buckets, replies, strict=True):
+        for (_bucket, users, _bits), reply in zip(groups, replies, strict=True):
             if reply == -1:
-                maybe.extend(user_id for user_id, _ in users)
+                maybe.extend(users)
             else:
-                maybe.extend(users[int(index)][0] for index in reply)
+                maybe.extend(users[int(index)] for index in reply)
         return maybe
 
     async def add(self, user_ids: Collection[str]) -> None:
@@ -116,8 +126,7 @@ class RedisColdIndex:
         if not user_ids:
             return
         calls: list[ScriptCall] = [
-            ([self.key(bucket)], [_json([b for _, bits in users for b in bits])])
-            for bucket, users in self._by_bucket(user_ids).items()
+            ([self.key(b)], [bits]) for b, _users, bits in self._by_bucket(user_ids)
         ]
         await self._add.run(calls)
 
@@ -134,5 +143,5 @@ class RedisColdIndex:
         return sum(int(reply) for reply in replies)
 
 
-def _json(bits: Sequence[int]) -> str:
+def _json(bits: Sequence[int]) -> str:  # one argument: packed by json in C, not redis-py
     return json.dumps(bits, separators=(",", ":"))

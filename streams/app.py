@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -78,6 +79,9 @@ TRIGGER_STATE_PRUNE_MS = 60_000
 SLOW_BATCH_S = 0.25
 #: Batches applied at once with the features off (see `RecordInteractions._apply`).
 APPLY_DEPTH = 2
+#: Allocations between young-generation collections once the worker runs (Python: 700).
+#: A batch allocates a few objects per event, nearly all freed by reference counting.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass
@@ -724,6 +728,12 @@ class RecordInteractions(Service):
     async def on_start(self) -> None:
         await until_applied(self.pipeline.sessions.prepare_index, give_up=lambda: self.should_stop)
         self._consumer = await self._joined_consumer()
+        # Everything built so far (Faust, the clients, the modules) lives as long as the
+        # worker: out of the cyclic collector's sight, its full passes no longer walk it
+        # (they cost ~2 us an event in a batch's decode), and fewer young passes.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self._loop_task = asyncio.ensure_future(self._run())
 
     async def _joined_consumer(self) -> AIOKafkaConsumer:
