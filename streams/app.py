@@ -77,8 +77,6 @@ T = TypeVar("T")
 TRIGGER_STATE_PRUNE_MS = 60_000
 #: A batch whose store work takes longer than this is logged with where the time went.
 SLOW_BATCH_S = 0.25
-#: Batches applied at once with the features off (see `RecordInteractions._apply`).
-APPLY_DEPTH = 2
 #: Allocations between young-generation collections once the worker runs (Python: 700).
 #: A batch allocates a few objects per event, nearly all freed by reference counting.
 GC_YOUNG_THRESHOLD = 10_000
@@ -818,7 +816,7 @@ class RecordInteractions(Service):
     async def _apply(
         self, ready: asyncio.Queue[tuple[Prepared, Offsets]], applied: _AppliedOffsets
     ) -> None:
-        """Apply batches in fetch order, up to `APPLY_DEPTH` at once.
+        """Apply batches in fetch order, up to `apply_depth` (a setting) at once.
 
         With the features off a batch's effects are idempotent, order-free Redis writes
         (`ZADD GT`, version bumps, active sets; dead letters), so the next batch may be
@@ -829,7 +827,7 @@ class RecordInteractions(Service):
         every earlier one were applied.
         """
         batch_max = self.settings.batch_max
-        depth = 1 if self.pipeline.features is not None else APPLY_DEPTH
+        depth = 1 if self.pipeline.features is not None else self.settings.apply_depth
         in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         getter: asyncio.Task[tuple[Prepared, Offsets]] | None = None
         try:
