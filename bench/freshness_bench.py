@@ -256,11 +256,15 @@ def send_traffic(
     seconds: float,
     sent: Synchronized[int],
     seen: Synchronized[int],
+    *,
+    progress: Synchronized[int] | None = None,
 ) -> tuple[list[float], int, float]:
     """Background at its scheduled times plus a probe every PROBE_EVERY_S.
 
     Returns the probes' send times (monotonic), the background events sent and how long.
-    Prints progress every 5 s (probes sent vs seen shows a consumer falling behind).
+    Prints progress every 5 s (probes sent vs seen shows a consumer falling behind); with
+    `progress`, it keeps the background events sent so far there instead (every 64), for a
+    caller that reports progress itself (bench/burst_bench.py).
     """
     from confluent_kafka import Producer  # noqa: PLC0415
 
@@ -285,7 +289,7 @@ def send_traffic(
         now = time.monotonic()
         if now >= end:
             break
-        if now >= next_report:
+        if progress is None and now >= next_report:
             print(
                 f"  t={now - started:4.0f}s  background {background:>7,} "
                 f"({background / (now - started):,.0f}/s)  probes sent {len(probe_times):>5,}"
@@ -307,9 +311,13 @@ def send_traffic(
             background += 1
             if background % 64 == 0:
                 producer.poll(0)
+                if progress is not None:
+                    progress.value = background
             continue
         time.sleep(min(ahead_s, next_probe - now, 0.002))
     elapsed = time.monotonic() - started
+    if progress is not None:
+        progress.value = background
     if producer.flush(30):
         raise RuntimeError("the benchmark's producer could not deliver everything in 30 s")
     return probe_times, background, elapsed
