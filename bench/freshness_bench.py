@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import sys
 import time
@@ -45,6 +46,7 @@ from harness import (
     broker_pid,
     cpu_seconds,
     ensure_stack,
+    exported_tree,
     live_traffic,
     parse_env,
     percentiles,
@@ -341,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra setting for the worker (SIGNALS_ prefix optional)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="then run the same measurement with the worker from this git ref (e.g. HEAD~1), "
+        "and again with this tree, alternating: a before/after in one run",
+    )
     args = parser.parse_args(argv)
     try:
         args.worker_env = parse_env(args.env)
@@ -358,12 +368,52 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         iso.cleanup()
     report(result)
+    if args.compare:
+        result["compare"] = compare(args, result)
     path = write_results("freshness", result)
     print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 
-def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
+def compare(args: argparse.Namespace, first: dict[str, Any]) -> list[dict[str, Any]]:
+    """After the first run (this tree): each `--compare` ref, then this tree again, each on
+    its own fresh topic with the same traffic shape; a table of p50/p99 of each run."""
+    runs = [("this tree", first)]
+    for ref in args.compare:
+        for label, tree in ((f"worker@{ref}", exported_tree(ref)), ("this tree", None)):
+            with tree if tree is not None else contextlib.nullcontext(ROOT) as source:
+                wait_until_quiet()
+                iso = Isolated.create("fresh")
+                try:
+                    print(f"{label} ...", flush=True)
+                    runs.append((label, measure(iso, args, source)))
+                finally:
+                    iso.cleanup()
+    table = Table(
+        "freshness before/after, alternated",
+        head=("worker", "p50 ms", "p99 ms", "floor p99 ms", "worker CPU %"),
+    )
+    table.align = "lrrrr"
+    rows = []
+    for label, run in runs:
+        fresh, floor = run["freshness"], run["transport_floor"]
+        cpu = run["worker_cpu_share"]
+        cpu_percent = round(100 * cpu, 1) if cpu is not None else "-"
+        table.add_row(label, fresh["p50_ms"], fresh["p99_ms"], floor["p99_ms"], cpu_percent)
+        rows.append(
+            {
+                "worker": label,
+                **{k: fresh[k] for k in ("p50_ms", "p99_ms")},
+                "worker_cpu_share": cpu,
+            }
+        )
+    table.print()
+    return rows
+
+
+def measure(  # noqa: PLR0915
+    iso: Isolated, args: argparse.Namespace, source: Path = ROOT
+) -> dict[str, Any]:
     """Two phases over the same traffic: the worker (with the Redis poller), then the raw
     consumer alone. One at a time, so neither steals the other's CPU on two cores."""
     settings = Settings.load(
@@ -420,7 +470,7 @@ def measure(iso: Isolated, args: argparse.Namespace) -> dict[str, Any]:  # noqa:
     )
     with_features = settings.features_enabled
     with_triggers = with_features and settings.triggers_enabled
-    with WorkerProcess({**iso.env, **args.worker_env}, label="freshness") as worker:
+    with WorkerProcess({**iso.env, **args.worker_env}, label="freshness", source=source) as worker:
         print("worker starting (warm-up probes until one is visible) ...", flush=True)
         startup_s = wait_visible(iso, worker)
         print("encoding the background traffic ...", flush=True)
