@@ -81,6 +81,7 @@ from harness import (
     WorkerProcess,
     broker_pid,
     cpu_seconds,
+    end_offsets,
     ensure_stack,
     live_traffic,
     parse_env,
@@ -299,22 +300,6 @@ def stack_pids() -> dict[str, int]:
         "cassandra": CassandraService(config).pid(),
     }
     return {name: pid for name, pid in pids.items() if pid}
-
-
-def end_offsets(settings: Settings, topic: str) -> int:
-    """Messages on a topic: its partitions' end offsets, summed (nothing is deleted in a
-    run, and the idempotent producers write no transaction markers)."""
-    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-count"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
 
 
 def sustained(args: argparse.Namespace) -> WorkerRun:

@@ -12,6 +12,7 @@ One script per measurement (`bench/*_bench.py`) builds on these:
 - `percentiles()`             p50/p95/p99/max of latency samples
 - `cpu_seconds()`, `broker_pid()` CPU time of a process; the local Kafka broker's pid
 - `raw_aiokafka_consume()`, `raw_confluent_consume()` the client libraries' ceilings
+- `end_offsets()`            messages on a topic (its partitions' end offsets)
 - `WorkerProcess`             `signals worker` as a subprocess with the isolated environment,
                               optionally from another source tree (a git ref, for before/after)
 - `exported_tree()`           a git ref exported to a temporary folder
@@ -437,6 +438,22 @@ def raw_confluent_consume(settings: Settings, expected: int, batch: int = 10_000
             seen += sum(1 for m in messages if m.error() is None)
             last = time.perf_counter()
         return ConsumerRun(seen, last - first)
+    finally:
+        consumer.close()
+
+
+def end_offsets(settings: Settings, topic: str) -> int:
+    """Messages on a topic: its partitions' end offsets, summed (nothing is deleted in a
+    run, and the idempotent producers write no transaction markers)."""
+    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
     finally:
         consumer.close()
 

@@ -37,6 +37,7 @@ from harness import (
     Table,
     WorkerProcess,
     cpu_seconds,
+    end_offsets,
     ensure_stack,
     exported_tree,
     parse_env,
@@ -150,7 +151,7 @@ def run_worker(
                 time.sleep(POLL_S)
             # Everything applied: the last batch's triggers are out once it commits.
             time.sleep(max(1.0, 2 * settings.commit_interval_s))
-            triggers = _published(settings)
+            triggers = end_offsets(settings, settings.trigger_topic)
         # The first poll that sees a count sees a whole batch already applied: scale the
         # events to the part applied after it.
         remaining = interactions - first_count
@@ -171,22 +172,6 @@ def run_worker(
         delete_topics(
             settings, [s for s in declared_topics(settings) if s.name == settings.trigger_topic]
         )
-
-
-def _published(settings: Settings) -> int:
-    """Messages on the run's trigger topic (its partitions' end offsets)."""
-    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
-
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-count"})
-    try:
-        topic = settings.trigger_topic
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
 
 
 def _feature_bytes(client: Any, settings: Settings, sample: int = 500) -> dict[str, float]:

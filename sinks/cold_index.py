@@ -72,6 +72,11 @@ return redis.call('GETBIT', KEYS[1], 0)
 """
 
 
+#: Below this many users a call hashes them one by one: NumPy's fixed cost per call
+#: (~0.1 ms) is more than a few users' hashing (a paced topic's small batches).
+VECTOR_MIN_USERS = 64
+
+
 class RedisColdIndex:
     """The index's buckets under `prefix`, with the given shape (from the settings)."""
 
@@ -89,6 +94,14 @@ class RedisColdIndex:
     def _by_bucket(self, user_ids: Collection[str]) -> list[tuple[int, list[str], str]]:
         """Per bucket touched: its users and the JSON list of their bit offsets (K each)."""
         users = list(user_ids)
+        if len(users) < VECTOR_MIN_USERS:
+            grouped: dict[int, tuple[list[str], list[int]]] = {}
+            for user in users:
+                bucket, bits = self.shape.bits(user)
+                group = grouped.setdefault(bucket, ([], []))
+                group[0].append(user)
+                group[1].extend(bits)
+            return [(b, members, _json(bits)) for b, (members, bits) in grouped.items()]
         buckets, offsets = self.shape.bits_of_many(users)
         order = np.argsort(buckets, kind="stable")
         cuts = np.flatnonzero(np.diff(buckets[order])) + 1

@@ -48,6 +48,7 @@ from streams.logic.admission import (
     AdmittedRow,
     FastAdmission,
     admit_fast,
+    admitted_row,
     check_size,
     check_time,
     dead_letter_headers,
@@ -317,18 +318,7 @@ class IngestPipeline:
             except InvalidEvent as exc:
                 rejected.append((record, exc))
                 continue
-            yield (
-                record,
-                (
-                    event.user_id,
-                    event.event_type,
-                    event.event_time_ms,
-                    event.product_id,
-                    event.category_id,
-                    event.language,
-                    event.event_id,
-                ),
-            )
+            yield record, admitted_row(event)
 
     def _admit(self, payload: bytes | None, now_ms: int) -> Event:
         check_size(payload, self._limits)

@@ -50,6 +50,19 @@ AdmittedRow = tuple[str, EventType, int, str | None, str | None, str, str]
 _EVENT_TYPES = {member.value: member for member in EventType}
 
 
+def admitted_row(event: Event) -> AdmittedRow:
+    """An event the record path admitted, as the fast path gives its rows."""
+    return (
+        event.user_id,
+        event.event_type,
+        event.event_time_ms,
+        event.product_id,
+        event.category_id,
+        event.language,
+        event.event_id,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class FastAdmission:
     """A batch through the columnar fast path: `accepted[i]` says record i was admitted

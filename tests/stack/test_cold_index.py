@@ -13,6 +13,7 @@ from streams.settings import Settings
 from tests.stack.harness import Worker
 
 SMALL = ColdIndexShape.sized(expected_users=10_000, false_positive_rate=0.01)
+T0 = 1_760_000_000_000
 
 
 def test_an_incomplete_index_says_every_user_may_be_stored(backend_settings: Settings) -> None:
@@ -87,7 +88,7 @@ def test_a_new_user_is_not_read_from_the_cold_tier_and_a_flushed_one_is(
     async def scenario() -> None:
         worker = Worker(session_settings)
         try:
-            t0 = 1_760_000_000_000
+            t0 = T0
             await worker.batch([("alice", EventType.VIEW, "p1", t0)])
             counters = worker.keeper.counters
             assert (counters.hydrated_users, counters.hydration_skipped) == (0, 1)
@@ -103,29 +104,34 @@ def test_a_new_user_is_not_read_from_the_cold_tier_and_a_flushed_one_is(
     asyncio.run(scenario())
 
 
+async def flushed_then_redis_lost(settings: Settings, users: list[str]) -> None:
+    """A worker sees these users once and flushes them; then Redis loses everything under
+    the test's prefix (the index with it), as a restart without persistence would. The
+    cold tier keeps them."""
+    worker = Worker(settings)
+    try:
+        await worker.batch([(user, EventType.VIEW, f"p-{user}", T0) for user in users])
+        assert await worker.flush() == len(users)
+    finally:
+        await worker.close()
+    client = build_redis(settings)
+    try:
+        async for key in client.scan_iter(match=f"{settings.redis_key_prefix}*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 def test_a_cold_tier_with_data_leaves_the_index_untrusted_until_rebuilt(
     session_settings: Settings,
 ) -> None:
     async def scenario() -> None:
-        first = Worker(session_settings)
-        t0 = 1_760_000_000_000
-        try:
-            await first.batch([("carol", EventType.VIEW, "p1", t0)])
-            assert await first.flush() == 1
-        finally:
-            await first.close()
-        # Redis loses its data (the index with it); the cold tier keeps carol.
-        client = build_redis(session_settings)
-        try:
-            async for key in client.scan_iter(match=f"{session_settings.redis_key_prefix}*"):
-                await client.delete(key)
-        finally:
-            await client.aclose()
+        await flushed_then_redis_lost(session_settings, ["carol"])
         second = Worker(session_settings)
         try:
-            await second.batch([("carol", EventType.CLICK, "p2", t0 + 5000)])
+            await second.batch([("carol", EventType.CLICK, "p2", T0 + 5000)])
             assert second.keeper.counters.hydrated_users == 1  # read: not trusted
-            assert await second.hot_items("carol", EventType.VIEW) == [("p1", t0)]
+            assert await second.hot_items("carol", EventType.VIEW) == [("p-carol", T0)]
             assert second.keeper.index is not None
             assert await second.keeper.index.complete_buckets() == 0
         finally:
@@ -140,19 +146,7 @@ def test_a_rebuild_scans_the_cold_tier_and_makes_the_index_trusted(
     from jobs.cold_index import index_status, rebuild_index  # noqa: PLC0415
 
     async def scenario() -> None:
-        first = Worker(session_settings)
-        t0 = 1_760_000_000_000
-        try:
-            await first.batch([(f"user{i}", EventType.VIEW, f"p{i}", t0) for i in range(30)])
-            assert await first.flush() == 30
-        finally:
-            await first.close()
-        client = build_redis(session_settings)
-        try:
-            async for key in client.scan_iter(match=f"{session_settings.redis_key_prefix}*"):
-                await client.delete(key)  # the index is gone; the cold tier keeps 30 users
-        finally:
-            await client.aclose()
+        await flushed_then_redis_lost(session_settings, [f"user{i}" for i in range(30)])
         assert not (await index_status(session_settings)).trusted
         users, _seconds = await rebuild_index(session_settings, progress=False)
         assert users == 30
@@ -160,11 +154,11 @@ def test_a_rebuild_scans_the_cold_tier_and_makes_the_index_trusted(
         second = Worker(session_settings)
         try:
             await second.batch(
-                [("user7", EventType.CLICK, "p2", t0 + 5000), ("newcomer", EventType.VIEW, "p", t0)]
+                [("user7", EventType.CLICK, "p2", T0 + 5000), ("newcomer", EventType.VIEW, "p", T0)]
             )
             counters = second.keeper.counters
             assert (counters.hydrated_users, counters.hydration_skipped) == (1, 1)
-            assert await second.hot_items("user7", EventType.VIEW) == [("p7", t0)]
+            assert await second.hot_items("user7", EventType.VIEW) == [("p-user7", T0)]
         finally:
             await second.close()
 

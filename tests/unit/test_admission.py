@@ -58,6 +58,7 @@ def test_a_dead_letter_value_is_the_original_bytes_or_their_start_with_the_size(
 def _reference_row(value: bytes | None, now_ms: int, limits: Limits) -> tuple[object, ...] | None:
     """What the record path admits (the fields the worker keeps), or None."""
     from schemas.codec import decode_event  # noqa: PLC0415
+    from streams.logic.admission import admitted_row  # noqa: PLC0415
 
     try:
         check_size(value, limits)
@@ -65,15 +66,7 @@ def _reference_row(value: bytes | None, now_ms: int, limits: Limits) -> tuple[ob
         check_time(event, now_ms, limits)
     except InvalidEvent:
         return None
-    return (
-        event.user_id,
-        event.event_type,
-        event.event_time_ms,
-        event.product_id,
-        event.category_id,
-        event.language,
-        event.event_id,
-    )
+    return admitted_row(event)
 
 
 def test_the_fast_path_admits_only_what_the_record_path_admits_with_the_same_fields() -> None:
