@@ -61,6 +61,7 @@ def run(
         (["replay", "--to-pipeline", "Bad-Name", "--day", "2026-12-01"], "is not a namespace name"),
         (["backfill", "--from-parquet", "nowhere"], "holds no replay"),
         (["backfill", "--from-parquet", "nowhere", "--day", "2026-12-01"], "give no range"),
+        (["cold-index", "drop"], "invalid choice"),
     ],
 )
 def test_bad_arguments_get_one_line_and_usage(args: list[str], message: str) -> None:
@@ -98,6 +99,18 @@ def test_unreachable_redis_is_one_line_not_a_traceback(tmp_path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("signals: error:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_cold_index_with_redis_down_or_switched_off_is_one_line(tmp_path) -> None:
+    down = run(
+        "cold-index", "status", env=bare_env(tmp_path, SIGNALS_REDIS_URL="redis://127.0.0.1:1/0")
+    )
+    assert down.returncode == 1
+    assert "Traceback" not in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
+    off = run("cold-index", "status", env=bare_env(tmp_path, SIGNALS_COLD_INDEX_ENABLED="false"))
+    assert off.returncode == 2
+    assert "SIGNALS_COLD_INDEX_ENABLED=false" in off.stderr.splitlines()[-1]
 
 
 def test_unreachable_redis_for_features_is_one_line(tmp_path) -> None:
