@@ -327,10 +327,10 @@ def _add_model_commands(commands: Any) -> None:
         "cold-index",
         help="see or rebuild the index of the users the cold tier holds",
         description="The worker skips the cold-tier read of users the index says were never "
-        "stored (README, Sessions: the cold-tier index). `status`: how many of its buckets are trusted. "
-        "`rebuild`: scan the cold tier's users into it and mark it complete (safe beside "
-        "running workers; needed after Redis lost its data, or after the cold tier was "
-        "written by anything else than the worker and `signals backfill`).",
+        "stored (README, Sessions: the cold-tier index). `status`: how many of its buckets "
+        "are trusted. `rebuild`: scan the cold tier's users into it and mark it complete "
+        "(safe beside running workers; needed after Redis lost its data, or after the cold "
+        "tier was written by anything else than the worker and `signals backfill`).",
     )
     cold_index.add_argument("action", choices=["status", "rebuild"], help="what to do")
 

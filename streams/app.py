@@ -237,8 +237,9 @@ class IngestPipeline:
     def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Admit a batch: decode and validate each event (CPU only, no I/O).
 
-        The whole batch goes through the columnar fast path first (`admit_fast`); what it
-        does not accept goes through the record decoder, which admits it or says why not.
+        A fetch of `COLUMNAR_MIN_RECORDS` or more goes through the columnar fast path
+        first (`admit_fast`); what it does not accept, and every smaller fetch, goes
+        through the record decoder, which admits it or says why not.
         Every admitted event, app-open included, counts as activity of its user in its
         partition: it keeps (or makes) the user hot.
         """

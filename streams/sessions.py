@@ -12,7 +12,7 @@ sequences the I/O so that nothing is ever lost:
 
 Within a worker a batch (hot check, re-hydration, write) and a flush's eviction never
 overlap (`SessionKeeper.turn`), so a user is not evicted between a batch's hot check and
-its write. Two batches may overlap (the features off): the later one's hot check may
+its write. Batches may overlap (the features off): a later one's hot check may
 then miss users the earlier one is making hot, and it re-hydrates them again, which
 writes the same history (`ZADD GT`, the same version floors); nothing can evict them
 in between. Across workers (a rebalance, with the old owner still flushing) the write
@@ -112,8 +112,9 @@ class SessionCounters:
 
 class Turn:
     """What a batch (hot check to write) and an eviction take turns with: batches share
-    it (with the features off two may be in flight), an eviction has it alone, and an
-    eviction waiting goes before batches that come after it (so it is not starved)."""
+    it (with the features off up to `apply_depth` are in flight), an eviction has it
+    alone, and an eviction waiting goes before batches that come after it (so it is not
+    starved)."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Condition()
