@@ -28,11 +28,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from schemas.erasure import ErasureFilter
 from schemas.events import Event, InvalidEvent
 from schemas.feature_layout import CountedEvent
 from schemas.features import plan_features
 from schemas.hot_layout import UserLastK, interaction_of
 from sinks.cold_store import ColdStore
+from sinks.connectivity import KafkaTarget, kafka_config
 from sinks.feature_store import RedisFeatureStore
 from streams.logic.admission import check_time
 from streams.logic.sessions import SessionReplay
@@ -53,6 +55,7 @@ class BackfillSummary:
     rejected: int = 0  # beyond the future skew: the worker dead-lettered them
     snapshots: int = 0  # session-end snapshots written to the cold tier
     users: int = 0
+    erased: int = 0  # events of erased users up to their erasure, left out
     partitions: dict[int, int] = field(default_factory=dict)  # events per partition
     seconds: float = 0.0
 
@@ -143,7 +146,11 @@ async def run_backfill(
     records: Iterable[SourceRecord],
     total: int | None = None,
     progress: bool = True,
+    erasures: ErasureFilter | None = None,
 ) -> BackfillSummary:
+    """Apply `records`; events of erased users up to their erasure (`erasures`, else the
+    cold tier's table) are left out, from a topic and from replay files alike."""
+    from jobs.forget import load_erasures  # noqa: PLC0415
     from streams.bootstrap import (  # noqa: PLC0415
         build_cold_index,
         build_cold_store,
@@ -152,6 +159,8 @@ async def run_backfill(
     )
 
     began = time.monotonic()
+    erasures = erasures if erasures is not None else load_erasures(settings)
+    erased = 0
     client = build_redis(settings)
     features = build_feature_store(settings, client)
     cold = build_cold_store(settings)
@@ -162,9 +171,14 @@ async def run_backfill(
         job = Backfill(settings, features, cold, index)
         with tqdm(total=total, unit=" events", disable=not progress, desc="backfill") as bar:
             for record in records:
-                await job.add(record)
                 bar.update()
+                event = record[3]
+                if erasures and not erasures.keeps(event.user_id, event.event_time_ms):
+                    erased += 1
+                    continue
+                await job.add(record)
         summary = await job.finish()
+        summary.erased = erased
     finally:
         await features.close()
         await cold.close()
@@ -181,7 +195,7 @@ def parquet_records(folder: Path) -> tuple[Iterator[SourceRecord], int]:
 
 
 def topic_records(
-    bootstrap: str, request: object, on_errors: Callable[[int], None]
+    bootstrap: KafkaTarget, request: object, on_errors: Callable[[int], None]
 ) -> Iterator[SourceRecord]:
     """A topic range's events in read order per partition (the replay's reader and range
     rule); records that do not decode are counted through `on_errors`."""
@@ -228,9 +242,7 @@ def backfill(
         errors[0] += n
 
     summary = asyncio.run(
-        run_backfill(
-            settings, topic_records(settings.kafka_bootstrap, source, count), None, progress
-        )
+        run_backfill(settings, topic_records(kafka_config(settings), source, count), None, progress)
     )
     summary.rejected += errors[0]
     return summary

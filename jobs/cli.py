@@ -35,6 +35,7 @@ from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent, 
 from schemas.features import ProductFeatures, UserFeatures
 from schemas.feed_layout import Feed
 from schemas.hot_layout import COLD_INDEX_BUCKETS
+from sinks.connectivity import kafka_config, kafka_security
 from sinks.events_producer import EventProducer
 from sinks.hot_store import RedisHotStore
 from sinks.interaction_reader import Interactions
@@ -334,6 +335,25 @@ def _add_model_commands(commands: Any) -> None:
     )
     cold_index.add_argument("action", choices=["status", "rebuild"], help="what to do")
 
+    forget = commands.add_parser(
+        "forget",
+        help="erase users' data from every store (right to erasure)",
+        description="Erase each user's interactions from the hot tier, the cold tier "
+        "(snapshot and history), the online features and the served feed, and keep them "
+        "from coming back: from then on no event of theirs timed at or before now is kept, "
+        "whether it arrives late, from a replay or from a backfill. The request goes on "
+        "the events topic, keyed like the user's events; the worker that owns the user's "
+        "partition carries it out (README, Erasure). Exits 1 if a user is not erased "
+        "within --wait seconds (the request stays queued and is done when a worker runs).",
+    )
+    forget.add_argument("users", nargs="+", metavar="USER", help="user ids to erase")
+    forget.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the workers to report each erasure (60; 0: do not wait)",
+    )
+
     drift = commands.add_parser(
         "drift",
         help="compare the live ranking features with the model's training data (PSI)",
@@ -394,6 +414,34 @@ def cmd_cold_index(args: argparse.Namespace, settings: Settings) -> int:
         f"{shape.hashes} bits per user"
     )
     return 0 if status.trusted else 1
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.forget import ForgetError, forget_users  # noqa: PLC0415
+
+    if args.wait < 0:
+        raise CliError("--wait must be 0 or more seconds")
+
+    def erased(user_id: str, took_s: float) -> None:
+        print(f"{user_id}: erased {took_s:.2f}s after the request", flush=True)
+
+    try:
+        report = forget_users(settings, args.users, wait_s=args.wait, on_erased=erased)
+    except ForgetError as exc:
+        raise CliError(f"forget: {exc}") from None
+    if args.wait == 0:
+        print(f"erasure of {len(report.waiting)} users requested; workers carry it out")
+        return 0
+    if report.waiting:
+        print(
+            f"{PROG}: {len(report.waiting)} users not erased after {args.wait:g}s "
+            f"({', '.join(report.waiting[:5])}): is a worker running on "
+            f"{settings.events_topic}? Their requests stay queued and are carried out when "
+            "one reaches them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
@@ -485,7 +533,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         f"generating {pace} ({limit}) -> {settings.events_topic} at {settings.kafka_bootstrap}",
         file=sys.stderr,
     )
-    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+    with EventProducer(
+        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
+    ) as producer:
         summary = send_all(
             producer,
             bounded(events, count=args.count, seconds=args.seconds),
@@ -505,7 +555,12 @@ def _produce_file(path: str, settings: Settings) -> int:
     """Validate every line; send the good ones; report the bad ones by line and reason."""
     rejected: list[str] = []
     handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    with handle, EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+    with (
+        handle,
+        EventProducer(
+            settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
+        ) as producer,
+    ):
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -531,7 +586,7 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     letters = read_dead_letters(
-        settings.kafka_bootstrap, settings.dead_letter_topic, args.max, args.idle
+        kafka_config(settings), settings.dead_letter_topic, args.max, args.idle
     )
     count = 0
     for letter in letters:
@@ -865,7 +920,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             seconds=args.seconds,
         )
         print(f"sending ~{args.rate:g} events/s for {args.seconds:g}s to {settings.events_topic}")
-        with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        with EventProducer(
+            settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
+        ) as producer:
             last_report = started = time.monotonic()
             last_applied = applied_before
             for event in events:
@@ -916,7 +973,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"no such file: {args.file}") from None
         source = f"file {args.file}"
     elif args.topic:
-        events, invalid = topic_events(settings.kafka_bootstrap, settings.events_topic)
+        events, invalid = topic_events(kafka_config(settings), settings.events_topic)
         source = f"topic {settings.events_topic}"
     else:
         # Ending now: product ages then match what a ranker serving today sees.
@@ -1069,6 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay": cmd_replay,
             "backfill": cmd_backfill,
             "cold-index": cmd_cold_index,
+            "forget": cmd_forget,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer
 
 from schemas.events import InvalidEvent
 from schemas.wire import decode_record
+from sinks.connectivity import KafkaTarget, librdkafka_base
 
 #: Contract fields the Event dataclass does not carry yet (always null on the wire today).
 _NOT_YET_IN_EVENT = ("order_id", "quantity")
@@ -53,12 +54,12 @@ class DeadLetter:
 
 
 def read_dead_letters(
-    bootstrap: str, topic: str, limit: int, idle_s: float
+    bootstrap: KafkaTarget, topic: str, limit: int, idle_s: float
 ) -> Iterator[DeadLetter]:
     """Everything on the topic from the start (up to `limit`), without committing anything."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_base(bootstrap),
             "group.id": f"dlq-reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

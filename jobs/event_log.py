@@ -16,19 +16,22 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import decode_event
 from schemas.events import Event, InvalidEvent
 from schemas.feature_layout import CountedEvent
+from sinks.connectivity import KafkaTarget, librdkafka_base
 from streams.logic.admission import Limits, check_size, check_time
 
 #: (offset, value, timestamp in ms) of one record.
 Record = tuple[int, bytes | None, int]
 
 
-def topic_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[int, list[Record]]:
+def topic_records(
+    bootstrap: KafkaTarget, topic: str, timeout_s: float = 60.0
+) -> dict[int, list[Record]]:
     """Every record of `topic` up to its current end, per partition in offset order:
     (offset, value, record timestamp). Raises TimeoutError if the end is not reached in
     `timeout_s`."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_base(bootstrap),
             "group.id": f"event-log-{uuid.uuid4().hex[:8]}",  # required; never joined
             "enable.auto.commit": False,
         }
@@ -66,7 +69,7 @@ def topic_records(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[i
 
 
 def counted_events(
-    bootstrap: str, topic: str, limits: Limits | None = None
+    bootstrap: KafkaTarget, topic: str, limits: Limits | None = None
 ) -> tuple[list[CountedEvent], int]:
     """The events of an events topic as the features count them (partition by partition,
     in offset order), and how many records the worker dead-letters instead (they count
@@ -90,7 +93,7 @@ def counted_events(
     return log, invalid
 
 
-def topic_events(bootstrap: str, topic: str) -> tuple[list[Event], int]:
+def topic_events(bootstrap: KafkaTarget, topic: str) -> tuple[list[Event], int]:
     """Every event of an events topic (partition by partition, in offset order), and how
     many records could not be decoded (left out, as the worker dead-letters them)."""
     events: list[Event] = []

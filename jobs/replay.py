@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from schemas.avro_columns import DecodedColumns, decode_event_columns
 from schemas.codec import decode_event
+from schemas.erasure import ErasureFilter, InvalidForget, decode_forget, is_forget
 from schemas.events import Event, EventType, InvalidEvent
 from schemas.replay_layout import (
     MANIFEST_NAME,
@@ -58,6 +59,7 @@ from schemas.replay_layout import (
     partition_folder,
     utc_date,
 )
+from sinks.connectivity import KafkaTarget, kafka_config, librdkafka_base, with_servers
 from streams.settings import Settings, state_dir
 
 #: Records per consume call, and per Parquet chunk of one partition.
@@ -127,6 +129,7 @@ class PartitionCounts:
     errors: int = 0
     max_lateness_ms: int = 0
     near_the_edge: int = 0  # in-range events in the last tenth of the lateness window
+    erased: int = 0  # in-range events of erased users, left out (`schemas.erasure`)
     unread_after: int = 0  # records after the scan window (sent later than the lateness)
 
 
@@ -161,12 +164,12 @@ class ReplaySummary:
 # --- reading ---------------------------------------------------------------------------
 
 
-def replay_consumer(bootstrap: str, group_id: str | None = None) -> Consumer:
+def replay_consumer(bootstrap: KafkaTarget, group_id: str | None = None) -> Consumer:
     """An assign-only consumer: `group_id` is never joined (the replay's own progress
     group for a topic copy; a random one otherwise) and nothing is committed by it."""
     return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka_base(bootstrap),
             "group.id": group_id or f"feedsignals-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -364,11 +367,22 @@ class Decoded:
 
 
 class Selector:
-    """Decodes records, applies the range rule, counts per partition."""
+    """Decodes records, applies the range rule and the erasure rule, counts per partition.
 
-    def __init__(self, request: ReplayRequest, summary: ReplaySummary) -> None:
+    Forget records (`schemas.erasure`) are requests, not events: they are never copied
+    or written, and the users they name join `erasures` for the rest of the read, so an
+    erasure the cold tier has not recorded yet is still honoured.
+    """
+
+    def __init__(
+        self,
+        request: ReplayRequest,
+        summary: ReplaySummary,
+        erasures: ErasureFilter | None = None,
+    ) -> None:
         self.request = request
         self.summary = summary
+        self.erasures = erasures if erasures is not None else ErasureFilter()
         self.edge_ms = (
             request.time_range.end_ms + request.lateness_ms - request.lateness_ms // 10
             if request.time_range is not None and not request.to_end
@@ -382,6 +396,8 @@ class Selector:
         counts = self.summary.partitions[partition]
         selects = self.request.selects
         edge = self.edge_ms
+        messages = self._without_forgets(messages)
+        keeps = self.erasures.keeps
         for message in messages:
             offset = _offset(message)
             timestamp_ms = message.timestamp()[1]
@@ -403,6 +419,9 @@ class Selector:
                 counts.outside += 1
                 into.outside += 1
                 continue
+            if not keeps(event.user_id, time_ms):
+                counts.erased += 1
+                continue
             counts.selected += 1
             lateness = timestamp_ms - time_ms
             counts.max_lateness_ms = max(counts.max_lateness_ms, lateness)
@@ -414,6 +433,7 @@ class Selector:
         """The same selection in columns, for Parquet: the batch decoded at once
         (`schemas.avro_columns`), the records that fast path leaves decoded one by one;
         the selected events grouped into tables per (UTC day, type)."""
+        messages = self._without_forgets(messages)
         if not messages:
             return
         counts = self.summary.partitions[partition]
@@ -452,6 +472,8 @@ class Selector:
                 counts.outside += outside
                 into.outside += outside
                 table, times = table.filter(pa.array(inside)), times[inside]
+        if self.erasures and len(table):
+            table, times = self._without_erased(table, times, counts)
         if not len(table):
             return
         counts.selected += len(table)
@@ -462,6 +484,37 @@ class Selector:
                 (table["kafka_timestamp_ms"].to_numpy() >= self.edge_ms).sum()
             )
         self._group(table, times, into)
+
+    def _without_forgets(self, messages: list[Message]) -> list[Message]:
+        """The messages that are events; the forget requests among them join `erasures`."""
+        if not any(m.headers() for m in messages):
+            return messages
+        events = []
+        for message in messages:
+            if not is_forget(message.headers()):
+                events.append(message)
+                continue
+            # An unreadable one the worker dead-letters; the replay has nothing to honour.
+            with contextlib.suppress(InvalidForget):
+                self.erasures.add([decode_forget(message.key(), message.value())])
+        return events
+
+    def _without_erased(
+        self, table: pa.Table, times: Any, counts: PartitionCounts
+    ) -> tuple[pa.Table, Any]:
+        """The rows the erasure rule keeps (`schemas.erasure`)."""
+        users = table["user_id"]
+        suspects = pc.is_in(users, value_set=pa.array(self.erasures.users()))
+        rows = np.flatnonzero(suspects.to_numpy(zero_copy_only=False))
+        if not len(rows):
+            return table, times
+        keep = np.ones(len(table), dtype=bool)
+        names = users.take(pa.array(rows)).to_pylist()
+        for row, user_id in zip(rows.tolist(), names, strict=True):
+            keep[row] = self.erasures.keeps(user_id, int(times[row]))
+        dropped = int(len(keep) - keep.sum())
+        counts.erased += dropped
+        return table.filter(pa.array(keep)), times[keep]
 
     def _group(self, table: pa.Table, times: Any, into: Decoded) -> None:
         """Sort by (day, type) once, then hand out zero-copy slices."""
@@ -668,7 +721,7 @@ class TopicSink:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaTarget,
         target: str,
         *,
         request: ReplayRequest,
@@ -685,7 +738,7 @@ class TopicSink:
         self.source = request.topic
         self.producer = Producer(
             {
-                "bootstrap.servers": target_bootstrap or bootstrap,
+                **with_servers(bootstrap, target_bootstrap),
                 "transactional.id": progress_group(request, target),
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
@@ -764,12 +817,14 @@ def progress_group(request: ReplayRequest, target: str) -> str:
     return f"feedsignals-replay-{request.digest()}-{target}"
 
 
-def ensure_target_topic(bootstrap: str, source: str, target: str, partitions_needed: int) -> None:
+def ensure_target_topic(
+    bootstrap: KafkaTarget, source: str, target: str, partitions_needed: int
+) -> None:
     """Create `target` with the source's partition count when missing; refuse one with too
     few partitions (records keep their partition numbers)."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(librdkafka_base(bootstrap))
     topics = admin.list_topics(timeout=10).topics
     if target == source:
         raise ReplayError("the target topic is the source topic")
@@ -798,6 +853,8 @@ def run_replay(
     make_sink: Callable[[Selector], ReplaySink],
     output: str,
     progress: bool = True,
+    *,
+    erasures: ErasureFilter | None = None,
 ) -> ReplaySummary:
     """Plan, resume, read and write; returns the per-partition counts."""
     began = time.monotonic()
@@ -816,7 +873,7 @@ def run_replay(
         },
         output=output,
     )
-    selector = Selector(request, summary)
+    selector = Selector(request, summary, erasures)
     sink = make_sink(selector)
     try:
         todo = sink.resume(scan)
@@ -841,12 +898,16 @@ def run_replay(
 
 
 def replay_to_parquet(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     request: ReplayRequest,
     folder: Path,
     progress: bool = True,
     chunk_records: int = CHUNK_RECORDS,
+    *,
+    erasures: ErasureFilter | None = None,
 ) -> ReplaySummary:
+    """`erasures`: who was erased (`jobs.forget.load_erasures`); their events up to the
+    erasure are left out."""
     consumer = replay_consumer(bootstrap)
     try:
         return run_replay(
@@ -855,24 +916,28 @@ def replay_to_parquet(
             lambda selector: ParquetSink(folder, request, selector, chunk_records),
             str(folder),
             progress,
+            erasures=erasures,
         )
     finally:
         consumer.close()
 
 
 def replay_to_topic(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     request: ReplayRequest,
     target: str,
     *,
     errors_path: Path,
     target_bootstrap: str | None = None,
     progress: bool = True,
+    erasures: ErasureFilter | None = None,
 ) -> ReplaySummary:
     consumer = replay_consumer(bootstrap, progress_group(request, target))
     try:
         scan = plan_scan(consumer, request)  # checks the request before anything is created
-        ensure_target_topic(target_bootstrap or bootstrap, request.topic, target, max(scan) + 1)
+        ensure_target_topic(
+            with_servers(bootstrap, target_bootstrap), request.topic, target, max(scan) + 1
+        )
         return run_replay(
             consumer,
             request,
@@ -887,6 +952,7 @@ def replay_to_topic(
             ),
             target,
             progress,
+            erasures=erasures,
         )
     finally:
         consumer.close()
@@ -937,7 +1003,7 @@ def worker_command() -> list[str]:
 def run_worker_until_committed(
     env: Mapping[str, str],
     *,
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic: str,
     group: str,
     log_path: Path,
@@ -994,6 +1060,16 @@ def run_worker_until_committed(
         ends_consumer.close()
 
 
+def erasures_or_fail(settings: Settings) -> ErasureFilter:
+    """The live pipeline's erasures (`jobs.forget.load_erasures`), as a ReplayError."""
+    from jobs.forget import ForgetError, load_erasures  # noqa: PLC0415
+
+    try:
+        return load_erasures(settings)
+    except ForgetError as exc:
+        raise ReplayError(str(exc)) from None
+
+
 def data_end(consumer: Consumer, topic: str, partition: int) -> int:
     """The offset after the partition's last committed record: below the high watermark
     when the log ends in transaction markers (a topic copy's do), which a consumer never
@@ -1042,18 +1118,20 @@ def run_pipeline(
         namespace = whatif_settings(settings, name)
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
-    probe = replay_consumer(settings.kafka_bootstrap)
+    probe = replay_consumer(kafka_config(settings))
     try:
         plan_scan(probe, request)  # a bad request fails before anything is created
     finally:
         probe.close()
     provision(namespace)
     summary = replay_to_topic(
-        settings.kafka_bootstrap,
+        kafka_config(settings),
         request,
         namespace.events_topic,
         errors_path=errors_path or Path(f"replay-errors-{name}.jsonl"),
         progress=progress,
+        # The live pipeline's erasures: a what-if run never brings an erased user back.
+        erasures=erasures_or_fail(settings),
     )
     env = {
         **namespace_env(namespace),
@@ -1065,7 +1143,7 @@ def run_pipeline(
     log_path = settings.faust_datadir.parent / f"whatif-{name}.log"
     run_worker_until_committed(
         env,
-        bootstrap=settings.kafka_bootstrap,
+        bootstrap=kafka_config(settings),
         topic=namespace.events_topic,
         group=namespace.app_id,
         log_path=log_path,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from schemas.replay_layout import EventTimeRange, parse_offsets, parse_partitions
+from sinks.connectivity import kafka_config
 from streams.settings import Settings
 
 DESCRIPTION = """\
@@ -219,6 +220,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.replay import (  # noqa: PLC0415  (pyarrow is heavy; only replay needs it)
         ReplayError,
         ReplayRequest,
+        erasures_or_fail,
         replay_to_parquet,
         replay_to_topic,
         run_pipeline,
@@ -238,16 +240,23 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     assert isinstance(request, ReplayRequest)
     progress = not args.no_progress and not args.json
     if args.to_parquet is not None:
-        summary = replay_to_parquet(settings.kafka_bootstrap, request, args.to_parquet, progress)
+        summary = replay_to_parquet(
+            kafka_config(settings),
+            request,
+            args.to_parquet,
+            progress,
+            erasures=erasures_or_fail(settings),
+        )
     elif args.to_topic is not None:
         errors = args.errors or Path(f"replay-errors-{args.to_topic}.jsonl")
         summary = replay_to_topic(
-            settings.kafka_bootstrap,
+            kafka_config(settings),
             request,
             args.to_topic,
             errors_path=errors,
             target_bootstrap=args.target_bootstrap,
             progress=progress,
+            erasures=erasures_or_fail(settings),
         )
     else:
         summary = run_pipeline(settings, request, args.to_pipeline, args.errors, progress)

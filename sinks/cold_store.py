@@ -132,6 +132,22 @@ _SELECT_WINDOW = (
     "AND newest_ms >= ?"
 )
 
+# Erasure (`schemas.erasure`): every row of a user, at a write timestamp above every
+# snapshot version issued before it. History partitions are per type and day: the days a
+# row can still live in (the TTL) are named in one IN per type.
+_ERASE_SNAPSHOTS = "DELETE FROM lastk_by_user USING TIMESTAMP ? WHERE user_id = ?"
+_ERASE_HISTORY = (
+    "DELETE FROM history_by_user USING TIMESTAMP ? "
+    "WHERE user_id = ? AND event_type = ? AND day IN ?"
+)
+# The history table before 0003, still in place for a rolling deploy (see 0003).
+_ERASE_OLD_HISTORY = (
+    "DELETE FROM interactions_by_user USING TIMESTAMP ? "
+    "WHERE user_id = ? AND event_type = ? AND day IN ?"
+)
+_RECORD_ERASURE = "INSERT INTO erasures (user_id, erased_ms, done_ms) VALUES (?, ?, ?)"
+_SELECT_ERASURES = "SELECT user_id, erased_ms FROM erasures"
+
 #: What to do with a request's rows (None: only its success matters).
 OnRows = Callable[[list[Any]], None] | None
 
@@ -197,6 +213,11 @@ class _Prepared:
         self.select_users = self._prepare(session, _SELECT_USERS)
         self.select_snapshot = self._prepare(session, _SELECT_SNAPSHOT)
         self.select_window = self._prepare(session, _SELECT_WINDOW)
+        self.erase_snapshots = self._prepare(session, _ERASE_SNAPSHOTS)
+        self.erase_history = self._prepare(session, _ERASE_HISTORY)
+        self.erase_old_history = self._prepare(session, _ERASE_OLD_HISTORY)
+        self.record_erasure = self._prepare(session, _RECORD_ERASURE)
+        self.select_erasures = self._prepare(session, _SELECT_ERASURES)
 
     @staticmethod
     def _prepare(session: Session, cql: str) -> PreparedStatement:
@@ -382,6 +403,43 @@ class CqlColdStore:
             for day in group:  # days do not overlap in time: newest day first is in order
                 found.extend(window_items(per_day[day], start_ms, end_ms))
         return found[: max(limit, 0)]
+
+    async def erase(self, user_id: str, write_timestamp_us: int, now_ms: int) -> None:
+        """Delete every row of the user (snapshots, history in both tables) at this write
+        timestamp: a snapshot written later with an earlier version (a flush in flight
+        when the user was erased) stays deleted. Idempotent."""
+        st = await self._statements()
+        today = now_ms // 86_400_000
+        # Every day a row may live in: the TTL back from today, and a day ahead.
+        days = list(range(today - self._max_window_days, today + 2))
+        requests: list[tuple[Statement, OnRows]] = [
+            (st.erase_snapshots.bind((write_timestamp_us, user_id)), None)
+        ]
+        for event_type in EventType:
+            for statement in (st.erase_history, st.erase_old_history):
+                requests.append(
+                    (statement.bind((write_timestamp_us, user_id, event_type.value, days)), None)
+                )
+        await self._run(requests)
+
+    async def record_erasures(self, erased: Mapping[str, int], done_ms: int) -> None:
+        """Remember who was erased and when (what `erasures` loads)."""
+        st = await self._statements()
+        await self._run(
+            (st.record_erasure.bind((user, at, done_ms)), None) for user, at in erased.items()
+        )
+
+    async def erasures(self) -> dict[str, int]:
+        """Every erased user and the time of their latest erasure (a small table)."""
+        st = await self._statements()
+        found: dict[str, int] = {}
+
+        def on_rows(rows: list[Any]) -> None:
+            for user_id, erased_ms in rows:
+                found[user_id] = max(found.get(user_id, 0), erased_ms or 0)
+
+        await self._run([(st.select_erasures.bind(()), on_rows)])
+        return found
 
     async def close(self) -> None:
         """Shut the driver down (off the loop: it joins its threads) if this store owns it."""

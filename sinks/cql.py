@@ -59,10 +59,13 @@ def connect_cluster(
 def connect(
     settings: Settings, keyspace: str | None = None, *, row_factory: Any = None
 ) -> tuple[Cluster, Session]:
+    from sinks.connectivity import cql_options  # noqa: PLC0415
+
     cluster = connect_cluster(
         settings.cql_contact_points,
         settings.cql_port,
         protocol_version=settings.cql_protocol_version,
         row_factory=row_factory,
+        **cql_options(settings),  # PasswordAuthenticator login, TLS
     )
     return cluster, cluster.connect(keyspace)

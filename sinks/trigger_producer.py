@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -24,12 +25,16 @@ class TriggersNotDelivered(ConnectionError):
 
 
 class TriggerProducer:
-    def __init__(self, bootstrap: str, topic: str, flush_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, flush_timeout_s: float = 30.0, **config: Any
+    ) -> None:
+        """`config`: more librdkafka settings (security: `sinks.connectivity.kafka_security`)."""
         self._topic = topic
         self._flush_timeout_s = flush_timeout_s
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
+                **config,
                 **GUARANTEES,
                 # A trigger is latency: send at once (a batch's triggers go out together).
                 "linger.ms": 1,

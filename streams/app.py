@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     ConsumerStoppedError,
@@ -35,11 +35,14 @@ from mode import Service
 from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.codec import decode_event
+from schemas.erasure import ErasureFilter, Forget, InvalidForget, decode_forget, is_forget
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from schemas.feature_layout import CountedEvent
 from schemas.features import FeaturePlan, PlannedEvent, plan_features
 from schemas.hot_layout import Interaction
 from schemas.triggers import RankTrigger
+from sinks.connectivity import aiokafka_options, faust_credentials, kafka_security
+from sinks.eraser import Eraser
 from sinks.feature_store import FeatureWriter, UserOutcome
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
@@ -97,6 +100,8 @@ class IngestCounters:
     too_late: int = 0  # events beyond the allowed lateness (in no feature tile)
     triggers: int = 0  # rank-refresh triggers published
     trigger_reasons: dict[str, int] = field(default_factory=dict)
+    erasures: int = 0  # users erased (forget records applied)
+    erased_events: int = 0  # events of erased users at or before their erasure, dropped
 
 
 def faust_broker_urls(settings: Settings) -> list[str]:
@@ -116,6 +121,8 @@ def faust_app_options(settings: Settings, datadir: Path) -> dict[str, Any]:
         "autodiscover": False,
         "store": "memory://",
         "datadir": str(datadir),
+        # SASL and TLS as configured (None: plaintext); Faust passes them on to aiokafka.
+        "broker_credentials": faust_credentials(settings),
     }
 
 
@@ -143,9 +150,13 @@ def build_app(
     hot_store: HotStore,
     sessions: SessionKeeper,
     features: FeatureWriter | None = None,
+    *,
     clock_ms: Callable[[], int] = wall_clock_ms,
+    eraser: Eraser | None = None,
 ) -> faust.App:
-    """A Faust app whose topics all come from the topic spec (it never creates topics)."""
+    """A Faust app whose topics all come from the topic spec (it never creates topics).
+
+    Without an `eraser`, forget records are dead-lettered (`schemas.erasure`)."""
     app = SignalsApp(settings.app_id, **faust_app_options(settings, settings.faust_datadir))
     pipeline = IngestPipeline(
         settings,
@@ -155,8 +166,11 @@ def build_app(
         stopping=lambda: bool(app.should_stop),
         clock_ms=clock_ms,
         features=features,
+        eraser=eraser,
         triggers=(
-            TriggerProducer(settings.kafka_bootstrap, settings.trigger_topic)
+            TriggerProducer(
+                settings.kafka_bootstrap, settings.trigger_topic, **kafka_security(settings)
+            )
             if features is not None and settings.triggers_enabled
             else None
         ),
@@ -181,6 +195,20 @@ def build_app(
     return app
 
 
+class _LoadErasures(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before a newly assigned partition is fetched, load the erasures again: its previous
+    owner may have erased some of its users since this worker last looked."""
+
+    def __init__(self, pipeline: IngestPipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        await self._pipeline.load_erasures()
+
+
 class IngestPipeline:
     """What happens to a batch: admit, dead-letter, re-hydrate, apply; and the flush.
 
@@ -203,8 +231,12 @@ class IngestPipeline:
         clock_ms: Callable[[], int],
         features: FeatureWriter | None = None,
         triggers: TriggerProducer | None = None,
+        eraser: Eraser | None = None,
     ) -> None:
         self.hot_store = hot_store
+        self.eraser = eraser
+        #: Who was erased and when (`schemas.erasure`): their older events are dropped.
+        self.erasure_filter = ErasureFilter()
         self.sessions = sessions
         self.counters = IngestCounters()
         self.features = features
@@ -245,6 +277,10 @@ class IngestPipeline:
         """
         now_ms = self._clock_ms()
         prepared = Prepared(now_ms)
+        size = len(records)
+        if any(record.headers for record in records):  # events carry no headers
+            records = self._take_forgets(records, prepared)
+        keeps = self.erasure_filter.keeps if self.erasure_filter else None
         append = prepared.interactions.append
         count = prepared.counted.append if self.features is not None else None
         activity = prepared.activity
@@ -270,6 +306,9 @@ class IngestPipeline:
             language,
             event_id,
         ) in admitted:
+            if keeps is not None and not keeps(user_id, event_time_ms):
+                self.counters.erased_events += 1
+                continue
             partition = record.partition
             if count is not None:
                 # A plain tuple of CountedEvent's fields (what plan_features unpacks):
@@ -294,9 +333,53 @@ class IngestPipeline:
                 languages[user_id] = language
             if product_id is not None and kind in PRODUCT_EVENT_TYPES:  # as interaction_of
                 append(Interaction(user_id, kind, product_id, event_time_ms))
-        self.counters.events += len(records)
-        prepared.size = len(records)
+        self.counters.events += size
+        prepared.size = size
         return prepared
+
+    def _take_forgets(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], prepared: Prepared
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The batch without its forget records, which go to `prepared.forgets`; the
+        users they name are in the erasure filter from now on, so this batch and every
+        later one drop their events up to the erasure (`schemas.erasure`)."""
+        events = []
+        for record in records:
+            if not is_forget(record.headers):
+                events.append(record)
+                continue
+            try:
+                forget = decode_forget(record.key, record.value)
+                if self.eraser is None:
+                    raise InvalidForget("this worker was built without an eraser")
+            except InvalidForget as exc:
+                prepared.rejected.append((record, InvalidEvent("forget", str(exc))))
+                continue
+            prepared.forgets.append((record.partition, forget))
+        self.erasure_filter.add(forget for _partition, forget in prepared.forgets)
+        return events
+
+    async def load_erasures(self) -> None:
+        """Everyone erased so far, from the cold tier: at start and on every assignment
+        (a partition taken over brings the erasures its previous owner did)."""
+        if self.eraser is not None:
+            self.erasure_filter.update(await self._until_applied(self.eraser.erasures))
+
+    async def _erase(self, prepared: Prepared) -> None:
+        """Erase the users of the batch's forget records (no other batch in flight)."""
+        assert self.eraser is not None
+        async with self._turn.eviction():  # no flush of this worker's meanwhile
+            await self._until_applied(self.eraser.erase, prepared.forgets, self._clock_ms())
+            for _partition, forget in prepared.forgets:
+                self.sessions.forget_user(forget.user_id)
+                self.trigger_states.pop(forget.user_id, None)
+        self.counters.erasures += len(prepared.forgets)
+        log.info(
+            "erased %d users: %s",
+            len(prepared.forgets),
+            ", ".join(forget.user_id for _partition, forget in prepared.forgets[:5])
+            + (" ..." if len(prepared.forgets) > 5 else ""),
+        )
 
     def _admitted(
         self,
@@ -333,6 +416,8 @@ class IngestPipeline:
         Returns only when the dead letters are confirmed by the broker and the store write
         succeeded; the caller commits the batch's offsets after that, never before.
         """
+        if prepared.forgets:
+            await self._erase(prepared)  # before the batch: its events of theirs are gone
         # The dead letters and the store write are independent: both must be confirmed
         # before the caller commits, but neither has to wait for the other.
         if prepared.rejected and prepared.activity:
@@ -609,10 +694,13 @@ class Prepared:
     #: user -> the language of their newest event in this batch (for the triggers).
     languages: dict[str, str] = field(default_factory=dict)
     size: int = 0  # records fetched, admitted or not
+    #: (partition, request) of the batch's forget records (`schemas.erasure`).
+    forgets: list[tuple[int, Forget]] = field(default_factory=list)
 
     def absorb(self, later: Prepared) -> None:
         """Take in the batch fetched after this one (same order as fetched)."""
         self.now_ms = max(self.now_ms, later.now_ms)
+        self.forgets += later.forgets
         self.interactions += later.interactions
         self.counted += later.counted
         self.languages.update(later.languages)
@@ -711,8 +799,7 @@ class RecordInteractions(Service):
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
-        return AIOKafkaConsumer(
-            s.events_topic,
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_servers,
             group_id=s.app_id,
             client_id=f"{s.app_id}-{RECORD_AGENT}",
@@ -723,7 +810,10 @@ class RecordInteractions(Service):
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
+            **aiokafka_options(s),
         )
+        consumer.subscribe([s.events_topic], listener=_LoadErasures(self.pipeline))
+        return consumer
 
     async def on_start(self) -> None:
         await until_applied(self.pipeline.sessions.prepare_index, give_up=lambda: self.should_stop)
@@ -851,6 +941,11 @@ class RecordInteractions(Service):
                     more, more_offsets = ready.get_nowait()
                     prepared.absorb(more)
                     offsets.update(more_offsets)  # later fetches have higher offsets
+                if prepared.forgets:
+                    # An erasure waits for every earlier batch: those may still be writing
+                    # the events of the users it erases.
+                    while in_flight:
+                        await in_flight.popleft()
                 earlier = in_flight[-1] if in_flight else None
                 in_flight.append(
                     asyncio.ensure_future(self._apply_one(prepared, offsets, earlier, applied))

@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 
 from sinks.catalog_store import RedisCatalogStore
 from sinks.cold_index import RedisColdIndex
+from sinks.connectivity import redis_options
 from sinks.drift_store import RedisDriftStore
+from sinks.eraser import Eraser
 from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.hot_sessions import RedisSessions
@@ -33,12 +35,17 @@ if TYPE_CHECKING:
 def build_redis(settings: Settings) -> HotRedis:
     """An asyncio client for one Redis, or for a Redis Cluster (discovered from any node);
     it connects lazily on first command."""
+    security = redis_options(settings)  # ACL user, password, TLS
     if settings.redis_cluster:
         return aioredis.RedisCluster.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, **security
         )
     return aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        **security,
     )
 
 
@@ -82,11 +89,13 @@ def build_cold_index(settings: Settings, client: HotRedis | None = None) -> Redi
     )
 
 
-def build_session_keeper(settings: Settings, client: HotRedis | None = None) -> SessionKeeper:
+def build_session_keeper(
+    settings: Settings, client: HotRedis | None = None, cold: CqlColdStore | None = None
+) -> SessionKeeper:
     client = client or build_redis(settings)
     return SessionKeeper(
         hot=RedisSessions(client, settings.redis_key_prefix, settings.last_k),
-        cold=build_cold_store(settings),
+        cold=cold or build_cold_store(settings),
         index=build_cold_index(settings, client),
         gap_ms=int(settings.inactivity_gap_s * 1000),
         idle_grace_ms=int(settings.session_idle_grace_s * 1000),
@@ -145,11 +154,13 @@ def build_ranker_app(settings: Settings) -> faust.App:
 
 def build_worker_app(settings: Settings) -> faust.App:
     client = build_redis(settings)
+    cold = build_cold_store(settings)
     return build_app(
         settings,
         build_hot_store(settings, client),
-        build_session_keeper(settings, client),
+        build_session_keeper(settings, client, cold),
         build_feature_store(settings, client) if settings.features_enabled else None,
+        eraser=Eraser(client, settings.redis_key_prefix, cold),
     )
 
 

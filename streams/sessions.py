@@ -371,6 +371,10 @@ class SessionKeeper:
             _user_id, oldest = self.stored.popitem(last=False)
             self.stored_bytes -= approximate_bytes(oldest)
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop what this worker remembers of an erased user."""
+        self._forget(user_id)
+
     def _forget(self, user_id: str) -> None:
         snapshot = self.stored.pop(user_id, None)
         if snapshot is not None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import PRODUCT_EVENT_TYPES, EventType
@@ -34,6 +34,14 @@ DEFAULT_LAST_K: dict[EventType, int] = {
 #: mutation, far below the servers' limit (half a commit log segment: 16 MiB on
 #: Cassandra and ScyllaDB by default).
 MAX_LAST_K = 1000
+
+#: Secrets that may instead be read from a file named by `SIGNALS_<NAME>_FILE`.
+SECRET_FILE_SETTINGS = (
+    "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "redis_password",
+    "cql_password",
+)
 
 STATE_DIR_ENV = "SIGNALS_STATE_DIR"
 
@@ -78,6 +86,36 @@ class Settings(BaseSettings):
         1_500_000_000_000, description="events before this (2017-07-14) are dead-lettered"
     )
 
+    # Kafka security (every Kafka client: the worker, producers, CLIs, the ranker, replay;
+    # `streams.connectivity` turns these into each client library's options)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how clients talk to the brokers"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (SASL_* protocols)")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="file holding the SASL password (instead of the variable)"
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle the brokers' certificates are checked against "
+        "(unset: the system's trust store)",
+    )
+    kafka_ssl_cert_file: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM key of the client certificate")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="password of an encrypted client key (secret)"
+    )
+    kafka_ssl_key_password_file: Path | None = Field(
+        None, description="file holding the client key's password"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="the broker certificate must name the host connected to"
+    )
+
     # Faust worker and its ingest consumer
     app_id: str = Field("feedsignals", description="Faust app id = consumer group id")
     # Events per batch (one getmany, one Redis script call, one commit). The per-batch
@@ -119,6 +157,21 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = Field(False, description="redis_url is a node of a Redis Cluster")
     redis_key_prefix: str = Field("ix", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Redis security: TLS is on when redis_url is rediss://; an ACL user and password
+    # here rather than in the URL (which then carries no secret)
+    redis_username: str | None = Field(None, description="Redis ACL user (AUTH username)")
+    redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
+    redis_password_file: Path | None = Field(
+        None, description="file holding the Redis password (instead of the variable)"
+    )
+    redis_tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle for rediss:// (unset: the system's trust store)"
+    )
+    redis_tls_cert_file: Path | None = Field(None, description="PEM client certificate")
+    redis_tls_key_file: Path | None = Field(None, description="PEM key of the client certificate")
+    redis_tls_check_hostname: bool = Field(
+        True, description="the server certificate must name the host connected to"
+    )
     last_k: dict[EventType, int] = Field(default_factory=lambda: dict(DEFAULT_LAST_K))
     # Only to refuse it, from the environment, an env file or an argument alike.
     hot_ttl_s: int | None = Field(None, description="refused: hot keys never expire")
@@ -221,6 +274,22 @@ class Settings(BaseSettings):
     # to hide round trips, few enough not to swamp a node or the driver's connection.
     cql_max_in_flight: int = Field(128, ge=1, description="concurrent CQL requests per store")
 
+    # CQL security (scylla-driver): PasswordAuthenticator credentials and client TLS
+    cql_username: str | None = Field(None, description="CQL role to log in as")
+    cql_password: SecretStr | None = Field(None, description="CQL password (secret)")
+    cql_password_file: Path | None = Field(
+        None, description="file holding the CQL password (instead of the variable)"
+    )
+    cql_tls: bool = Field(False, description="connect to the CQL nodes over TLS")
+    cql_tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle for CQL TLS (unset: the system's trust store)"
+    )
+    cql_tls_cert_file: Path | None = Field(None, description="PEM client certificate")
+    cql_tls_key_file: Path | None = Field(None, description="PEM key of the client certificate")
+    cql_tls_check_hostname: bool = Field(
+        True, description="each node's certificate must name the address connected to"
+    )
+
     @field_validator("last_k", mode="before")
     @classmethod
     def _merge_last_k(cls, value: Any) -> dict[EventType, int]:
@@ -245,6 +314,70 @@ class Settings(BaseSettings):
             else:
                 merged[EventType(name)] = float(weight)
         return merged
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """`<secret>_file` settings: the secret is the file's content (one trailing newline
+        dropped), for secrets mounted as files (Kubernetes, systemd credentials)."""
+        if not isinstance(data, dict):
+            return data
+        for secret in SECRET_FILE_SETTINGS:
+            path = data.get(f"{secret}_file")
+            if path in (None, ""):
+                continue
+            if data.get(secret) not in (None, ""):
+                raise ValueError(
+                    f"set SIGNALS_{secret.upper()} or SIGNALS_{secret.upper()}_FILE, not both"
+                )
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(
+                    f"SIGNALS_{secret.upper()}_FILE: cannot read {path}: {exc.strerror}"
+                ) from None
+            data = {**data, secret: text[:-1] if text.endswith("\n") else text}
+        return data
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> Settings:
+        """Refuse half a security configuration with one line saying what is missing."""
+        problems = []
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                f"SIGNALS_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SIGNALS_KAFKA_SASL_USERNAME and SIGNALS_KAFKA_SASL_PASSWORD (or _FILE)"
+            )
+        kafka_tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        tls_files = ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
+        if not kafka_tls and any(getattr(self, name) for name in tls_files):
+            problems.append(
+                "SIGNALS_KAFKA_SSL_* files are set but SIGNALS_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: use SSL or SASL_SSL"
+            )
+        redis_tls = self.redis_url.startswith("rediss://")
+        tls_files = ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+        if not redis_tls and any(getattr(self, name) for name in tls_files):
+            problems.append(
+                "SIGNALS_REDIS_TLS_* files are set but SIGNALS_REDIS_URL is not rediss://"
+            )
+        tls_files = ("cql_tls_ca_file", "cql_tls_cert_file", "cql_tls_key_file")
+        if not self.cql_tls and any(getattr(self, name) for name in tls_files):
+            problems.append("SIGNALS_CQL_TLS_* files are set but SIGNALS_CQL_TLS is off")
+        if bool(self.cql_username) != bool(self.cql_password):
+            problems.append("SIGNALS_CQL_USERNAME and SIGNALS_CQL_PASSWORD go together")
+        if self.redis_username and not self.redis_password:
+            problems.append("SIGNALS_REDIS_USERNAME needs SIGNALS_REDIS_PASSWORD (or _FILE)")
+        for server in ("kafka_ssl", "redis_tls", "cql_tls"):
+            cert, key = getattr(self, f"{server}_cert_file"), getattr(self, f"{server}_key_file")
+            if bool(cert) != bool(key):
+                name = f"SIGNALS_{server.upper()}"
+                problems.append(f"{name}_CERT_FILE and {name}_KEY_FILE go together")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _triggers_need_features(self) -> Settings:
