@@ -335,6 +335,17 @@ def _add_model_commands(commands: Any) -> None:
     )
     cold_index.add_argument("action", choices=["status", "rebuild"], help="what to do")
 
+    check = commands.add_parser(
+        "check",
+        help="check that Kafka, Redis and the cold tier accept this configuration",
+        description="Connect to each server as configured (SIGNALS_* settings: addresses, "
+        "SASL, TLS, logins) and print one line per server: ok, or which server refused and "
+        "why (a wrong password, an untrusted certificate, TLS expected or not spoken, "
+        "unreachable). Exits 1 if any is not ok. The worker, the ranker and the API run the "
+        "same check at start and stop on a refusal (README, Production connectivity).",
+    )
+    check.add_argument("--no-cql", action="store_true", help="skip the CQL cold tier")
+
     forget = commands.add_parser(
         "forget",
         help="erase users' data from every store (right to erasure)",
@@ -798,9 +809,56 @@ def _clock(ms: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
 
 
+class ServerRefused(Exception):
+    """Servers refused this configuration: one line each (`sinks.preflight`)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def service_failure(exc: Exception, settings: Settings) -> str:
+    """One line for a Kafka or Redis error: which server and why, when a check can tell
+    (librdkafka's exceptions only say "transport failure")."""
+    from sinks.preflight import check_cql, check_kafka, check_redis  # noqa: PLC0415
+
+    if isinstance(exc, KafkaException):
+        reach = check_kafka(settings, 5)
+    elif isinstance(exc, RedisError):
+        reach = check_redis(settings)
+    else:
+        reach = check_cql(settings)
+    if not reach.ok:
+        return reach.line()
+    where = "cold tier: " if type(exc).__module__.startswith("cassandra") else ""
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def refuse_misconfigured(settings: Settings, *, cql: bool = True) -> None:
+    """Stop before starting when a server refuses this configuration (a login, a
+    certificate, TLS or not): no retry would help, and nothing has been read or written
+    yet. A server that is only down is left to the process's retries."""
+    from sinks.preflight import check_all  # noqa: PLC0415
+
+    fatal = [reach for reach in check_all(settings, cql=cql) if reach.trouble.fatal]
+    if fatal:
+        raise ServerRefused([reach.line() for reach in fatal])
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per server: reached as configured, or which server and why not."""
+    from sinks.preflight import check_all  # noqa: PLC0415
+
+    found = check_all(settings, cql=not args.no_cql)
+    for reach in found:
+        print(reach.line(), file=sys.stdout if reach.ok else sys.stderr)
+    return 0 if all(reach.ok for reach in found) else 1
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust  # noqa: PLC0415  (heavy import, only the worker needs it)
 
+    refuse_misconfigured(settings)
     app = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=args.loglevel)
     worker.execute_from_commandline()  # exits the process when the worker stops
@@ -810,6 +868,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ranker(args: argparse.Namespace, settings: Settings) -> int:
     import faust  # noqa: PLC0415  (heavy import, only the Faust apps need it)
 
+    refuse_misconfigured(settings, cql=False)
     worker = faust.Worker(build_ranker_app(settings), loglevel=args.loglevel)
     worker.execute_from_commandline()  # exits the process when the ranker stops
     return 0
@@ -821,6 +880,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     workers = args.workers or settings.api_workers
+    refuse_misconfigured(settings)
     print(f"read API on http://{host}:{port} ({workers} worker(s); docs at /docs)", flush=True)
     uvicorn.run(
         "streams.api:create_app",
@@ -1127,29 +1187,37 @@ def main(argv: list[str] | None = None) -> int:
             "backfill": cmd_backfill,
             "cold-index": cmd_cold_index,
             "forget": cmd_forget,
+            "check": cmd_check,
             "dlq": cmd_dlq,
             "demo": cmd_demo,
         }[args.command]
         return handler(args, settings)
     except CliError as exc:
         parser.error(str(exc))  # usage + one line, exit 2
+    except ServerRefused as exc:
+        for line in exc.lines:
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
-        print(
-            f"{PROG}: error: bad setting SIGNALS_{field.upper()}: {first['msg']}", file=sys.stderr
-        )
+        # A rule across settings has no single field; its message names them.
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = f"bad setting SIGNALS_{field.upper()}" if field else "bad settings"
+        print(f"{PROG}: error: {where}: {message}", file=sys.stderr)
     except BrokenPipeError:
         # The reader went away (`signals ... | head`): not an error; stop writing quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (KafkaException, RedisError, OSError, RuntimeError) as exc:
+    except (KafkaException, RedisError) as exc:
+        print(f"{PROG}: error: {service_failure(exc, settings)}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
     except Exception as exc:
         if not type(exc).__module__.startswith("cassandra"):
             raise
         # The CQL driver's errors (NoHostAvailable, timeouts) are service problems too.
-        print(f"{PROG}: error: cold tier: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {service_failure(exc, settings)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 CONTROL_HEADER = "signals.control"
 FORGET = b"forget"
@@ -44,6 +45,16 @@ class Forget:
     user_id: str
     erased_ms: int
     request_id: str = ""
+
+
+class ForgetAt(NamedTuple):
+    """A forget request as the worker read it: its partition and offset, and what it asks.
+    The offset fences the user's served feed: only a feed from a later trigger (whose
+    sequence is a later offset of the partition) may replace the erasure's marker."""
+
+    partition: int
+    offset: int
+    forget: Forget
 
 
 def encode_forget(forget: Forget) -> tuple[bytes, bytes, list[tuple[str, str | bytes | None]]]:

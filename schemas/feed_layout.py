@@ -16,8 +16,11 @@
 
 `<sequence>` is the trigger's sequence (the offset of the newest event behind it): a
 feed is replaced only by one from a later trigger, so a stale or repeated trigger, or a
-slower ranker finishing late, never overwrites a fresher feed. The key shares the hash
-tag of the user's last-k keys (one cluster slot) and expires FEED_TTL_MS after its write.
+slower ranker finishing late, never overwrites a fresher feed. A value with nothing after
+the `|` is an erased user's marker (`signals forget`; `<sequence>` is the offset of the
+forget record): there is no feed, and only a trigger after the erasure writes one. The
+key shares the hash tag of the user's last-k keys (one cluster slot) and expires
+FEED_TTL_MS after its write.
 """
 
 from __future__ import annotations
@@ -70,9 +73,17 @@ def encode_feed(feed: Feed) -> bytes:
     return b"%d|%b" % (feed.sequence, orjson.dumps(body))
 
 
-def decode_feed(user_id: str, value: bytes | str) -> Feed:
+def erased_feed(offset: int) -> bytes:
+    """The marker an erasure leaves: no feed, and none from a trigger before `offset`."""
+    return b"%d|" % offset
+
+
+def decode_feed(user_id: str, value: bytes | str) -> Feed | None:
+    """The stored feed; None for an erased user's marker."""
     raw = value.encode() if isinstance(value, str) else value
     _sequence, _, body = raw.partition(b"|")
+    if not body:
+        return None
     fields = orjson.loads(body)
     trigger = fields["trigger"]
     return Feed(

@@ -35,7 +35,7 @@ from mode import Service
 from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.codec import decode_event
-from schemas.erasure import ErasureFilter, Forget, InvalidForget, decode_forget, is_forget
+from schemas.erasure import ErasureFilter, ForgetAt, InvalidForget, decode_forget, is_forget
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from schemas.feature_layout import CountedEvent
 from schemas.features import FeaturePlan, PlannedEvent, plan_features
@@ -355,8 +355,8 @@ class IngestPipeline:
             except InvalidForget as exc:
                 prepared.rejected.append((record, InvalidEvent("forget", str(exc))))
                 continue
-            prepared.forgets.append((record.partition, forget))
-        self.erasure_filter.add(forget for _partition, forget in prepared.forgets)
+            prepared.forgets.append(ForgetAt(record.partition, record.offset, forget))
+        self.erasure_filter.add(request.forget for request in prepared.forgets)
         return events
 
     async def load_erasures(self) -> None:
@@ -370,14 +370,14 @@ class IngestPipeline:
         assert self.eraser is not None
         async with self._turn.eviction():  # no flush of this worker's meanwhile
             await self._until_applied(self.eraser.erase, prepared.forgets, self._clock_ms())
-            for _partition, forget in prepared.forgets:
-                self.sessions.forget_user(forget.user_id)
-                self.trigger_states.pop(forget.user_id, None)
+            for request in prepared.forgets:
+                self.sessions.forget_user(request.forget.user_id)
+                self.trigger_states.pop(request.forget.user_id, None)
         self.counters.erasures += len(prepared.forgets)
         log.info(
             "erased %d users: %s",
             len(prepared.forgets),
-            ", ".join(forget.user_id for _partition, forget in prepared.forgets[:5])
+            ", ".join(request.forget.user_id for request in prepared.forgets[:5])
             + (" ..." if len(prepared.forgets) > 5 else ""),
         )
 
@@ -694,8 +694,8 @@ class Prepared:
     #: user -> the language of their newest event in this batch (for the triggers).
     languages: dict[str, str] = field(default_factory=dict)
     size: int = 0  # records fetched, admitted or not
-    #: (partition, request) of the batch's forget records (`schemas.erasure`).
-    forgets: list[tuple[int, Forget]] = field(default_factory=list)
+    #: The batch's forget records (`schemas.erasure`).
+    forgets: list[ForgetAt] = field(default_factory=list)
 
     def absorb(self, later: Prepared) -> None:
         """Take in the batch fetched after this one (same order as fetched)."""

@@ -14,6 +14,7 @@ from schemas.codec import encode_event
 from schemas.erasure import (
     ErasureFilter,
     Forget,
+    ForgetAt,
     InvalidForget,
     decode_forget,
     encode_forget,
@@ -112,7 +113,7 @@ def test_a_batch_hands_over_its_forget_records_and_drops_the_users_older_events(
     now = max(e.event_time_ms for e in events) + 1000
     pipeline = _pipeline(now)
     prepared = pipeline.prepare(_records(events, size // 3, Forget(victim, erased_ms, "r")))
-    assert prepared.forgets == [(0, Forget(victim, erased_ms, "r"))]
+    assert prepared.forgets == [ForgetAt(0, size // 3, Forget(victim, erased_ms, "r"))]
     assert prepared.size == size + 1
     assert not prepared.rejected
     victims = [i.event_time_ms for i in prepared.interactions if i.user_id == victim]
