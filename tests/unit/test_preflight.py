@@ -37,7 +37,8 @@ from sinks.preflight import Reach, Trouble, classify
         ),
         (
             "ConnectionError: Error 1 connecting to 127.0.0.1:26379. "
-            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain",
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+            "self-signed certificate in certificate chain",
             True,
             Trouble.TLS,
         ),
