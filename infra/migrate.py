@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cassandra.cluster import Session
+    from cassandra.cluster import Cluster, Session
 
     from streams.settings import Settings
 
@@ -60,6 +60,23 @@ def keyspace_cql(settings: Settings) -> str:
             f"'replication_factor': {settings.cql_replication_factor}}}"
         )
     return f"CREATE KEYSPACE IF NOT EXISTS {settings.cql_keyspace} WITH replication = {replication}"
+
+
+def open_session(settings: Settings) -> tuple[Cluster, Session]:
+    """A session on the configured CQL server with its security (login and TLS), on no
+    keyspace; shut the cluster down when done."""
+    from sinks.cql import connect  # noqa: PLC0415
+
+    return connect(settings)
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Connect, bring the keyspace up to date, disconnect; returns the versions applied."""
+    cluster, session = open_session(settings)
+    try:
+        return apply_migrations(session, settings)
+    finally:
+        cluster.shutdown()
 
 
 def apply_migrations(session: Session, settings: Settings) -> list[str]:

@@ -51,16 +51,11 @@ def namespace_env(settings: Settings) -> dict[str, str]:
 
 def provision(settings: Settings) -> None:
     """Create the namespace's topics and its migrated keyspace (both idempotent)."""
-    from infra.migrate import apply_migrations  # noqa: PLC0415
+    from infra.migrate import migrate  # noqa: PLC0415
     from infra.topics import apply_topics  # noqa: PLC0415
-    from sinks.cql import connect  # noqa: PLC0415
 
     apply_topics(settings)
-    cluster, session = connect(settings)
-    try:
-        apply_migrations(session, settings)
-    finally:
-        cluster.shutdown()
+    migrate(settings)
 
 
 def drop(settings: Settings) -> None:
@@ -75,11 +70,11 @@ def drop(settings: Settings) -> None:
 def drop_keyspace(settings: Settings, attempts: int = 3) -> None:
     """DROP KEYSPACE, retried: a CQL server busy with other schema changes can refuse
     connections for a few seconds."""
-    from sinks.cql import connect  # noqa: PLC0415
+    from infra.migrate import open_session  # noqa: PLC0415
 
     for attempt in range(1, attempts + 1):
         try:
-            cluster, session = connect(settings)
+            cluster, session = open_session(settings)
             try:
                 session.execute(f"DROP KEYSPACE IF EXISTS {settings.cql_keyspace}", timeout=60)
             finally:
@@ -97,10 +92,13 @@ def delete_redis_keys(settings: Settings, pattern: str | None = None) -> int:
     every primary of a cluster); returns how many."""
     import redis  # noqa: PLC0415
 
+    from sinks.connectivity import redis_options  # noqa: PLC0415
+
+    options = redis_options(settings)
     client: redis.Redis | redis.RedisCluster = (
-        redis.RedisCluster.from_url(settings.redis_url)
+        redis.RedisCluster.from_url(settings.redis_url, **options)
         if settings.redis_cluster
-        else redis.Redis.from_url(settings.redis_url)
+        else redis.Redis.from_url(settings.redis_url, **options)
     )
     deleted = 0
     try:

@@ -3,6 +3,11 @@
 Each service knows how to check its prerequisites, start detached, tell when it is ready,
 stop by PID, and which settings (env file entries) point the app at it. The JVM servers,
 Apache Kafka and Apache Cassandra, live in `kafka_server.py` and `cassandra_server.py`.
+
+The stack runs plain (no TLS, no passwords) or secured (`StackConfig.secure`: TLS only,
+every client authenticated; certificates from `infra/tls.py`, passwords from
+`infra/credentials.py`). The stack's own probes connect exactly as the application does:
+through `sinks/connectivity.py`, from the settings the service writes to the env file.
 """
 
 from __future__ import annotations
@@ -13,10 +18,17 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from infra.process import ManagedProcess, port_free, wait_until
 from infra.vendor import Bundle, java_major
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.credentials import StackSecrets
+    from infra.tls import TlsFiles
 
 CLUSTER_SLOTS = 16384
 #: Redis Cluster's node-to-node bus listens on the client port + this (Redis' default).
@@ -44,10 +56,39 @@ class StackConfig:
     #: The `java` both servers run on (Kafka 4 needs 17+, Cassandra 5.0 runs on 11 or 17).
     java: str = "java"
     ready_timeout_s: float = 120.0
+    #: TLS only, every client authenticated (`signals-stack up --secure`).
+    secure: bool = False
+    #: The state folder whose `vendor/` holds the servers' jars, when not this one (the
+    #: secured stack shares the plain stack's: the same jars, assembled once).
+    vendor_state_dir: Path | None = None
 
     @property
     def env_file(self) -> Path:
         return self.state_dir / "stack.env"
+
+    @property
+    def jars_state_dir(self) -> Path:
+        return self.vendor_state_dir or self.state_dir
+
+    @property
+    def tls(self) -> TlsFiles:
+        from infra.tls import TlsFiles  # noqa: PLC0415  (infra.tls imports this module)
+
+        return TlsFiles(self.state_dir / "tls")
+
+    @property
+    def secrets(self) -> StackSecrets:
+        from infra.credentials import StackSecrets  # noqa: PLC0415
+
+        return StackSecrets(self.state_dir / "secrets")
+
+    def command(self, name: str) -> str:
+        """How to run `signals-stack <name>` for this stack (in messages)."""
+        return f"signals-stack {name}{' --secure' if self.secure else ''}"
+
+    def setting(self, name: str) -> str:
+        """The variable that sets `name` (`REDIS_PORT`) for this stack."""
+        return f"SIGNALS_STACK_{'SECURE_' if self.secure else ''}{name}"
 
     def process(self, name: str, marker: str) -> ManagedProcess:
         return ManagedProcess(
@@ -70,6 +111,104 @@ class Service(Protocol):
     def pid(self) -> int | None: ...
     def address(self) -> str: ...
     def env(self) -> dict[str, str]: ...
+    def security(self) -> str: ...
+
+
+class _OnlyTheseSettings(Settings):
+    """Settings from the arguments alone: no environment variables, no env file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_from(entries: dict[str, str]) -> Settings:
+    """The Settings that exactly these env file entries (`SIGNALS_*`) give, whatever the
+    environment says: what the stack's own probes connect with, so they connect as the
+    application will."""
+    fields: dict[str, Any] = {
+        key.removeprefix("SIGNALS_").lower(): value
+        for key, value in entries.items()
+        if key.startswith("SIGNALS_") and not key.startswith("SIGNALS_STACK_")
+    }
+    return _OnlyTheseSettings(**fields)
+
+
+def redis_env(
+    config: StackConfig, port: int, url_setting: str = "SIGNALS_REDIS_URL"
+) -> dict[str, str]:
+    """Env file entries reaching the Redis on `port`: its URL, and for the secured stack
+    TLS (rediss://, the stack's CA) and the ACL user."""
+    if not config.secure:
+        return {url_setting: f"redis://127.0.0.1:{port}/0"}
+    from infra.credentials import APP_USER, REDIS_APP  # noqa: PLC0415
+
+    return {
+        url_setting: f"rediss://127.0.0.1:{port}/0",
+        "SIGNALS_REDIS_USERNAME": APP_USER,
+        "SIGNALS_REDIS_PASSWORD_FILE": str(config.secrets.path(REDIS_APP)),
+        "SIGNALS_REDIS_TLS_CA_FILE": str(config.tls.ca_cert),
+    }
+
+
+def redis_client(config: StackConfig, port: int, timeout_s: float = 1.0) -> Any:
+    """A redis-py client of the stack's Redis on `port`, connecting as the app would."""
+    import redis  # noqa: PLC0415
+
+    from sinks.connectivity import redis_options  # noqa: PLC0415
+
+    settings = settings_from(redis_env(config, port))
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=1,
+        **redis_options(settings),
+    )
+
+
+def redis_server_args(config: StackConfig, port: int, data_dir: Path) -> list[str]:
+    """redis-server's command line: plain, or TLS only (no plaintext port) with the ACL
+    file (so no password is on the command line) and client certificates optional."""
+    listen = ["--port", str(port)]
+    if config.secure:
+        tls = config.tls
+        listen = [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(tls.server_cert),
+            "--tls-key-file",
+            str(tls.server_key),
+            "--tls-ca-cert-file",
+            str(tls.ca_cert),
+            "--tls-auth-clients",
+            "optional",
+            "--aclfile",
+            str(config.secrets.redis_acl_file),
+        ]
+    return [
+        "redis-server",
+        *listen,
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+    ]
 
 
 def port_problem(service: str, port: int, setting: str | None = None) -> list[str]:
@@ -96,7 +235,7 @@ class RedisService:
                 "redis: redis-server not found; install it with "
                 "`apt-get install -y redis-server` (./dev setup does this)"
             )
-        return found + port_problem("redis", self.port)
+        return found + port_problem("redis", self.port, self.config.setting("REDIS_PORT"))
 
     def is_running(self) -> bool:
         return self.proc.pid() is not None
@@ -110,30 +249,10 @@ class RedisService:
     def start(self) -> None:
         data_dir = self.config.state_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc.start(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--protected-mode",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(data_dir),
-                "--daemonize",
-                "no",
-            ]
-        )
+        self.proc.start([*redis_server_args(self.config, self.port, data_dir), "--daemonize", "no"])
 
     def wait_ready(self, timeout_s: float) -> None:
-        import redis  # noqa: PLC0415
-
-        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis_client(self.config, self.port)
         try:
             ready = wait_until(lambda: bool(client.ping()) or self.proc.exited_early(), timeout_s)
         finally:
@@ -151,7 +270,12 @@ class RedisService:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {"SIGNALS_REDIS_URL": f"redis://127.0.0.1:{self.port}/0"}
+        return redis_env(self.config, self.port)
+
+    def security(self) -> str:
+        if not self.config.secure:
+            return "plaintext, no authentication"
+        return "TLS only (client certificate optional), ACL user feedsignals; default user off"
 
 
 class RedisClusterService:
@@ -164,10 +288,10 @@ class RedisClusterService:
     """
 
     name = "redis-cluster"
-    setting = "SIGNALS_STACK_REDIS_CLUSTER_PORTS"
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
+        self.setting = config.setting("REDIS_CLUSTER_PORTS")
         self.ports = config.redis_cluster_ports
         self.dir = config.state_dir / "redis-cluster"
         self.procs = [
@@ -213,23 +337,13 @@ class RedisClusterService:
                 (node_dir / "nodes.conf").unlink(missing_ok=True)
                 proc.start(
                     [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--protected-mode",
-                        "yes",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
+                        *redis_server_args(self.config, port, node_dir),
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
                         "nodes.conf",
+                        # The cluster bus (port + 10000) is TLS too in the secured stack.
+                        *(["--tls-cluster", "yes"] if self.config.secure else []),
                         "--daemonize",
                         "no",
                     ],
@@ -242,15 +356,10 @@ class RedisClusterService:
             raise
 
     def wait_ready(self, timeout_s: float) -> None:
-        import redis  # noqa: PLC0415
-
         if self._serving():  # formed already (a running cluster): nothing to do
             return
         deadline = time.monotonic() + timeout_s
-        clients: list[Any] = [
-            redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
-            for port in self.ports
-        ]
+        clients: list[Any] = [redis_client(self.config, port, timeout_s=2) for port in self.ports]
         try:
             for port, proc, client in zip(self.ports, self.procs, clients, strict=True):
                 answered = wait_until(
@@ -281,11 +390,9 @@ class RedisClusterService:
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
 
     def _cluster_infos(self) -> list[dict[str, str]]:
-        import redis  # noqa: PLC0415
-
         infos = []
         for port in self.ports:
-            client: Any = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+            client = redis_client(self.config, port, timeout_s=2)
             try:
                 infos.append(parse_cluster_info(client.execute_command("CLUSTER", "INFO")))
             finally:
@@ -323,7 +430,13 @@ class RedisClusterService:
 
     def env(self) -> dict[str, str]:
         # Not SIGNALS_REDIS_URL: the worker keeps the single Redis unless told otherwise.
-        return {"SIGNALS_REDIS_CLUSTER_URL": f"redis://127.0.0.1:{self.ports[0]}/0"}
+        # The secured cluster has the single Redis' user, password and CA.
+        return redis_env(self.config, self.ports[0], "SIGNALS_REDIS_CLUSTER_URL")
+
+    def security(self) -> str:
+        if not self.config.secure:
+            return "plaintext, no authentication"
+        return "TLS only, cluster bus TLS too, ACL user feedsignals; default user off"
 
 
 def _pings_or_exited(client: Any, proc: ManagedProcess) -> bool:
@@ -391,6 +504,8 @@ class JvmServer(abc.ABC):
         self.config_file = config_file
         self.proc = config.process(self.name, marker=str(config_file))
         self._log_from = 0
+        #: Why the latest readiness probe failed, for the message if it never succeeds.
+        self._last_probe_error: str | None = None
 
     @abc.abstractmethod
     def rendered_config(self) -> str:
@@ -408,12 +523,15 @@ class JvmServer(abc.ABC):
         """Anything to do after the config is written and before the JVM starts."""
 
     def is_installed(self) -> bool:
-        return self.bundle.is_assembled(self.config.state_dir)
+        return self.bundle.is_assembled(self.config.jars_state_dir)
 
     def install(self) -> tuple[int, float]:
         return self.bundle.assemble(
-            self.config.state_dir, self.config.state_dir / "logs" / f"maven-{self.name}.log"
+            self.config.jars_state_dir, self.config.state_dir / "logs" / f"maven-{self.name}.log"
         )
+
+    def classpath(self) -> str:
+        return self.bundle.classpath(self.config.jars_state_dir)
 
     def is_running(self) -> bool:
         return self.proc.pid() is not None
@@ -431,7 +549,8 @@ class JvmServer(abc.ABC):
             return None
         return (
             f"{self.name}: running (pid {self.pid()}) with other settings than the current "
-            f"ones ({self.config_file}); `signals-stack down` then `up` applies them"
+            f"ones ({self.config_file}); `{self.config.command('down')}` then "
+            f"`{self.config.command('up')}` applies them"
         )
 
     def start(self) -> None:
@@ -439,6 +558,9 @@ class JvmServer(abc.ABC):
         # Native libraries (JNA, lz4, snappy, zstd) unpack here, not in a maybe-noexec /tmp.
         tmp_dir = self.dir / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Private: the secured Kafka's holds its broker's own SCRAM password.
+        self.config_file.touch(mode=0o600)
+        self.config_file.chmod(0o600)
         self.config_file.write_text(self.rendered_config())
         self.prepare()
         self._log_from = self.proc.log_size()
@@ -452,8 +574,9 @@ class JvmServer(abc.ABC):
                 f"{self.proc.startup_error(self._log_from)} (log: {self.proc.log_file})"
             )
         if not ready:
+            last = f" (last probe: {self._last_probe_error})" if self._last_probe_error else ""
             raise StackError(
-                f"{self.name}: not serving on {self.address()} after {timeout_s:.0f}s; "
+                f"{self.name}: not serving on {self.address()} after {timeout_s:.0f}s{last}; "
                 f"log: {self.proc.log_tail()}"
             )
 
@@ -461,7 +584,16 @@ class JvmServer(abc.ABC):
         if self.proc.exited_early():
             return True  # stop polling; wait_ready reports the exit
         host, _, port = self.address().rpartition(":")
-        return not port_free(int(port), host) and self.serves()
+        if port_free(int(port), host):
+            self._last_probe_error = "nothing listening yet"
+            return False
+        try:
+            served = self.serves()
+        except Exception as exc:  # no secret in it: clients do not put passwords in errors
+            self._last_probe_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            raise
+        self._last_probe_error = None if served else "not ready yet"
+        return served
 
     def stop(self) -> bool:
         return self.proc.stop(timeout_s=60)

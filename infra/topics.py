@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sinks.connectivity import kafka_config
 from streams.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -93,7 +94,7 @@ def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> li
     # NewTopic is re-exported from the C extension, which mypy cannot see.
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(kafka_config(settings))
     existing = admin.list_topics(timeout=15).topics
     results: list[TopicResult] = []
     missing = [spec for spec in specs if spec.name not in existing]
@@ -156,7 +157,7 @@ def delete_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
     specs = declared_topics(settings) if specs is None else specs
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(kafka_config(settings))
     existing = admin.list_topics(timeout=15).topics
     names = [spec.name for spec in specs if spec.name in existing]
     if names:

@@ -68,4 +68,8 @@ def connect(
         row_factory=row_factory,
         **cql_options(settings),  # PasswordAuthenticator login, TLS
     )
-    return cluster, cluster.connect(keyspace)
+    try:
+        return cluster, cluster.connect(keyspace)
+    except BaseException:
+        cluster.shutdown()  # a refused login or handshake leaves no driver threads behind
+        raise
