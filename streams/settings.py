@@ -42,6 +42,23 @@ SECRET_FILE_SETTINGS = (
     "redis_password",
     "cql_password",
 )
+#: Optional security settings: an empty value means unset.
+OPTIONAL_SECURITY_SETTINGS = (
+    *SECRET_FILE_SETTINGS,
+    *(f"{name}_file" for name in SECRET_FILE_SETTINGS),
+    "kafka_sasl_username",
+    "kafka_ssl_ca_file",
+    "kafka_ssl_cert_file",
+    "kafka_ssl_key_file",
+    "redis_username",
+    "redis_tls_ca_file",
+    "redis_tls_cert_file",
+    "redis_tls_key_file",
+    "cql_username",
+    "cql_tls_ca_file",
+    "cql_tls_cert_file",
+    "cql_tls_key_file",
+)
 
 STATE_DIR_ENV = "SIGNALS_STATE_DIR"
 
@@ -314,6 +331,12 @@ class Settings(BaseSettings):
             else:
                 merged[EventType(name)] = float(weight)
         return merged
+
+    @field_validator(*OPTIONAL_SECURITY_SETTINGS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`SIGNALS_KAFKA_SSL_CA_FILE=` unsets it (not the path "")."""
+        return None if value == "" else value
 
     @model_validator(mode="before")
     @classmethod

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/stack/" in str(item.fspath).replace(os.sep, "/"):
+        path = str(item.fspath).replace(os.sep, "/")
+        if "tests/stack/" in path or "tests/secure/" in path:
             item.add_marker(pytest.mark.stack)
 
 
@@ -81,10 +82,15 @@ def forget_keys(settings: Settings) -> None:
     TTL, so a long-lived local stack would otherwise keep every test's users."""
     import redis  # noqa: PLC0415
 
+    from sinks.connectivity import redis_options  # noqa: PLC0415
+
+    security = redis_options(settings)  # the secured stack's cluster has the same user
     url = stack_cluster_url()
-    clients: list[redis.Redis | redis.RedisCluster] = [redis.Redis.from_url(settings.redis_url)]
+    clients: list[redis.Redis | redis.RedisCluster] = [
+        redis.Redis.from_url(settings.redis_url, **security)
+    ]
     if url:
-        clients.append(redis.RedisCluster.from_url(url))
+        clients.append(redis.RedisCluster.from_url(url, **security))
     for client in clients:
         try:
             pipe = client.pipeline(transaction=False)
