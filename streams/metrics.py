@@ -147,6 +147,16 @@ class WorkerCollector:
             ingest.trigger_reasons,
         )
         yield _counter(
+            "feedsignals_erasures_total",
+            "users erased (forget records carried out: signals forget)",
+            ingest.erasures,
+        )
+        yield _counter(
+            "feedsignals_erased_events_dropped_total",
+            "events of erased users timed at or before their erasure, dropped",
+            ingest.erased_events,
+        )
+        yield _counter(
             "feedsignals_sessions_rehydrated_total",
             "returning users whose last-k was loaded back from the cold tier",
             sessions.hydrated_users,

@@ -32,6 +32,7 @@ def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
     ingest.trigger_reasons["high_intent"] = 3
     sessions.flushed_users, sessions.hydrated_users = 4, 1
     sessions.hot_by_partition = {0: 7, 1: 2}
+    ingest.erasures, ingest.erased_events = 2, 5
     text = scrape(collector)
     for line in (
         "feedsignals_events_consumed_total 10.0",
@@ -44,6 +45,8 @@ def test_the_worker_collector_reads_the_counters_at_scrape_time() -> None:
         'feedsignals_consumer_lag_records{partition="0"} 0.0',
         'feedsignals_sessions_hot{partition="0"} 7.0',
         'feedsignals_sessions_hot{partition="1"} 2.0',
+        "feedsignals_erasures_total 2.0",
+        "feedsignals_erased_events_dropped_total 5.0",
     ):
         assert line in text, line
 
