@@ -332,6 +332,13 @@ class Settings(BaseSettings):
                 merged[EventType(name)] = float(weight)
         return merged
 
+    def __repr_args__(self) -> Any:
+        """As pydantic's, with a password in a Redis URL masked (SecretStr masks the rest)."""
+        from sinks.connectivity import redacted  # noqa: PLC0415
+
+        for name, value in super().__repr_args__():
+            yield name, redacted(value) if name == "redis_url" else value
+
     @field_validator(*OPTIONAL_SECURITY_SETTINGS, mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
