@@ -108,8 +108,10 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
     secure_env: dict[str, str],
     running_worker: WorkerHandle,
     secure_dir: Path,
+    tmp_path: Path,
 ) -> None:
     settings = secure_settings
+    replay_folder = tmp_path / "replay"
     outputs: list[str] = []
     now = int(time.time() * 1000)
     _send(
@@ -165,6 +167,25 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
     assert cql_execute(settings, "SELECT * FROM lastk_by_user WHERE user_id = 'sara'") == []
     # tom is untouched (his session has ended too: he is in the cold tier).
     assert cql_execute(settings, "SELECT items FROM lastk_by_user WHERE user_id = 'tom'")
+
+    # An analyst's replay over SASL_SSL, honouring the erasure it reads from the secured
+    # cold tier: tom's events only.
+    replayed = _signals(
+        secure_env,
+        "replay",
+        "--start",
+        str(now - 120_000),
+        "--end",
+        str(now + 1),
+        "--to-parquet",
+        str(replay_folder),
+        "--no-progress",
+    )
+    outputs += [replayed.stdout, replayed.stderr]
+    assert replayed.returncode == 0, replayed.stderr
+    import pandas as pd  # noqa: PLC0415
+
+    assert sorted(set(pd.read_parquet(replay_folder)["user_id"])) == ["tom"]
 
     # What an operator sees: help, the stack's status, a refused setting, the settings.
     for args in (["--help"], ["worker", "--help"], ["forget", "--help"], ["check", "--help"]):
