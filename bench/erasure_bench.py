@@ -60,25 +60,23 @@ def send_paced(iso: Isolated, events: list[Event], stop: threading.Event, seen: 
             seen.add(event.user_id)
 
 
-def probe_freshness(iso: Isolated, n: int, client: Any) -> float:
+def probe_freshness(iso: Isolated, n: int, client: Any, producer: EventProducer) -> float:
     """Send a view by a new user; seconds until it is in their last-k in Redis."""
     settings = iso.settings
     user = f"probe-{n}"
     key = hot_key(settings.redis_key_prefix, user, EventType.VIEW)
     sent = time.time()
-    with EventProducer(
-        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
-    ) as producer:
-        producer.send(
-            Event(
-                event_id=f"probe-{n}-{int(sent * 1000)}",
-                user_id=user,
-                event_type=EventType.VIEW,
-                event_time_ms=int(sent * 1000),
-                product_id="probe",
-                category_id="c1",
-            )
+    producer.send(
+        Event(
+            event_id=f"probe-{n}-{int(sent * 1000)}",
+            user_id=user,
+            event_type=EventType.VIEW,
+            event_time_ms=int(sent * 1000),
+            product_id="probe",
+            category_id="c1",
         )
+    )
+    producer.flush(5)
     deadline = sent + 30
     while time.time() < deadline:
         if client.exists(key):
@@ -103,6 +101,9 @@ def measure(args: argparse.Namespace) -> tuple[list[float], list[float], list[fl
     probes: list[float] = []
     stop = threading.Event()
     seen: set[str] = set()
+    prober = EventProducer(
+        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
+    )
     try:
         with WorkerProcess(iso.env, label="erasure") as worker:
             time.sleep(3)  # the worker joins its group
@@ -113,7 +114,7 @@ def measure(args: argparse.Namespace) -> tuple[list[float], list[float], list[fl
             rng = random.Random(7)
             end = time.time() + args.seconds - args.warmup - 2
             while time.time() < end and worker.alive():
-                probes.append(probe_freshness(iso, len(probes), client))
+                probes.append(probe_freshness(iso, len(probes), client, prober))
                 user = rng.choice(sorted(seen))
                 began = time.perf_counter()
                 report = forget_users(settings, [user], wait_s=30, poll_s=0.01)
@@ -128,6 +129,7 @@ def measure(args: argparse.Namespace) -> tuple[list[float], list[float], list[fl
                 raise RuntimeError(f"the worker stopped: {worker.tail()}")
     finally:
         stop.set()
+        prober.close()
         client.close()
         iso.cleanup()
     return erasures, calls, probes

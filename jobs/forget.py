@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from schemas.erasure import ErasureFilter, Forget
-from sinks.connectivity import kafka_security
-from sinks.events_producer import EventProducer
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas.erasure import ErasureFilter, Forget, encode_forget
+from sinks.connectivity import kafka_config
 from streams.settings import Settings
 
 
@@ -52,20 +53,25 @@ def forget_users(
     users = list(dict.fromkeys(u for u in user_ids if u))
     if not users:
         raise ForgetError("no user ids given")
-    requested_ms = int(time.time() * 1000)
     request_id = uuid.uuid4().hex[:12]
     errors: list[str] = []
-    with EventProducer(
-        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
-    ) as producer:
-        for user_id in users:
-            producer.send_forget(
-                Forget(user_id, requested_ms, request_id),
-                on_delivery=lambda err: errors.append(err) if err else None,
-            )
-        producer.flush(30)
-    if errors:
-        raise ForgetError(f"erasure requests not delivered: {errors[0]}")
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    # Not the events producer's idempotent client: its first send waits ~0.5 s for a
+    # producer id, and a repeated request is harmless (the erasure is idempotent). Keyed
+    # and partitioned (librdkafka's default partitioner) like the library's events.
+    producer = Producer({**kafka_config(settings), "acks": "all", "linger.ms": 0})
+    requested_ms = int(time.time() * 1000)  # T
+    for user_id in users:
+        key, value, headers = encode_forget(Forget(user_id, requested_ms, request_id))
+        producer.produce(
+            settings.events_topic, key=key, value=value, headers=headers, on_delivery=delivered
+        )
+    if producer.flush(30):
+        errors.append("not acknowledged by the brokers within 30 s")
     report = ForgetReport(requested_ms, waiting=list(users))
     if wait_s <= 0:
         return report

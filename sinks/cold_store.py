@@ -410,7 +410,9 @@ class CqlColdStore:
         when the user was erased) stays deleted. Idempotent."""
         st = await self._statements()
         today = now_ms // 86_400_000
-        # Every day a row may live in: the TTL back from today, and a day ahead.
+        # Every day bucket a read can reach (`window`: the TTL or 400 days, the larger),
+        # and a day ahead. Older buckets exist only if a backfill wrote events that old;
+        # no read reaches them and they expire with the TTL from their write.
         days = list(range(today - self._max_window_days, today + 2))
         requests: list[tuple[Statement, OnRows]] = [
             (st.erase_snapshots.bind((write_timestamp_us, user_id)), None)

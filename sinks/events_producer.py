@@ -27,7 +27,6 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.codec import encode_event
-from schemas.erasure import Forget, encode_forget
 from schemas.events import Event, validate
 
 #: librdkafka settings we rely on; callers may add to them but not weaken the guarantees.
@@ -130,27 +129,6 @@ class EventProducer:
             # Serving callbacks every send costs ~3 us; every POLL_EVERY sends is plenty.
             self._unpolled = 0
             self._producer.poll(0)
-
-    def send_forget(
-        self, forget: Forget, on_delivery: Callable[[str | None], None] | None = None
-    ) -> None:
-        """Queue a request to erase `forget.user_id` (`schemas.erasure`): keyed by the user
-        like their events, so it lands on their partition, in order with them.
-        `on_delivery` gets None once the broker has it, or the error."""
-
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
-            if on_delivery is not None:
-                on_delivery(None if err is None else err.str())
-
-        key, value, headers = encode_forget(forget)
-        self._producer.produce(
-            self.topic, key=key, value=value, headers=headers, on_delivery=report
-        )
-        self._producer.poll(0)
 
     def send_dict(self, data: Mapping[str, Any]) -> Event:
         """Build (and validate) an event from a JSON-like mapping, then send it."""

@@ -368,15 +368,20 @@ class IngestPipeline:
     async def _erase(self, prepared: Prepared) -> None:
         """Erase the users of the batch's forget records (no other batch in flight)."""
         assert self.eraser is not None
+        waited = time.perf_counter()
         async with self._turn.eviction():  # no flush of this worker's meanwhile
+            began = time.perf_counter()
             await self._until_applied(self.eraser.erase, prepared.forgets, self._clock_ms())
             for request in prepared.forgets:
                 self.sessions.forget_user(request.forget.user_id)
                 self.trigger_states.pop(request.forget.user_id, None)
         self.counters.erasures += len(prepared.forgets)
         log.info(
-            "erased %d users: %s",
+            "erased %d users in %.0f ms (%.0f ms after the fetch, %.0f ms for the turn): %s",
             len(prepared.forgets),
+            (time.perf_counter() - began) * 1000,
+            self._clock_ms() - prepared.now_ms,
+            (began - waited) * 1000,
             ", ".join(request.forget.user_id for request in prepared.forgets[:5])
             + (" ..." if len(prepared.forgets) > 5 else ""),
         )
