@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sinks.connectivity import aiokafka_options, kafka_config, redis_options  # noqa: E402
 from streams.settings import Settings, state_dir  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -104,7 +105,9 @@ def _stack_answers() -> bool:
 
     settings = Settings.load()
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, **redis_options(settings)
+        )
         try:
             client.ping()
         finally:
@@ -325,7 +328,7 @@ def produce(
     bad_every = round(1 / bad_share) if bad_share > 0 else 0
     # One producer with the library's settings for good and bad messages alike, so that a
     # topic with bad messages is laid out (record batches, compression) like a clean one.
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **BATCHING, **GUARANTEES})
+    producer = Producer({**kafka_config(settings), **BATCHING, **GUARANTEES})
     failed: list[KafkaError] = []
 
     def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -382,7 +385,10 @@ async def raw_aiokafka_consume(settings: Settings, expected: int, decode: bool) 
     from schemas.codec import decode_event  # noqa: PLC0415
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        **aiokafka_options(settings),
     )
     await consumer.start()
     try:
@@ -416,7 +422,7 @@ def raw_confluent_consume(settings: Settings, expected: int, batch: int = 10_000
 
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_config(settings),
             "group.id": f"raw-{uuid.uuid4().hex[:8]}",  # required, never joined (assign)
             "enable.auto.commit": False,
         }
@@ -447,7 +453,7 @@ def end_offsets(settings: Settings, topic: str) -> int:
     run, and the idempotent producers write no transaction markers)."""
     from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-count"})
+    consumer = Consumer({**kafka_config(settings), "group.id": "bench-count"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(

@@ -47,6 +47,7 @@ from harness import (
     write_results,
 )
 
+from sinks.connectivity import redis_options
 from streams.settings import Settings
 
 POLL_S = 0.02
@@ -120,7 +121,7 @@ def run_worker(
     )
     apply_topics(settings)  # the group's Faust leader topic; the events topic exists already
     stats_key = f"{settings.redis_key_prefix}:stats:applied"
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **redis_options(settings))
     try:
         with WorkerProcess(env, label=suffix, source=source) as worker:
             started = time.perf_counter()
