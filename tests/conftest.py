@@ -282,3 +282,47 @@ def readme_blocks(section: str, language: str) -> list[str]:
     start = text.index(section)
     body = text[start : text.index("\n## ", start + len(section))]
     return re.findall(rf"```{language}\n(.*?)```", body, flags=re.DOTALL)
+
+
+def run_signals(
+    env: dict[str, str], *args: str, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`signals ARGS` as a user runs it, with this environment over the test's."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def shopper_event(user: str, kind: Any, product: str, at_ms: int, n: int) -> Any:
+    """One valid event of `user` (an order gets its order id and quantity)."""
+    from schemas.events import Event, EventType  # noqa: PLC0415
+
+    return Event(
+        event_id=f"{user}-{n}-{at_ms}",
+        user_id=user,
+        event_type=kind,
+        event_time_ms=at_ms,
+        product_id=product,
+        category_id="c1",
+        order_id=f"o-{n}" if kind is EventType.ORDER else None,
+        quantity=1 if kind is EventType.ORDER else None,
+    )
+
+
+def send_events(settings: Settings, events: list[Any]) -> None:
+    """Produce with the library and the configured security; all delivered."""
+    from sinks.connectivity import kafka_security  # noqa: PLC0415
+    from sinks.events_producer import EventProducer  # noqa: PLC0415
+
+    with EventProducer(
+        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
+    ) as producer:
+        for event in events:
+            producer.send(event)
+    assert producer.delivered == len(events)

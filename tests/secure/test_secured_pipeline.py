@@ -10,57 +10,23 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from schemas.events import Event, EventType
+from schemas.events import EventType
 from schemas.hot_layout import hot_key
-from sinks.connectivity import kafka_config, kafka_security, redis_options
-from sinks.events_producer import EventProducer
+from sinks.connectivity import kafka_config, redis_options
 from streams.settings import Settings
-from tests.conftest import ROOT, WorkerHandle, wait_for
+from tests.conftest import ROOT, WorkerHandle, run_signals, send_events, shopper_event, wait_for
 from tests.stack.harness import Worker, cql_execute
 from tests.stack.oracle import SESSION_ENV
 
 T0 = 1_790_000_000_000
-
-
-def _signals(
-    env: dict[str, str], *args: str, timeout_s: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-
-
-def _event(user: str, kind: EventType, product: str, at_ms: int, n: int) -> Event:
-    return Event(
-        event_id=f"{user}-{n}-{at_ms}",
-        user_id=user,
-        event_type=kind,
-        event_time_ms=at_ms,
-        product_id=product,
-        category_id="c1",
-    )
-
-
-def _send(settings: Settings, events: list[Event]) -> None:
-    with EventProducer(
-        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
-    ) as producer:
-        for event in events:
-            producer.send(event)
-    assert producer.delivered == len(events)
 
 
 def _products(settings: Settings, user: str, kind: EventType) -> list[bytes]:
@@ -71,27 +37,12 @@ def _products(settings: Settings, user: str, kind: EventType) -> list[bytes]:
         client.close()
 
 
-def _start_worker(env: dict[str, str], log: Path) -> WorkerHandle:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker", "--loglevel", "info"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return WorkerHandle(process, log)
-
-
 @pytest.fixture
 def running_worker(
-    secure_settings: Settings, secure_env: dict[str, str], tmp_path: Path
+    secure_settings: Settings, secure_env: dict[str, str], worker: Callable[..., Any]
 ) -> Iterator[WorkerHandle]:
-    handle = _start_worker({**secure_env, **SESSION_ENV}, tmp_path / "worker.log")
-    try:
+    with worker({**secure_env, **SESSION_ENV}) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 def _secrets(secure_dir: Path) -> dict[str, str]:
@@ -114,12 +65,12 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
     replay_folder = tmp_path / "replay"
     outputs: list[str] = []
     now = int(time.time() * 1000)
-    _send(
+    send_events(
         settings,
         [
-            _event("sara", EventType.VIEW, "p1", now - 60_000, 1),
-            _event("sara", EventType.CLICK, "p2", now - 59_000, 2),
-            _event("tom", EventType.VIEW, "p3", now - 60_000, 3),
+            shopper_event("sara", EventType.VIEW, "p1", now - 60_000, 1),
+            shopper_event("sara", EventType.CLICK, "p2", now - 59_000, 2),
+            shopper_event("tom", EventType.VIEW, "p3", now - 60_000, 3),
         ],
     )
     wait_for(
@@ -139,19 +90,19 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
         on_fail=lambda: running_worker.log_text()[-3000:],
     )
     # She is back: re-hydrated from the cold tier, the new view on top.
-    _send(settings, [_event("sara", EventType.VIEW, "p4", now - 30_000, 4)])
+    send_events(settings, [shopper_event("sara", EventType.VIEW, "p4", now - 30_000, 4)])
     wait_for(
         lambda: _products(settings, "sara", EventType.VIEW) == [b"p4", b"p1"],
         timeout_s=60,
         what="sara re-hydrated with her new view",
         on_fail=lambda: running_worker.log_text()[-3000:],
     )
-    read = _signals(secure_env, "last-k", "sara", "--type", "click")
+    read = run_signals(secure_env, "last-k", "sara", "--type", "click")
     outputs += [read.stdout, read.stderr]
     assert read.returncode == 0, read.stderr
     assert "p2" in read.stdout
 
-    checked = _signals(secure_env, "check")
+    checked = run_signals(secure_env, "check")
     outputs += [checked.stdout, checked.stderr]
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines() == [
@@ -160,7 +111,7 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
         f"cql {settings.cql_hosts}:{settings.cql_port}: ok (TLS)",
     ]
 
-    forgot = _signals(secure_env, "forget", "sara", "--wait", "60")
+    forgot = run_signals(secure_env, "forget", "sara", "--wait", "60")
     outputs += [forgot.stdout, forgot.stderr]
     assert forgot.returncode == 0, forgot.stderr + running_worker.log_text()[-3000:]
     assert _products(settings, "sara", EventType.VIEW) == []
@@ -170,7 +121,7 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
 
     # An analyst's replay over SASL_SSL, honouring the erasure it reads from the secured
     # cold tier: tom's events only.
-    replayed = _signals(
+    replayed = run_signals(
         secure_env,
         "replay",
         "--start",
@@ -189,9 +140,9 @@ def test_produce_ingest_flush_rehydrate_read_and_erase_over_tls_and_logins_leaki
 
     # What an operator sees: help, the stack's status, a refused setting, the settings.
     for args in (["--help"], ["worker", "--help"], ["forget", "--help"], ["check", "--help"]):
-        shown = _signals(secure_env, *args)
+        shown = run_signals(secure_env, *args)
         outputs += [shown.stdout, shown.stderr]
-    bad = _signals({**secure_env, "SIGNALS_REDIS_TLS_CERT_FILE": "/nonexistent.pem"}, "check")
+    bad = run_signals({**secure_env, "SIGNALS_REDIS_TLS_CERT_FILE": "/nonexistent.pem"}, "check")
     outputs += [bad.stdout, bad.stderr]
     assert bad.returncode == 1 and "SIGNALS_REDIS_TLS_CERT_FILE" in bad.stderr
     status = subprocess.run(
@@ -279,7 +230,7 @@ CAUSES = {
 def test_each_refusal_is_one_line_naming_the_server_and_the_cause(
     secure_settings: Settings, secure_env: dict[str, str], secure_dir: Path, failure: str
 ) -> None:
-    checked = _signals(_refused(secure_env, secure_dir, failure), "check")
+    checked = run_signals(_refused(secure_env, secure_dir, failure), "check")
     assert checked.returncode == 1
     lines = [line for line in checked.stderr.splitlines() if line.strip()]
     settings = secure_settings
@@ -297,20 +248,19 @@ def test_each_refusal_is_one_line_naming_the_server_and_the_cause(
 def test_a_worker_refused_by_a_server_stops_at_once_having_applied_and_committed_nothing(
     secure_settings: Settings,
     secure_env: dict[str, str],
-    secure_dir: Path,
-    tmp_path: Path,
+    worker: Callable[..., Any],
     server: str,
 ) -> None:
     settings = secure_settings
     now = int(time.time() * 1000)
-    events = [_event("uma", EventType.VIEW, f"p{i}", now - 10_000 + i, i) for i in range(5)]
-    _send(settings, events)
+    events = [shopper_event("uma", EventType.VIEW, f"p{i}", now - 10_000 + i, i) for i in range(5)]
+    send_events(settings, events)
     wrong = {
         "kafka": {"SIGNALS_KAFKA_SASL_PASSWORD_FILE": "", "SIGNALS_KAFKA_SASL_PASSWORD": "x"},
         "redis": {"SIGNALS_REDIS_PASSWORD_FILE": "", "SIGNALS_REDIS_PASSWORD": "x"},
         "cql": {"SIGNALS_CQL_PASSWORD_FILE": "", "SIGNALS_CQL_PASSWORD": "x"},
     }[server]
-    refused = _signals({**secure_env, **wrong}, "worker", timeout_s=120)
+    refused = run_signals({**secure_env, **wrong}, "worker", timeout_s=120)
     assert refused.returncode == 2, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if line.startswith("signals: error:")]
     assert len(errors) == 1 and f"{server} " in errors[0] and "authentication failed" in errors[0]
@@ -325,16 +275,13 @@ def test_a_worker_refused_by_a_server_stops_at_once_having_applied_and_committed
     finally:
         consumer.close()
     assert all(tp.offset < 0 for tp in committed), committed
-    handle = _start_worker(secure_env, tmp_path / "worker.log")  # sessions of 30 minutes
-    try:
+    with worker(secure_env) as handle:  # sessions of 30 minutes
         wait_for(
             lambda: len(_products(settings, "uma", EventType.VIEW)) == 5,
             timeout_s=90,
             what="a correctly configured worker to apply all five events",
             on_fail=lambda: handle.log_text()[-3000:],
         )
-    finally:
-        handle.stop()
 
 
 def test_client_certificates_are_accepted_where_the_servers_ask_for_them(
@@ -350,6 +297,6 @@ def test_client_certificates_are_accepted_where_the_servers_ask_for_them(
         "SIGNALS_CQL_TLS_CERT_FILE": str(tls / "client.pem"),
         "SIGNALS_CQL_TLS_KEY_FILE": str(tls / "client.key"),
     }
-    checked = _signals(mtls, "check")
+    checked = run_signals(mtls, "check")
     assert checked.returncode == 0, checked.stderr
     assert len(checked.stdout.splitlines()) == 3

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +15,15 @@ import pytest
 import redis
 
 from schemas.erasure import Forget, ForgetAt
-from schemas.events import Event, EventType
+from schemas.events import EventType
 from schemas.feature_layout import user_features_key
 from schemas.feed_layout import Feed, feed_key
 from schemas.hot_layout import UserLastK, active_key, hot_key, version_key
-from sinks.connectivity import kafka_security, redis_options
+from sinks.connectivity import redis_options
 from sinks.eraser import Eraser
-from sinks.events_producer import EventProducer
 from sinks.feed_store import RedisFeedStore
 from streams.settings import Settings
-from tests.conftest import ROOT, on_backend, wait_for
+from tests.conftest import on_backend, run_signals, send_events, shopper_event, wait_for
 from tests.stack.harness import PARTITION, Worker, cql_execute
 from tests.stack.oracle import SESSION_ENV
 
@@ -108,39 +105,6 @@ def _hot_keys(settings: Settings, user: str) -> dict[str, object]:
         client.close()
 
 
-def _send(settings: Settings, events: list[Event]) -> None:
-    with EventProducer(
-        settings.kafka_bootstrap, settings.events_topic, **kafka_security(settings)
-    ) as producer:
-        for event in events:
-            producer.send(event)
-
-
-def _event(user: str, kind: EventType, product: str, at_ms: int, n: int) -> Event:
-    return Event(
-        event_id=f"{user}-{n}",
-        user_id=user,
-        event_type=kind,
-        event_time_ms=at_ms,
-        product_id=product,
-        category_id="c1",
-        order_id=f"o-{n}" if kind is EventType.ORDER else None,
-        quantity=1 if kind is EventType.ORDER else None,
-    )
-
-
-def _signals(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_brings_them_back(
     session_settings: Settings,
     isolated_env: dict[str, str],
@@ -154,12 +118,12 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
     env["SIGNALS_WORKER_METRICS_PORT"] = "0"
     now = int(time.time() * 1000)
     first = [
-        _event("carol", EventType.VIEW, "p1", now - 60_000, 1),
-        _event("carol", EventType.ORDER, "p2", now - 59_000, 2),
-        _event("dave", EventType.VIEW, "p3", now - 60_000, 3),
+        shopper_event("carol", EventType.VIEW, "p1", now - 60_000, 1),
+        shopper_event("carol", EventType.ORDER, "p2", now - 59_000, 2),
+        shopper_event("dave", EventType.VIEW, "p3", now - 60_000, 3),
     ]
     with worker(env) as running:
-        _send(settings, first)
+        send_events(settings, first)
         wait_for(
             lambda: len(_hot_keys(settings, "carol")) >= 3,
             timeout_s=60,
@@ -175,7 +139,7 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
             what="carol's session to be flushed to the cold tier",
             on_fail=lambda: running.log_text()[-3000:],
         )
-        _send(settings, [_event("carol", EventType.CLICK, "p4", now - 30_000, 4)])
+        send_events(settings, [shopper_event("carol", EventType.CLICK, "p4", now - 30_000, 4)])
         wait_for(
             lambda: (
                 hot_key(settings.redis_key_prefix, "carol", EventType.CLICK)
@@ -188,7 +152,7 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
         client = redis.Redis.from_url(settings.redis_url)
         client.set(feed_key(settings.redis_key_prefix, "carol"), b"1|{}")
         replay_before = tmp_path / "before"
-        replayed = _signals(
+        replayed = run_signals(
             env,
             "replay",
             "--start",
@@ -201,7 +165,7 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
         )
         assert replayed.returncode == 0, replayed.stderr
 
-        forgot = _signals(env, "forget", "carol", "--wait", "60")
+        forgot = run_signals(env, "forget", "carol", "--wait", "60")
         assert forgot.returncode == 0, forgot.stderr + running.log_text()[-3000:]
         assert "carol: erased" in forgot.stdout
         assert _hot_keys(settings, "carol") == {}
@@ -229,11 +193,11 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
         # one: only the new one is kept.
         erased_ms = cql_execute(settings, "SELECT erased_ms FROM erasures WHERE user_id = 'carol'")
         erased_at = erased_ms[0].erased_ms
-        _send(
+        send_events(
             settings,
             [
-                _event("carol", EventType.VIEW, "late", erased_at - 1000, 5),
-                _event("carol", EventType.VIEW, "new", erased_at + 1000, 6),
+                shopper_event("carol", EventType.VIEW, "late", erased_at - 1000, 5),
+                shopper_event("carol", EventType.VIEW, "new", erased_at + 1000, 6),
             ],
         )
         view_key = hot_key(settings.redis_key_prefix, "carol", EventType.VIEW)
@@ -247,7 +211,7 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
 
         # A replay of the whole range now leaves out everything of hers up to the erasure.
         replay_after = tmp_path / "after"
-        replayed = _signals(
+        replayed = run_signals(
             env,
             "replay",
             "--start",
@@ -270,7 +234,7 @@ def test_signals_forget_erases_a_user_through_the_running_worker_and_nothing_bri
         assert len(before[before["user_id"] == "carol"]) == 3  # the analyst's older copy
 
     # A backfill from the older copy does not bring her back to the cold tier either.
-    backfilled = _signals(env, "backfill", "--from-parquet", str(replay_before), "--no-progress")
+    backfilled = run_signals(env, "backfill", "--from-parquet", str(replay_before), "--no-progress")
     assert backfilled.returncode == 0, backfilled.stderr
     # Only her new history may be there (the worker may have flushed it when it stopped).
     rows = cql_execute(settings, "SELECT items FROM lastk_by_user WHERE user_id = 'carol'")
