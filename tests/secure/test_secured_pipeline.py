@@ -300,3 +300,43 @@ def test_client_certificates_are_accepted_where_the_servers_ask_for_them(
     checked = run_signals(mtls, "check")
     assert checked.returncode == 0, checked.stderr
     assert len(checked.stdout.splitlines()) == 3
+
+
+def test_the_ranker_and_the_read_api_run_on_the_secured_stack(
+    secure_settings: Settings,
+    secure_env: dict[str, str],
+    worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The ranker's Faust app joins its group over SASL_SSL; the API answers /readyz with
+    every store reached over TLS and serves a user's interactions."""
+    import httpx  # noqa: PLC0415
+
+    from tests.stack.test_api import ApiServer  # noqa: PLC0415
+
+    settings = secure_settings
+    now = int(time.time() * 1000)
+    with worker(secure_env) as ingest, worker(secure_env, "ranker") as ranker:
+        send_events(settings, [shopper_event("vic", EventType.VIEW, "p7", now - 5000, 1)])
+        wait_for(
+            lambda: _products(settings, "vic", EventType.VIEW) == [b"p7"],
+            timeout_s=90,
+            what="the worker to apply vic's view",
+            on_fail=lambda: ingest.log_text()[-3000:],
+        )
+        wait_for(
+            lambda: "Setting newly assigned partitions" in ranker.log_text(),
+            timeout_s=90,
+            what="the ranker to join its group over SASL_SSL",
+            on_fail=lambda: ranker.log_text()[-3000:],
+        )
+        assert ranker.process.poll() is None
+        server = ApiServer(secure_env, tmp_path / "api.log")
+        try:
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            got = httpx.get(f"{server.url}/users/vic/interactions?type=view&k=5", timeout=10)
+            assert got.status_code == 200, got.text
+            assert "p7" in got.text
+        finally:
+            server.stop()
