@@ -838,9 +838,15 @@ def refuse_misconfigured(settings: Settings, *, cql: bool = True) -> None:
     """Stop before starting when a server refuses this configuration (a login, a
     certificate, TLS or not): no retry would help, and nothing has been read or written
     yet. A server that is only down is left to the process's retries."""
-    from sinks.preflight import check_all  # noqa: PLC0415
+    from sinks.preflight import Trouble, check_all  # noqa: PLC0415
 
-    fatal = [reach for reach in check_all(settings, cql=cql) if reach.trouble.fatal]
+    for attempt in range(3):
+        fatal = [reach for reach in check_all(settings, cql=cql) if reach.trouble.fatal]
+        # A closed connection reads as "expects TLS" on a plaintext client, but a server
+        # restarting closes connections too: only a refusal that lasts stops the process.
+        if not fatal or any(r.trouble is not Trouble.PLAINTEXT for r in fatal) or attempt == 2:
+            break
+        time.sleep(2)
     if fatal:
         raise ServerRefused([reach.line() for reach in fatal])
 

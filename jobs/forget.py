@@ -111,7 +111,15 @@ def load_erasures(settings: Settings) -> ErasureFilter:
             f"keyspace {settings.cql_keyspace}): {type(exc).__name__}: {exc}"
         ) from None
     try:
-        rows = session.execute("SELECT user_id, erased_ms FROM erasures")
+        from cassandra import ConsistencyLevel  # noqa: PLC0415
+        from cassandra.query import SimpleStatement  # noqa: PLC0415
+
+        # LOCAL_QUORUM, as the worker writes it: a recent erasure is seen.
+        query = SimpleStatement(
+            "SELECT user_id, erased_ms FROM erasures",
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+        )
+        rows = session.execute(query)
         return ErasureFilter({row.user_id: row.erased_ms for row in rows})
     except Exception as exc:
         raise ForgetError(

@@ -85,7 +85,9 @@ def decode_forget(key: bytes | None, value: bytes | None) -> Forget:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidForget(f"unreadable forget request: {exc}") from None
-    if key is not None and key.decode(errors="replace") != forget.user_id:
+    if key is None:
+        raise InvalidForget("a forget request must be keyed by the user (their partition)")
+    if key.decode(errors="replace") != forget.user_id:
         raise InvalidForget("a forget request must be keyed by the user it names")
     if not forget.user_id:
         raise InvalidForget("a forget request names no user")

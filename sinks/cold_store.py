@@ -148,6 +148,9 @@ _ERASE_OLD_HISTORY = (
 _RECORD_ERASURE = "INSERT INTO erasures (user_id, erased_ms, done_ms) VALUES (?, ?, ?)"
 _SELECT_ERASURES = "SELECT user_id, erased_ms FROM erasures"
 
+#: Day buckets one erasure DELETE names (ScyllaDB's default limit is 100).
+ERASE_DAYS_PER_DELETE = 100
+
 #: What to do with a request's rows (None: only its success matters).
 OnRows = Callable[[list[Any]], None] | None
 
@@ -417,11 +420,20 @@ class CqlColdStore:
         requests: list[tuple[Statement, OnRows]] = [
             (st.erase_snapshots.bind((write_timestamp_us, user_id)), None)
         ]
+        # At most ERASE_DAYS_PER_DELETE days per statement: ScyllaDB refuses a partition-key
+        # product over 100 (max_partition_key_restrictions_per_query).
+        chunks = [
+            days[i : i + ERASE_DAYS_PER_DELETE] for i in range(0, len(days), ERASE_DAYS_PER_DELETE)
+        ]
         for event_type in EventType:
             for statement in (st.erase_history, st.erase_old_history):
-                requests.append(
-                    (statement.bind((write_timestamp_us, user_id, event_type.value, days)), None)
-                )
+                for chunk in chunks:
+                    requests.append(
+                        (
+                            statement.bind((write_timestamp_us, user_id, event_type.value, chunk)),
+                            None,
+                        )
+                    )
         await self._run(requests)
 
     async def record_erasures(self, erased: Mapping[str, int], done_ms: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
 import gc
 import logging
@@ -196,17 +197,49 @@ def build_app(
 
 
 class _LoadErasures(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before a newly assigned partition is fetched, load the erasures again: its previous
-    owner may have erased some of its users since this worker last looked."""
+    """On every assignment, load the erasures again (a partition's previous owner may have
+    erased some of its users since this worker last looked). Until they are loaded, no
+    fetched record is prepared (`ErasuresGate`): aiokafka may fetch before this returns."""
 
-    def __init__(self, pipeline: IngestPipeline) -> None:
+    def __init__(self, pipeline: IngestPipeline, gate: ErasuresGate) -> None:
         self._pipeline = pipeline
+        self._gate = gate
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        return None
+        self._gate.close()
 
     async def on_partitions_assigned(self, assigned: object) -> None:
-        await self._pipeline.load_erasures()
+        self._gate.close()
+        try:
+            await self._pipeline.load_erasures()
+        except Exception as exc:  # aiokafka would log and ignore it: fail the worker
+            self._gate.fail(exc)
+        else:
+            self._gate.open()
+
+
+class ErasuresGate:
+    """Open once the erasures are loaded for the current assignment; a failed load is
+    raised to whoever waits (the fetch loop, which then stops the worker)."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._error: BaseException | None = None
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._open.set()
+
+    async def passed(self) -> None:
+        await self._open.wait()
+        if self._error is not None:
+            raise self._error
 
 
 class IngestPipeline:
@@ -355,6 +388,9 @@ class IngestPipeline:
             except InvalidForget as exc:
                 prepared.rejected.append((record, InvalidEvent("forget", str(exc))))
                 continue
+            if forget.erased_ms > prepared.now_ms:
+                # T from a clock ahead of ours would drop the user's future events: cap it.
+                forget = dataclasses.replace(forget, erased_ms=prepared.now_ms)
             prepared.forgets.append(ForgetAt(record.partition, record.offset, forget))
         self.erasure_filter.add(request.forget for request in prepared.forgets)
         return events
@@ -376,14 +412,13 @@ class IngestPipeline:
                 self.sessions.forget_user(request.forget.user_id)
                 self.trigger_states.pop(request.forget.user_id, None)
         self.counters.erasures += len(prepared.forgets)
+        # No user ids: logs are kept, and not erased.
         log.info(
-            "erased %d users in %.0f ms (%.0f ms after the fetch, %.0f ms for the turn): %s",
+            "erased %d users in %.0f ms (%.0f ms after the fetch, %.0f ms for the turn)",
             len(prepared.forgets),
             (time.perf_counter() - began) * 1000,
             self._clock_ms() - prepared.now_ms,
             (began - waited) * 1000,
-            ", ".join(request.forget.user_id for request in prepared.forgets[:5])
-            + (" ..." if len(prepared.forgets) > 5 else ""),
         )
 
     def _admitted(
@@ -723,6 +758,29 @@ class Prepared:
 Offsets = dict[TopicPartition, int]
 
 
+def _absorb_waiting(
+    ready: asyncio.Queue[tuple[Prepared, Offsets]],
+    prepared: Prepared,
+    offsets: Offsets,
+    batch_max: int,
+) -> tuple[Prepared, Offsets] | None:
+    """Take the batches waiting behind `prepared` into it, up to `batch_max` records.
+
+    Small fetches (a paced producer, a quiet topic) pile up while a batch is being
+    applied; taking them together pays the per-batch round trips (re-hydration check,
+    script call) once instead of once per fetch. A batch with forget records is not taken
+    but returned, to go on its own: absorbed, its erasure would run before this batch,
+    whose events of the same users were admitted before the erasure was known, is written.
+    """
+    while not ready.empty() and prepared.size < batch_max:
+        more, more_offsets = ready.get_nowait()
+        if more.forgets:
+            return more, more_offsets
+        prepared.absorb(more)
+        offsets.update(more_offsets)  # later fetches have higher offsets
+    return None
+
+
 class _AppliedOffsets:
     """Offsets of applied batches not committed yet: only ever what has been applied."""
 
@@ -770,6 +828,7 @@ class RecordInteractions(Service):
         self.pipeline = pipeline
         self._consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.erasures = ErasuresGate()
         self.batches = 0
         self.commit_failures = 0
         #: Partition -> the next offset to fetch (for the lag metric).
@@ -817,7 +876,7 @@ class RecordInteractions(Service):
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
             **aiokafka_options(s),
         )
-        consumer.subscribe([s.events_topic], listener=_LoadErasures(self.pipeline))
+        consumer.subscribe([s.events_topic], listener=_LoadErasures(self.pipeline, self.erasures))
         return consumer
 
     async def on_start(self) -> None:
@@ -904,6 +963,7 @@ class RecordInteractions(Service):
             fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=batch_max)
             if not fetched:
                 continue
+            await self.erasures.passed()  # this assignment's erasures are known
             records = [record for batch in fetched.values() for record in batch]
             offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
             for tp, upto in offsets.items():
@@ -927,25 +987,23 @@ class RecordInteractions(Service):
         depth = 1 if self.pipeline.features is not None else self.settings.apply_depth
         in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         getter: asyncio.Task[tuple[Prepared, Offsets]] | None = None
+        held: tuple[Prepared, Offsets] | None = None
         try:
             while not self.should_stop:
-                if getter is None:
-                    getter = asyncio.ensure_future(ready.get())
-                # Waiting for the next batch, notice a batch in flight that failed.
-                await asyncio.wait({getter, *in_flight}, return_when=asyncio.FIRST_COMPLETED)
-                while in_flight and in_flight[0].done():
-                    await in_flight.popleft()  # raises the batch's error
-                if not getter.done():
-                    continue
-                prepared, offsets = getter.result()
-                getter = None
-                # Small fetches (a paced producer, a quiet topic) pile up while a batch is
-                # being applied; taking them together pays the per-batch round trips
-                # (re-hydration check, script call) once instead of once per fetch.
-                while not ready.empty() and prepared.size < batch_max:
-                    more, more_offsets = ready.get_nowait()
-                    prepared.absorb(more)
-                    offsets.update(more_offsets)  # later fetches have higher offsets
+                if held is not None:
+                    (prepared, offsets), held = held, None
+                else:
+                    if getter is None:
+                        getter = asyncio.ensure_future(ready.get())
+                    # Waiting for the next batch, notice a batch in flight that failed.
+                    await asyncio.wait({getter, *in_flight}, return_when=asyncio.FIRST_COMPLETED)
+                    while in_flight and in_flight[0].done():
+                        await in_flight.popleft()  # raises the batch's error
+                    if not getter.done():
+                        continue
+                    prepared, offsets = getter.result()
+                    getter = None
+                held = _absorb_waiting(ready, prepared, offsets, batch_max)
                 if prepared.forgets:
                     # An erasure waits for every earlier batch: those may still be writing
                     # the events of the users it erases.

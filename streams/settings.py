@@ -83,7 +83,10 @@ def stack_cluster_url() -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SIGNALS_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a validation error must not print the inputs (secrets among them).
+    model_config = SettingsConfigDict(
+        env_prefix="SIGNALS_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="comma-separated host:port list")

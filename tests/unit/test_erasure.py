@@ -44,9 +44,10 @@ def test_a_forget_record_round_trips_and_is_told_apart_from_events() -> None:
         (b"u1", b'{"user_id": "u1"}', "unreadable"),
         (b"u2", b'{"user_id": "u1", "erased_ms": 5}', "keyed by the user"),
         (b"", b'{"user_id": "", "erased_ms": 5}', "names no user"),
+        (None, b'{"user_id": "u1", "erased_ms": 5}', "must be keyed"),
     ],
 )
-def test_an_unreadable_forget_record_says_why(key: bytes, value: bytes, reason: str) -> None:
+def test_an_unreadable_forget_record_says_why(key: bytes | None, value: bytes, reason: str) -> None:
     with pytest.raises(InvalidForget, match=reason):
         decode_forget(key, value)
 
@@ -143,3 +144,28 @@ def test_a_worker_without_an_eraser_dead_letters_forget_records() -> None:
     assert not prepared.forgets
     assert [(r.offset, e.field) for r, e in prepared.rejected] == [(2, "forget")]
     assert "without an eraser" in prepared.rejected[0][1].reason
+
+
+def test_a_batch_with_forget_records_is_never_absorbed_into_an_earlier_one() -> None:
+    """The earlier batch's events were admitted before the erasure was known: merged, the
+    erasure would run first and those events be written after it."""
+    import asyncio  # noqa: PLC0415
+
+    from streams.app import Prepared, _absorb_waiting  # noqa: PLC0415
+
+    async def scenario() -> None:
+        ready: asyncio.Queue[Any] = asyncio.Queue()
+        with_forget = Prepared(2, size=1)
+        with_forget.forgets.append(ForgetAt(0, 7, Forget("u1", 1)))
+        for batch in (Prepared(1, size=1), with_forget, Prepared(3, size=1)):
+            await ready.put((batch, {}))
+        first, _ = ready.get_nowait()
+        held = _absorb_waiting(ready, first, {}, batch_max=100)
+        assert first.size == 1 and not first.forgets
+        assert held is not None and held[0] is with_forget
+        # The batch with the forget records takes later ones in (they were admitted
+        # with its users already filtered).
+        assert _absorb_waiting(ready, held[0], {}, batch_max=100) is None
+        assert with_forget.size == 2
+
+    asyncio.run(scenario())
