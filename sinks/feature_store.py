@@ -479,6 +479,16 @@ class RedisFeatureStore:
         value = await self._redis.get(user_features_key(self._prefix, user_id))
         return decode_user_share(value) if value is not None else None
 
+    async def user_shares(self, user_ids: Sequence[str]) -> list[UserShare | None]:
+        """`user_share` of each user, in order, in one round trip (one per node)."""
+        if not user_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.get(user_features_key(self._prefix, user_id))
+            values = await pipe.execute()
+        return [decode_user_share(value) if value is not None else None for value in values]
+
     async def product_features(
         self, product_ids: Sequence[str], at_ms: int | None = None
     ) -> list[ProductFeatures]:

@@ -3,6 +3,8 @@ service reads."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from schemas.feed_layout import FEED_TTL_MS, Feed, decode_feed, encode_feed, feed_key
 from sinks.redis_scripts import HotRedis, SlotScript
 
@@ -26,18 +28,35 @@ class RedisFeedStore:
 
     async def write(self, feed: Feed) -> bool:
         """Store the feed unless one of the same or a later trigger is there already."""
-        key = feed_key(self._prefix, feed.user_id)
-        [written] = await self._write.run(
-            [([key], [encode_feed(feed), feed.sequence, self._ttl_ms])]
+        [written] = await self.write_many([feed])
+        return written
+
+    async def write_many(self, feeds: Sequence[Feed]) -> list[bool]:
+        """`write` of each feed, in one round trip (one per node on a cluster)."""
+        written = await self._write.run(
+            [
+                (
+                    [feed_key(self._prefix, feed.user_id)],
+                    [encode_feed(feed), feed.sequence, self._ttl_ms],
+                )
+                for feed in feeds
+            ]
         )
-        return bool(written)
+        return [bool(result) for result in written]
 
     async def sequence(self, user_id: str) -> int | None:
         """The sequence of the user's stored feed (None: no feed): the ranker's stale check."""
-        head = await self._redis.getrange(feed_key(self._prefix, user_id), 0, 24)
-        text = head.decode() if isinstance(head, bytes) else str(head)
-        number, bar, _ = text.partition("|")
-        return int(number) if bar else None
+        return _sequence_of(await self._redis.getrange(feed_key(self._prefix, user_id), 0, 24))
+
+    async def sequences(self, user_ids: Sequence[str]) -> list[int | None]:
+        """`sequence` of each user, in order, in one round trip (one per node)."""
+        if not user_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.getrange(feed_key(self._prefix, user_id), 0, 24)
+            heads = await pipe.execute()
+        return [_sequence_of(head) for head in heads]
 
     async def read(self, user_id: str) -> Feed | None:
         value = await self._redis.get(feed_key(self._prefix, user_id))
@@ -45,3 +64,10 @@ class RedisFeedStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _sequence_of(head: bytes | str) -> int | None:
+    """The sequence at the head of a stored feed (`<sequence>|...`); None: no feed."""
+    text = head.decode() if isinstance(head, bytes) else str(head)
+    number, bar, _ = text.partition("|")
+    return int(number) if bar else None

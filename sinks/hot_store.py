@@ -107,6 +107,12 @@ class HotStore(Protocol):
         """`last_k` of each type, in order, in one round trip."""
         ...
 
+    async def last_k_users(
+        self, user_ids: Sequence[str], event_types: Sequence[EventType], k: int
+    ) -> list[list[list[tuple[str, int]]]]:
+        """`last_k_many` of each user, in order, in one round trip (one per node)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -292,13 +298,24 @@ class RedisHotStore:
         self, user_id: str, event_types: Sequence[EventType], k: int
     ) -> list[list[tuple[str, int]]]:
         # One pipeline: a user's keys share a hash tag, so on a cluster it is one node too.
+        [lists] = await self.last_k_users([user_id], event_types, k)
+        return lists
+
+    async def last_k_users(
+        self, user_ids: Sequence[str], event_types: Sequence[EventType], k: int
+    ) -> list[list[list[tuple[str, int]]]]:
+        if not user_ids:
+            return []
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event_type in event_types:
-                pipe.zrevrange(
-                    hot_key(self._prefix, user_id, event_type), 0, k - 1, withscores=True
-                )
+            for user_id in user_ids:
+                for event_type in event_types:
+                    pipe.zrevrange(
+                        hot_key(self._prefix, user_id, event_type), 0, k - 1, withscores=True
+                    )
             replies = cast("list[list[tuple[bytes, float]]]", await pipe.execute())
-        return [[(_text(member), int(score)) for member, score in rows] for rows in replies]
+        lists = [[(_text(member), int(score)) for member, score in rows] for rows in replies]
+        width = len(event_types)
+        return [lists[i : i + width] for i in range(0, len(lists), width)]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -23,14 +23,16 @@ is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
+import gc
 import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +52,7 @@ from schemas.features import (
     user_features_of,
 )
 from schemas.feed_layout import POPULARITY_MODEL, Feed
-from schemas.triggers import InvalidTrigger, RankTrigger, decode_trigger
+from schemas.triggers import InvalidTrigger, RankTrigger, Reason, decode_trigger
 from sinks.catalog_store import RedisCatalogStore
 from sinks.drift_store import RedisDriftStore
 from sinks.feature_store import RedisFeatureStore
@@ -70,6 +72,7 @@ from streams.logic.ranking import (
     user_context,
 )
 from streams.logic.rerank import RerankRules, rerank
+from streams.logic.trigger_order import Waiting, latest, next_round
 from streams.metrics import RankerCollector, rank_duration
 from streams.metrics import serve as serve_metrics
 from streams.models import LoadedModel, ModelSlot
@@ -90,9 +93,19 @@ CATALOG_CACHE_S = 60.0
 CACHE_ENTRIES = 200_000
 #: How often the ranker logs what it did.
 REPORT_EVERY_S = 10.0
-#: Triggers taken from the queue at once at most (when behind), and users ranked at once.
-TRIGGER_BATCH = 256
-RANK_CONCURRENCY = 8
+#: Triggers the ranker looks ahead at when it is behind (it picks high intent first
+#: among them, `streams.logic.trigger_order`); each round serves ROUND_USERS users,
+#: RANK_BATCH to a `rank_many` call, RANK_CONCURRENCY calls at once (one ranks while
+#: another waits for Redis). A round is short, so a click that arrives during one waits
+#: little for the next.
+LOOKAHEAD = 4096
+#: Triggers handed from the Faust stream to the look-ahead at most at once.
+INTAKE = 1024
+RANK_BATCH = 32
+RANK_CONCURRENCY = 2
+ROUND_USERS = RANK_BATCH * RANK_CONCURRENCY
+#: The collector's thresholds once the ranker runs (Python's: 700, 10, 10).
+RANKER_GC_THRESHOLDS = (50_000, 50, 100)
 #: The feed's length (what the feed service pages through).
 FEED_LENGTH = 100
 _BUDGET = CandidateBudget()
@@ -113,6 +126,18 @@ class RankerCounters:
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
     channels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranking:
+    """A trigger being ranked in a batch: its place in it, what was read of its user,
+    and its merged candidates."""
+
+    index: int
+    trigger: RankTrigger
+    share: UserShare | None
+    last_k: dict[EventType, list[str]]
+    candidates: list[Candidate]
 
 
 @dataclass(slots=True)
@@ -176,60 +201,103 @@ class FeedRanker:
 
     async def rank(self, trigger: RankTrigger) -> Feed | None:
         """Write the trigger's feed; None when a feed of the same or a later trigger is
-        stored already (nothing written). Three round trips of reads at most: the user's
-        (feed sequence, last-k, stored features, together), then the candidates' catalog
-        items and features (together), then the write; what every user shares (trending,
-        newest listings, categories) is refreshed in memory every TRENDING_REFRESH_S."""
-        self.counters.triggers += 1
+        stored already (nothing written)."""
+        [feed] = await self.rank_many([trigger])
+        return feed
+
+    async def rank_many(self, triggers: Sequence[RankTrigger]) -> list[Feed | None]:
+        """`rank` of each trigger (of different users), in order, together: three round
+        trips of reads and one of writes for the whole lot, and one scoring call. The
+        user reads (feed sequence, last-k, stored features) go out together, then the
+        candidates' catalog items and features, then the writes; what every user shares
+        (trending, newest listings, categories) is refreshed in memory every
+        TRENDING_REFRESH_S. A ranker that is behind takes many triggers at once, so a
+        trigger costs less the more of them wait."""
+        if not triggers:
+            return []
+        self.counters.triggers += len(triggers)
         self._models.poll()
         began = time.perf_counter()
         try:
-            return await self._rank(trigger)
+            return await self._rank_many(triggers)
         finally:
             if self.rank_seconds is not None:
-                self.rank_seconds.observe(time.perf_counter() - began)
+                took = time.perf_counter() - began
+                for _ in triggers:  # what each of them waited
+                    self.rank_seconds.observe(took)
 
-    async def _rank(self, trigger: RankTrigger) -> Feed | None:
-        user = trigger.user_id
-        stored, last_k, share, shared = await asyncio.gather(
-            self._feeds.sequence(user),
-            self._user_last_k(user),
-            self._features.user_share(user),
+    async def _rank_many(self, triggers: Sequence[RankTrigger]) -> list[Feed | None]:
+        users = [trigger.user_id for trigger in triggers]
+        stored, last_ks, shares, shared = await asyncio.gather(
+            self._feeds.sequences(users),
+            self._users_last_k(users),
+            self._features.user_shares(users),
             self._shared_view(),
         )
-        if stored is not None and stored >= trigger.sequence:
-            self.counters.stale += 1
-            return None
         at_ms = self._clock_ms()
-        candidates = self._candidates(
-            share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
-        )
-        ids = [c.product_id for c in candidates]
-        items, products = await asyncio.gather(self._items(ids), self._products(ids))
-        holdout = self._holdout_share > 0 and in_holdout(user, self._holdout_share)
-        model = None if holdout else self._models.model
-        scores = None
-        if model is not None:
-            scores = self._scores(
-                model, trigger, share, last_k, at_ms, ids=ids, items=items, products=products
+        live: list[_Ranking] = []
+        for index, (trigger, sequence, last_k, share) in enumerate(
+            zip(triggers, stored, last_ks, shares, strict=True)
+        ):
+            if sequence is not None and sequence >= trigger.sequence:
+                self.counters.stale += 1
+                continue
+            candidates = self._candidates(
+                share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
             )
-        scored = model is not None and scores is not None
-        if scores is None:
-            scores = np.fromiter((p.popularity for p in products), np.float64, len(products))
+            live.append(_Ranking(index, trigger, share, last_k, candidates))
+        feeds: list[Feed | None] = [None] * len(triggers)
+        if not live:
+            return feeds
+        wanted = list(dict.fromkeys(c.product_id for r in live for c in r.candidates))
+        items, products = await asyncio.gather(self._items(wanted), self._products(wanted))
+        item_of = dict(zip(wanted, items, strict=True))
+        product_of = dict(zip(wanted, products, strict=True))
+        model = self._models.model
+        scored = self._scores(model, live, at_ms, item_of, product_of) if model else {}
+        ranked_feeds = [
+            self._feed(ranking, model, scored.get(ranking.index), item_of, product_of)
+            for ranking in live
+        ]
+        written = await self._feeds.write_many([feed for feed, _ in ranked_feeds])
+        for ranking, (feed, holdout), landed in zip(live, ranked_feeds, written, strict=True):
+            if not landed:
+                self.counters.stale += 1  # a later trigger's feed landed meanwhile
+                continue
+            self._count(feed, holdout, len(ranking.candidates))
+            feeds[ranking.index] = feed
+        return feeds
+
+    def _feed(
+        self,
+        ranking: _Ranking,
+        model: LoadedModel | None,
+        scores: NDArray[np.float64] | None,
+        item_of: Mapping[str, CatalogItem | None],
+        product_of: Mapping[str, _Product],
+    ) -> tuple[Feed, bool]:
+        """The trigger's feed from its scores (None: popularity), and whether the user is
+        in the holdout."""
+        trigger, candidates = ranking.trigger, ranking.candidates
+        ids = [c.product_id for c in candidates]
+        holdout = self._in_holdout(trigger.user_id)
+        scored = scores is not None and not holdout
+        if scores is None or holdout:
+            scores = np.fromiter((product_of[p].popularity for p in ids), np.float64, len(ids))
         # Best first; ties keep the channels' order (a stable sort of the merged list).
         ranked = [ids[i] for i in np.argsort(-scores, kind="stable").tolist()]
-        item_of = dict(zip(ids, items, strict=True))
+        item_for = {p: item_of[p] for p in ids}
         feed_ids = rerank(
             ranked,
-            seller_of=_ItemField(item_of, "seller_id"),
-            language_of=_ItemField(item_of, "language"),
-            ordered=last_k.get(EventType.ORDER, ()),
+            seller_of=_ItemField(item_for, "seller_id"),
+            language_of=_ItemField(item_for, "language"),
+            ordered=ranking.last_k.get(EventType.ORDER, ()),
             language=trigger.language,
             rules=self._rules,
         )[:FEED_LENGTH]
         channel = dict(zip(ids, (c.channel for c in candidates), strict=True))
         feed = Feed(
-            user_id=user,
+            user_id=trigger.user_id,
             sequence=trigger.sequence,
             products=feed_ids,
             channels=[channel[p] for p in feed_ids],
@@ -241,20 +309,23 @@ class FeedRanker:
             generated_at_ms=self._clock_ms(),
             language=trigger.language,
         )
-        if not await self._feeds.write(feed):
-            self.counters.stale += 1  # a later trigger's feed landed meanwhile
-            return None
-        self.counters.written += 1
-        if scored:
-            self.counters.scored += 1
-        elif holdout:
-            self.counters.holdouts += 1
+        return feed, holdout
+
+    def _count(self, feed: Feed, holdout: bool, candidates: int) -> None:
+        counters = self.counters
+        counters.written += 1
+        if holdout:
+            counters.holdouts += 1
+        elif feed.fallback:
+            counters.fallbacks += 1
         else:
-            self.counters.fallbacks += 1
-        self.counters.candidates += len(candidates)
+            counters.scored += 1
+        counters.candidates += candidates
         for name in feed.channels:
-            self.counters.channels[name] = self.counters.channels.get(name, 0) + 1
-        return feed
+            counters.channels[name] = counters.channels.get(name, 0) + 1
+
+    def _in_holdout(self, user_id: str) -> bool:
+        return self._holdout_share > 0 and in_holdout(user_id, self._holdout_share)
 
     def _candidates(
         self,
@@ -331,41 +402,52 @@ class FeedRanker:
     def _scores(
         self,
         model: LoadedModel,
-        trigger: RankTrigger,
-        share: UserShare | None,
-        last_k: dict[EventType, list[str]],
+        rankings: Sequence[_Ranking],
         at_ms: int,
-        *,
-        ids: list[str],
-        items: list[CatalogItem | None],
-        products: list[_Product],
-    ) -> NDArray[np.float64] | None:
-        """The model's click probability per candidate; None (and counted, and logged at
-        most once a minute) when scoring fails: the caller falls back to popularity. A few
-        rows of each go into the drift sample."""
+        item_of: Mapping[str, CatalogItem | None],
+        product_of: Mapping[str, _Product],
+    ) -> dict[int, NDArray[np.float64]]:
+        """The model's click probability per candidate, by the ranking's index, for
+        every ranking not in the holdout, from one scoring call. Empty (each trigger
+        counted, and logged at most once a minute) when scoring fails: those feeds fall
+        back to popularity. A few rows of each go into the drift sample."""
+        chosen = [r for r in rankings if r.candidates and not self._in_holdout(r.trigger.user_id)]
+        if not chosen:
+            return {}
         try:
-            matrix = self._matrix(
-                trigger.user_id,
-                share,
-                last_k,
-                language=trigger.language,
-                at_ms=at_ms,
-                ids=ids,
-                items=items,
-                products=products,
-            )
-            values = model.score(matrix)
+            matrices = []
+            for ranking in chosen:
+                ids = [c.product_id for c in ranking.candidates]
+                matrices.append(
+                    self._matrix(
+                        ranking.trigger.user_id,
+                        ranking.share,
+                        ranking.last_k,
+                        language=ranking.trigger.language,
+                        at_ms=at_ms,
+                        ids=ids,
+                        items=[item_of[p] for p in ids],
+                        products=[product_of[p] for p in ids],
+                    )
+                )
+            values = model.score(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
         except Exception:
-            self.counters.scoring_errors += 1
+            self.counters.scoring_errors += len(chosen)
             now = time.monotonic()
             if now - self._scoring_error_logged >= 60:
                 self._scoring_error_logged = now
                 log.warning(
                     "scoring with model %s failed: popularity served", model.version, exc_info=True
                 )
-            return None
-        self.drift.add(model.version, matrix, values)
-        return values
+            return {}
+        scores: dict[int, NDArray[np.float64]] = {}
+        start = 0
+        for ranking, matrix in zip(chosen, matrices, strict=True):
+            share = values[start : start + len(matrix)]
+            start += len(matrix)
+            self.drift.add(model.version, matrix, share)
+            scores[ranking.index] = share
+        return scores
 
     async def _items(self, ids: list[str]) -> list[CatalogItem | None]:
         """Catalog items (in the order of `ids`), from memory when read in the last
@@ -407,8 +489,15 @@ class FeedRanker:
         return self._models
 
     async def _user_last_k(self, user_id: str) -> dict[EventType, list[str]]:
-        lists = await self._hot.last_k_many(user_id, _LAST_K_TYPES, self._last_k)
-        return {kind: [p for p, _ in rows] for kind, rows in zip(_LAST_K_TYPES, lists, strict=True)}
+        [last_k] = await self._users_last_k([user_id])
+        return last_k
+
+    async def _users_last_k(self, user_ids: Sequence[str]) -> list[dict[EventType, list[str]]]:
+        found = await self._hot.last_k_users(user_ids, _LAST_K_TYPES, self._last_k)
+        return [
+            {kind: [p for p, _ in rows] for kind, rows in zip(_LAST_K_TYPES, lists, strict=True)}
+            for lists in found
+        ]
 
     async def _shared_view(self) -> SharedView:
         """Every category's trending products and newest listings, and trending overall.
@@ -464,6 +553,65 @@ class _ItemField(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for item in self._items.values() if item is not None)
+
+
+class _LookAhead:
+    """The ranker's waiting triggers in arrival order, each with its Faust event (to
+    acknowledge once it and every earlier one were served) and its decoded trigger (None:
+    malformed and dead-lettered, nothing to serve)."""
+
+    def __init__(self) -> None:
+        self._events: collections.deque[Any] = collections.deque()
+        self._waiting: collections.deque[Waiting] = collections.deque()
+        self._triggers: collections.deque[RankTrigger | None] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, event: Any, trigger: RankTrigger | None) -> None:
+        self._events.append(event)
+        self._triggers.append(trigger)
+        self._waiting.append(
+            Waiting(trigger.user_id, trigger.sequence, trigger.reason is Reason.HIGH_INTENT)
+            if trigger is not None
+            else Waiting("", -1, False, served=True)
+        )
+
+    def next_round(self, users: int) -> tuple[list[RankTrigger], list[list[int]], int]:
+        """The triggers to rank next (`next_round`: one per user, its latest), every
+        position they cover, and how many triggers they supersede."""
+        view, triggers = list(self._waiting), list(self._triggers)
+        groups = next_round(view, users)
+        chosen: list[RankTrigger] = []
+        for positions in groups:
+            trigger = triggers[latest(view, positions)]
+            assert trigger is not None  # only decoded triggers wait
+            chosen.append(trigger)
+        return chosen, groups, sum(len(positions) - 1 for positions in groups)
+
+    def served(self, groups: list[list[int]]) -> list[Any]:
+        """Mark a round's triggers served; the events now acknowledgeable, in order."""
+        for positions in groups:
+            for position in positions:
+                self._waiting[position].served = True
+        done: list[Any] = []
+        while self._waiting and self._waiting[0].served:
+            self._waiting.popleft()
+            self._triggers.popleft()
+            done.append(self._events.popleft())
+        return done
+
+
+def quiet_collector() -> None:
+    """Put what the ranker has built so far (Faust, the clients, the model) out of the
+    cyclic collector's sight and collect less often. A trigger allocates thousands of
+    short-lived objects (candidates, rows, floats), nearly all freed by reference
+    counting, while the caches hold up to CACHE_ENTRIES long-lived ones that every full
+    collection walked: 32 triggers at a time went from 482 to 623 re-ranks/s
+    (`bench/ranker_bench.py`, which calls this too)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*RANKER_GC_THRESHOLDS)
 
 
 def _bound(cache: dict[str, Any]) -> None:
@@ -588,43 +736,47 @@ def ranker_faust_app(
         await (await dead_letters.send(event.key, event.value, headers))
 
     async def rank_batches(stream: faust.StreamT[Any], queue: asyncio.Queue[Any]) -> None:
-        """Take what has queued up (one trigger when the ranker keeps up, many when it
-        is behind), keep each user's latest, rank those users concurrently, and only
-        then ack the batch: an offset is committed only once its trigger was served
-        (or superseded by a later one of the same user that was)."""
+        """Look ahead at up to LOOKAHEAD triggers (one when the ranker keeps up, many
+        when it is behind), serve them in rounds of ROUND_USERS users, high intent first
+        (`streams.logic.trigger_order`), each user at their latest trigger, and
+        acknowledge in arrival order only: an offset is committed only once its trigger
+        and every earlier one were served (or superseded by a later one of the same user
+        that was)."""
         concurrent = asyncio.Semaphore(RANK_CONCURRENCY)
+        ahead = _LookAhead()
 
-        async def served(trigger: RankTrigger) -> None:
+        async def served(triggers: list[RankTrigger]) -> None:
             async with concurrent:
                 await until_applied(
-                    functools.partial(ranker.rank, trigger),
+                    functools.partial(ranker.rank_many, triggers),
                     give_up=lambda: bool(app.should_stop),
                 )
 
+        async def look_at(event: Any) -> None:
+            try:
+                ahead.add(event, decode_trigger(event.value))
+            except InvalidTrigger as exc:
+                await dead_letter(event, exc)
+                ahead.add(event, None)
+
         while True:
-            batch = [await queue.get()]
-            while len(batch) < TRIGGER_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            latest: dict[str, RankTrigger] = {}
-            for event in batch:
-                try:
-                    trigger = decode_trigger(event.value)
-                except InvalidTrigger as exc:
-                    await dead_letter(event, exc)
-                    continue
-                known = latest.get(trigger.user_id)
-                if known is None or trigger.sequence > known.sequence:
-                    latest[trigger.user_id] = trigger
-                if known is not None:
-                    ranker.counters.superseded += 1
-            await asyncio.gather(*(served(trigger) for trigger in latest.values()))
-            for event in batch:
+            if not ahead:
+                await look_at(await queue.get())
+            while len(ahead) < LOOKAHEAD and not queue.empty():
+                await look_at(queue.get_nowait())
+            chosen, groups, superseded = ahead.next_round(ROUND_USERS)
+            ranker.counters.superseded += superseded
+            await asyncio.gather(
+                *(served(chosen[i : i + RANK_BATCH]) for i in range(0, len(chosen), RANK_BATCH))
+            )
+            for event in ahead.served(groups):
                 await stream.ack(event)
 
     @app.agent(topic)
     async def rank_triggers(stream: faust.StreamT[Any]) -> None:
         await ranker.models.load_now()  # the first trigger already scores with the model
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * TRIGGER_BATCH)
+        quiet_collector()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=INTAKE)
         ranking = asyncio.ensure_future(rank_batches(stream, queue))
         try:
             async for event in stream.noack().events():  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from schemas.events import EventType
 
@@ -39,8 +40,9 @@ class Channel(StrEnum):
     COLD_START = "cold_start"
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A merged candidate (a named tuple: a trigger builds a few hundred)."""
+
     product_id: str
     channel: Channel
     rank: int  # its position within the channel's own list (0 = the channel's best)

@@ -407,3 +407,48 @@ def test_the_ranker_waits_out_a_redis_outage_and_skips_no_trigger(
         assert ranker.process.poll() is None
         private_redis.start()  # back, and empty
         wait_for(served(20), 60, "the trigger sent while Redis was down", ranker.log_text)
+
+
+def test_triggers_ranked_together_give_the_feeds_ranked_one_at_a_time(
+    provisioned: Settings,
+) -> None:
+    """`rank_many` (what a ranker that is behind does) against `rank`, same stores, same
+    clock: the same feeds in the same places, a stale trigger skipped in its place."""
+    load_catalog(provisioned)
+    now = int(time.time() * 1000)
+    users = [f"u-batch-{i}" for i in range(6)]
+    triggers = [
+        RankTrigger(user, 7, Reason.SESSION_START, now, 0, None, now, lang)
+        for user, lang in zip(users, ["hi", "en", "ta", "hi", None, "en"], strict=True)
+    ]
+
+    def ranker_writing_to(prefix: str) -> FeedRanker:
+        return FeedRanker(
+            hot_store=build_hot_store(provisioned),
+            features=build_feature_store(provisioned),
+            catalog=build_catalog_store(provisioned),
+            feeds=build_feed_store(provisioned.model_copy(update={"redis_key_prefix": prefix})),
+            clock_ms=lambda: now,
+        )
+
+    async def scenario() -> tuple[list[Feed | None], list[Feed | None], FeedRanker]:
+        alone = ranker_writing_to(provisioned.redis_key_prefix + "-alone")
+        together = ranker_writing_to(provisioned.redis_key_prefix + "-together")
+        try:
+            one_by_one = [await alone.rank(trigger) for trigger in triggers]
+            # A feed of a later trigger is already there for the fourth user: skipped.
+            await together.rank(dataclasses.replace(triggers[3], sequence=9))
+            batched = await together.rank_many(triggers)
+        finally:
+            await alone.close()
+            await together.close()
+        return one_by_one, batched, together
+
+    one_by_one, batched, together = asyncio.run(scenario())
+    assert batched[3] is None and together.counters.stale == 1
+    for position, (single, joint) in enumerate(zip(one_by_one, batched, strict=True)):
+        assert single is not None and single.products, position
+        if position == 3:
+            continue
+        assert joint == single, position
+    assert together.counters.written == 1 + 5 and together.counters.fallbacks == 6
