@@ -312,6 +312,8 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
             for event in past:
                 producer.send(event)
         time.sleep(8.0)  # the worker applies it, the ranker writes the first feeds
+        if not (worker.alive() and ranker.alive()):
+            raise RuntimeError(f"a process died:\n{worker.tail()}\n{ranker.tail()}")
         shopper_rate = args.shoppers / 0.45  # one event per ~0.45 s of think time
         rest = max(args.rate - shopper_rate, 0.0)
         print(

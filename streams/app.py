@@ -110,7 +110,12 @@ def faust_broker_urls(settings: Settings) -> list[str]:
 
 
 def faust_app_options(settings: Settings, datadir: Path) -> dict[str, Any]:
-    """What every Faust app of the project is built with (the worker's, the ranker's)."""
+    """What every Faust app of the project is built with (the worker's, the ranker's).
+
+    The data directory is made here with its parents: Faust makes only the last level,
+    and the ranker's (`<datadir>/ranker`) failed to start on a fresh machine whenever it
+    started before the worker had made `<datadir>`."""
+    datadir.mkdir(parents=True, exist_ok=True)
     return {
         "broker": faust_broker_urls(settings),
         # Topics are declared once in infra.topics and applied before workers start.

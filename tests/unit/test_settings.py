@@ -54,3 +54,14 @@ def test_last_k_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIGNALS_LAST_K", '{"view": 1001}')
     with pytest.raises(ValidationError, match="between 1 and 1000"):
         Settings()
+
+
+def test_faust_data_directories_are_made_with_their_parents(tmp_path) -> None:
+    """The ranker's Faust directory (`<datadir>/ranker`) on a machine where the worker has
+    not made `<datadir>` yet: Faust itself makes only the last level and failed."""
+    from streams.app import faust_app_options  # noqa: PLC0415
+
+    datadir = tmp_path / "fresh" / "faust" / "ranker"
+    options = faust_app_options(Settings(), datadir)
+    assert datadir.is_dir()
+    assert options["datadir"] == str(datadir)
