@@ -227,6 +227,11 @@ class RankerCollector:
             counters.superseded,
         )
         yield _counter(
+            "feedsignals_ranker_shed_total",
+            "triggers that were not urgent, shed unranked while the ranker was behind",
+            counters.shed,
+        )
+        yield _counter(
             "feedsignals_ranker_dead_letters_total",
             "malformed triggers dead-lettered",
             counters.dead_lettered,

@@ -33,8 +33,9 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import numpy as np
@@ -65,6 +66,7 @@ from streams.logic.drift import DEFAULT_THRESHOLD, TRIGGERS, DriftMonitor
 from streams.logic.ranking import (
     FEATURES,
     ProductContext,
+    ProductTable,
     feature_matrix,
     in_holdout,
     popularity,
@@ -72,13 +74,14 @@ from streams.logic.ranking import (
     user_context,
 )
 from streams.logic.rerank import RerankRules, rerank
-from streams.logic.trigger_order import Waiting, latest, next_round
+from streams.logic.trigger_order import Waiting, latest, next_round, shed
 from streams.metrics import RankerCollector, rank_duration
 from streams.metrics import serve as serve_metrics
 from streams.models import LoadedModel, ModelSlot
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Trending overall is merged from every category's top products at most this often.
 TRENDING_REFRESH_S = 10.0
@@ -97,8 +100,14 @@ REPORT_EVERY_S = 10.0
 #: among them, `streams.logic.trigger_order`); each round serves ROUND_USERS users,
 #: RANK_BATCH to a `rank_many` call, RANK_CONCURRENCY calls at once (one ranks while
 #: another waits for Redis). A round is short, so a click that arrives during one waits
-#: little for the next.
+#: little for the next. Every trigger Faust delivers joins the look-ahead at once; when
+#: more than LOOKAHEAD wait unserved, the oldest that are not urgent are shed (acked
+#: unranked, counted): a ranker that stays behind still serves clicks within a round or
+#: two, and its memory stays bounded.
 LOOKAHEAD = 4096
+#: Only high-intent triggers can be over LOOKAHEAD (they are never shed); at this many
+#: waiting, the look-ahead takes no more until some are served.
+LOOKAHEAD_LIMIT = 4 * LOOKAHEAD
 #: Triggers handed from the Faust stream to the look-ahead at most at once.
 INTAKE = 1024
 RANK_BATCH = 32
@@ -123,6 +132,7 @@ class RankerCounters:
     scoring_errors: int = 0
     holdouts: int = 0  # popularity served on purpose (the holdout group)
     superseded: int = 0  # triggers skipped: a later one of the same user was queued too
+    shed: int = 0  # not urgent, acked unranked: over the look-ahead while behind
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
     channels: dict[str, int] = field(default_factory=dict)
@@ -131,13 +141,25 @@ class RankerCounters:
 @dataclass(frozen=True, slots=True)
 class _Ranking:
     """A trigger being ranked in a batch: its place in it, what was read of its user,
-    and its merged candidates."""
+    its merged candidates (and their ids), and whether the user is in the holdout."""
 
     index: int
     trigger: RankTrigger
     share: UserShare | None
     last_k: dict[EventType, list[str]]
     candidates: list[Candidate]
+    ids: list[str]
+    holdout: bool
+
+
+@dataclass(slots=True)
+class _Scored:
+    """A round's scores by ranking index, the rows and scores for the drift sample, and
+    how many triggers' scoring failed."""
+
+    scores: dict[int, NDArray[np.float64]] = field(default_factory=dict)
+    drift: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = field(default_factory=list)
+    failed: int = 0
 
 
 @dataclass(slots=True)
@@ -195,6 +217,10 @@ class FeedRanker:
         self._shared_at = -float("inf")
         #: A few rows of every scored trigger, compared with the model's reference.
         self.drift = DriftMonitor(len(FEATURES), drift_threshold)
+        #: Triggers in the agent's look-ahead (served or not, not yet acknowledged).
+        self.waiting = 0
+        #: Where `_compute` runs a batch's merging, scoring and re-ranking.
+        self._computing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -235,17 +261,11 @@ class FeedRanker:
             self._shared_view(),
         )
         at_ms = self._clock_ms()
-        live: list[_Ranking] = []
-        for index, (trigger, sequence, last_k, share) in enumerate(
-            zip(triggers, stored, last_ks, shares, strict=True)
-        ):
-            if sequence is not None and sequence >= trigger.sequence:
-                self.counters.stale += 1
-                continue
-            candidates = self._candidates(
-                share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
-            )
-            live.append(_Ranking(index, trigger, share, last_k, candidates))
+        live = await self._compute(
+            len(triggers),
+            functools.partial(self._live, triggers, stored, last_ks, shares, shared, at_ms),
+        )
+        self.counters.stale += len(triggers) - len(live)
         feeds: list[Feed | None] = [None] * len(triggers)
         if not live:
             return feeds
@@ -254,43 +274,102 @@ class FeedRanker:
         item_of = dict(zip(wanted, items, strict=True))
         product_of = dict(zip(wanted, products, strict=True))
         model = self._models.model
-        scored = self._scores(model, live, at_ms, item_of, product_of) if model else {}
-        ranked_feeds = [
-            self._feed(ranking, model, scored.get(ranking.index), item_of, product_of)
-            for ranking in live
-        ]
-        written = await self._feeds.write_many([feed for feed, _ in ranked_feeds])
-        for ranking, (feed, holdout), landed in zip(live, ranked_feeds, written, strict=True):
+        ranked_feeds, scored = await self._compute(
+            len(triggers), functools.partial(self._ranked, model, live, at_ms, item_of, product_of)
+        )
+        self.counters.scoring_errors += scored.failed
+        for rows, values in scored.drift:
+            assert model is not None  # only a model's scores are sampled
+            self.drift.add(model.version, rows, values)
+        written = await self._feeds.write_many(ranked_feeds)
+        for ranking, feed, landed in zip(live, ranked_feeds, written, strict=True):
             if not landed:
                 self.counters.stale += 1  # a later trigger's feed landed meanwhile
                 continue
-            self._count(feed, holdout, len(ranking.candidates))
+            self._count(feed, ranking.holdout, len(ranking.candidates))
             feeds[ranking.index] = feed
         return feeds
+
+    async def _compute(self, triggers: int, work: Callable[[], _T]) -> _T:
+        """Run a batch's merging, scoring or re-ranking: on one thread of its own when the
+        batch holds several triggers, inline for one. A batch of 32 is tens of
+        milliseconds of CPU with few awaits; on the event loop it held up Faust, whose
+        delivery of the next triggers advances only when the loop gets a turn (the
+        look-ahead saw a few dozen triggers while thousands waited in Kafka, and high
+        intent first could not reach the clicks among them; `await asyncio.sleep(0)`
+        between triggers was not enough). A single trigger (a ranker that keeps up) is
+        ranked inline: handing it to the thread cost more than it holds the loop. One
+        thread, so no two batches compute at once; the work changes nothing the loop
+        reads (counters and the drift sample are updated by the caller)."""
+        if triggers <= 1:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._computing, work)
+
+    def _live(  # noqa: PLR0917
+        self,
+        triggers: Sequence[RankTrigger],
+        stored: Sequence[int | None],
+        last_ks: Sequence[dict[EventType, list[str]]],
+        shares: Sequence[UserShare | None],
+        shared: SharedView,
+        at_ms: int,
+    ) -> list[_Ranking]:
+        """The triggers not stale, each with its merged candidates (`_compute`)."""
+        live: list[_Ranking] = []
+        for index, (trigger, sequence, last_k, share) in enumerate(
+            zip(triggers, stored, last_ks, shares, strict=True)
+        ):
+            if sequence is not None and sequence >= trigger.sequence:
+                continue
+            candidates = self._candidates(
+                share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
+            )
+            ids = [c.product_id for c in candidates]
+            holdout = self._in_holdout(trigger.user_id)
+            live.append(_Ranking(index, trigger, share, last_k, candidates, ids, holdout))
+        return live
+
+    def _ranked(
+        self,
+        model: LoadedModel | None,
+        live: Sequence[_Ranking],
+        at_ms: int,
+        item_of: dict[str, CatalogItem | None],
+        product_of: Mapping[str, _Product],
+    ) -> tuple[list[Feed], _Scored]:
+        """Each live trigger's feed: scored by `model` when there is one, popularity
+        otherwise (`_compute`; the counters and the drift sample are the caller's)."""
+        scored = self._scores(model, live, at_ms, item_of, product_of) if model else _Scored()
+        feeds = [
+            self._feed(ranking, model, scored.scores.get(ranking.index), item_of, product_of)
+            for ranking in live
+        ]
+        return feeds, scored
 
     def _feed(
         self,
         ranking: _Ranking,
         model: LoadedModel | None,
         scores: NDArray[np.float64] | None,
-        item_of: Mapping[str, CatalogItem | None],
+        item_of: dict[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
-    ) -> tuple[Feed, bool]:
-        """The trigger's feed from its scores (None: popularity), and whether the user is
-        in the holdout."""
-        trigger, candidates = ranking.trigger, ranking.candidates
-        ids = [c.product_id for c in candidates]
-        holdout = self._in_holdout(trigger.user_id)
+    ) -> Feed:
+        """The trigger's feed from its scores (None: popularity)."""
+        trigger, candidates, ids, holdout = (
+            ranking.trigger,
+            ranking.candidates,
+            ranking.ids,
+            ranking.holdout,
+        )
         scored = scores is not None and not holdout
         if scores is None or holdout:
             scores = np.fromiter((product_of[p].popularity for p in ids), np.float64, len(ids))
         # Best first; ties keep the channels' order (a stable sort of the merged list).
         ranked = [ids[i] for i in np.argsort(-scores, kind="stable").tolist()]
-        item_for = {p: item_of[p] for p in ids}
         feed_ids = rerank(
             ranked,
-            seller_of=_ItemField(item_for, "seller_id"),
-            language_of=_ItemField(item_for, "language"),
+            seller_of=_ItemField(item_of, "seller_id"),
+            language_of=_ItemField(item_of, "language"),
             ordered=ranking.last_k.get(EventType.ORDER, ()),
             language=trigger.language,
             rules=self._rules,
@@ -309,7 +388,7 @@ class FeedRanker:
             generated_at_ms=self._clock_ms(),
             language=trigger.language,
         )
-        return feed, holdout
+        return feed
 
     def _count(self, feed: Feed, holdout: bool, candidates: int) -> None:
         counters = self.counters
@@ -358,16 +437,24 @@ class FeedRanker:
         language: str | None,
         at_ms: int,
         ids: list[str],
-        items: list[CatalogItem | None],
-        products: list[_Product],
+        table: ProductTable,
     ) -> NDArray[np.float64]:
-        """The candidates' feature rows (`streams.logic.ranking.FEATURES` columns)."""
+        """The candidates' feature rows (`streams.logic.ranking.FEATURES` columns), each
+        candidate a row of `table`."""
         config = self._features.config
         features = user_features_of(user_id, share, at_ms=at_ms, config=config)
         affinity = share.affinity if share is not None else {}
         context = user_context(features, affinity, last_k, language, config)
-        contexts = [product.context(item) for product, item in zip(products, items, strict=True)]
-        return np.asarray(feature_matrix(context, ids, contexts), dtype=np.float64)
+        return feature_matrix(context, ids, table)
+
+    @staticmethod
+    def _table(
+        ids: Sequence[str],
+        item_of: Mapping[str, CatalogItem | None],
+        product_of: Mapping[str, _Product],
+    ) -> ProductTable:
+        """The products' parts of the rows, once for a whole round of triggers."""
+        return ProductTable.of(ids, [product_of[p].context(item_of[p]) for p in ids])
 
     async def score_now(
         self, user_id: str, language: str | None, at_ms: int | None = None
@@ -387,15 +474,11 @@ class FeedRanker:
         if not ids:
             return None
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
+        table = self._table(
+            ids, dict(zip(ids, items, strict=True)), dict(zip(ids, products, strict=True))
+        )
         matrix = self._matrix(
-            user_id,
-            share,
-            last_k,
-            language=language,
-            at_ms=at_ms,
-            ids=ids,
-            items=items,
-            products=products,
+            user_id, share, last_k, language=language, at_ms=at_ms, ids=ids, table=table
         )
         return matrix, model.score(matrix)
 
@@ -406,48 +489,47 @@ class FeedRanker:
         at_ms: int,
         item_of: Mapping[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
-    ) -> dict[int, NDArray[np.float64]]:
+    ) -> _Scored:
         """The model's click probability per candidate, by the ranking's index, for
-        every ranking not in the holdout, from one scoring call. Empty (each trigger
-        counted, and logged at most once a minute) when scoring fails: those feeds fall
-        back to popularity. A few rows of each go into the drift sample."""
-        chosen = [r for r in rankings if r.candidates and not self._in_holdout(r.trigger.user_id)]
+        every ranking not in the holdout, from one scoring call, with each ranking's rows
+        for the drift sample. No scores (each trigger counted as failed, logged at most
+        once a minute) when scoring fails: those feeds fall back to popularity."""
+        chosen = [r for r in rankings if r.candidates and not r.holdout]
         if not chosen:
-            return {}
+            return _Scored()
         try:
-            matrices = []
-            for ranking in chosen:
-                ids = [c.product_id for c in ranking.candidates]
-                matrices.append(
-                    self._matrix(
-                        ranking.trigger.user_id,
-                        ranking.share,
-                        ranking.last_k,
-                        language=ranking.trigger.language,
-                        at_ms=at_ms,
-                        ids=ids,
-                        items=[item_of[p] for p in ids],
-                        products=[product_of[p] for p in ids],
-                    )
+            table = self._table(
+                list(dict.fromkeys(p for r in chosen for p in r.ids)), item_of, product_of
+            )
+            matrices = [
+                self._matrix(
+                    ranking.trigger.user_id,
+                    ranking.share,
+                    ranking.last_k,
+                    language=ranking.trigger.language,
+                    at_ms=at_ms,
+                    ids=ranking.ids,
+                    table=table,
                 )
+                for ranking in chosen
+            ]
             values = model.score(np.concatenate(matrices) if len(matrices) > 1 else matrices[0])
         except Exception:
-            self.counters.scoring_errors += len(chosen)
             now = time.monotonic()
             if now - self._scoring_error_logged >= 60:
                 self._scoring_error_logged = now
                 log.warning(
                     "scoring with model %s failed: popularity served", model.version, exc_info=True
                 )
-            return {}
-        scores: dict[int, NDArray[np.float64]] = {}
+            return _Scored(failed=len(chosen))
+        scored = _Scored()
         start = 0
         for ranking, matrix in zip(chosen, matrices, strict=True):
             share = values[start : start + len(matrix)]
             start += len(matrix)
-            self.drift.add(model.version, matrix, share)
-            scores[ranking.index] = share
-        return scores
+            scored.drift.append((matrix, share))
+            scored.scores[ranking.index] = share
+        return scored
 
     async def _items(self, ids: list[str]) -> list[CatalogItem | None]:
         """Catalog items (in the order of `ids`), from memory when read in the last
@@ -483,6 +565,7 @@ class FeedRanker:
     async def close(self) -> None:
         for store in (self._hot, self._features, self._catalog, self._feeds):
             await store.close()
+        self._computing.shutdown(wait=False)
 
     @property
     def models(self) -> ModelSlot:
@@ -589,6 +672,15 @@ class _LookAhead:
             chosen.append(trigger)
         return chosen, groups, sum(len(positions) - 1 for positions in groups)
 
+    def shed(self, limit: int) -> int:
+        """Shed the oldest triggers that are not urgent beyond `limit` waiting
+        (`streams.logic.trigger_order.shed`); how many were. `served([])` then gives
+        the events that became acknowledgeable."""
+        positions = shed(self._waiting, limit)
+        for position in positions:
+            self._waiting[position].served = True
+        return len(positions)
+
     def served(self, groups: list[list[int]]) -> list[Any]:
         """Mark a round's triggers served; the events now acknowledgeable, in order."""
         for positions in groups:
@@ -683,7 +775,8 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
             return
         log.info(
             "ranker: %d triggers in %.0fs (%.0f/s): %d feeds written (%d by model %s, %d "
-            "popularity fallbacks, %d holdout), %d stale, %d superseded, %d dead-lettered",
+            "popularity fallbacks, %d holdout), %d stale, %d superseded, %d shed (%d "
+            "waiting), %d dead-lettered",
             now.triggers - before.triggers,
             REPORT_EVERY_S,
             (now.triggers - before.triggers) / REPORT_EVERY_S,
@@ -694,6 +787,8 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
             now.holdouts - before.holdouts,
             now.stale - before.stale,
             now.superseded - before.superseded,
+            now.shed - before.shed,
+            ranker.waiting,
             now.dead_lettered - before.dead_lettered,
         )
         reported = dataclasses.replace(now, channels={})
@@ -762,8 +857,10 @@ def ranker_faust_app(
         while True:
             if not ahead:
                 await look_at(await queue.get())
-            while len(ahead) < LOOKAHEAD and not queue.empty():
+            while len(ahead) < LOOKAHEAD_LIMIT and not queue.empty():
                 await look_at(queue.get_nowait())
+            ranker.counters.shed += ahead.shed(LOOKAHEAD)
+            ranker.waiting = len(ahead)
             chosen, groups, superseded = ahead.next_round(ROUND_USERS)
             ranker.counters.superseded += superseded
             await asyncio.gather(

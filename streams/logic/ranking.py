@@ -228,43 +228,86 @@ _PRODUCT_COLUMNS = slice(_USER_COLUMNS.stop, _USER_COLUMNS.stop + len(PRODUCT_FE
 _PAIR_COLUMNS = slice(_PRODUCT_COLUMNS.stop, len(FEATURES))
 
 
+@dataclass(frozen=True, slots=True)
+class ProductTable:
+    """Many products' parts as arrays: built once for every candidate of a round of
+    triggers (most users share most candidates), then gathered per user by row number."""
+
+    row: dict[str, int]  # product id -> row
+    values: NDArray[np.float64]  # the products' `ProductContext.values`, one row each
+    category: NDArray[np.intp]  # per row, its index in `categories`; len(categories): none
+    categories: dict[str, int]
+    language: NDArray[np.intp]  # per row, its index in `languages`; -1: none
+    languages: dict[str, int]
+
+    @classmethod
+    def of(cls, product_ids: Sequence[str], products: Sequence[ProductContext]) -> ProductTable:
+        categories: dict[str, int] = {}
+        languages: dict[str, int] = {}
+        for product in products:
+            if product.category is not None:
+                categories.setdefault(product.category, len(categories))
+            if product.language is not None:
+                languages.setdefault(product.language, len(languages))
+        none = len(categories)
+        count = len(products)
+        values = np.array([product.values for product in products], dtype=np.float64)
+        return cls(
+            row={product_id: index for index, product_id in enumerate(product_ids)},
+            values=values.reshape(count, len(PRODUCT_FEATURES)),
+            category=np.fromiter(
+                (none if p.category is None else categories[p.category] for p in products),
+                np.intp,
+                count,
+            ),
+            categories=categories,
+            language=np.fromiter(
+                (-1 if p.language is None else languages[p.language] for p in products),
+                np.intp,
+                count,
+            ),
+            languages=languages,
+        )
+
+
 def feature_matrix(
-    user: UserContext,
-    product_ids: Sequence[str],
-    products: Sequence[ProductContext],
-    position: int = 0,
+    user: UserContext, product_ids: Sequence[str], table: ProductTable, position: int = 0
 ) -> NDArray[np.float64]:
-    """`feature_row` of every candidate at one position, as one matrix (the ranker's call:
-    the user's and the products' parts are copied in whole columns)."""
-    matrix = np.empty((len(products), len(FEATURES)), dtype=np.float64)
-    if not products:
+    """`feature_row` of every candidate (each a row of `table`) at one position, as one
+    matrix: the ranker's call. Whole columns at a time: the user's part copied, the
+    products' gathered from the table, the pairs looked up per category and language
+    rather than per candidate."""
+    rows = np.fromiter((table.row[p] for p in product_ids), np.intp, len(product_ids))
+    matrix = np.empty((len(rows), len(FEATURES)), dtype=np.float64)
+    if not len(rows):
         return matrix
     matrix[:, 0] = position
     matrix[:, _USER_COLUMNS] = user.values
-    matrix[:, _PRODUCT_COLUMNS] = [product.values for product in products]
-    # Column by column: a comprehension per column is several times cheaper than a loop
-    # building one tuple per candidate.
-    ids = product_ids
-    categories = [product.category for product in products]
-    affinity, ranks, total = user.affinity, user.category_rank, user.affinity_total
+    matrix[:, _PRODUCT_COLUMNS] = table.values[rows]
+    # Per category (the last slot: no category): the user's affinity and its rank.
+    affinity = np.zeros(len(table.categories) + 1)
+    ranks = np.full(len(table.categories) + 1, float(UNRANKED))
+    for category, value in user.affinity.items():
+        if (index := table.categories.get(category)) is not None:
+            affinity[index] = value
+    for category, rank in user.category_rank.items():
+        if (index := table.categories.get(category)) is not None:
+            ranks[index] = rank
+    codes = table.category[rows]
     first = _PAIR_COLUMNS.start
-    values = np.array([affinity.get(c, 0.0) if c is not None else 0.0 for c in categories])
-    matrix[:, first] = values
-    matrix[:, first + 1] = values / total if total > 0 else 0.0
-    matrix[:, first + 2] = [
-        ranks.get(c, UNRANKED) if c is not None else UNRANKED for c in categories
-    ]
-    language = user.language
-    if language is None:
+    matrix[:, first] = affinity[codes]
+    total = user.affinity_total
+    matrix[:, first + 1] = matrix[:, first] / total if total > 0 else 0.0
+    matrix[:, first + 2] = ranks[codes]
+    language = table.language[rows]
+    if user.language is None:
         matrix[:, first + 3] = NAN
     else:
-        matrix[:, first + 3] = [
-            NAN if p.language is None else 1.0 if p.language == language else 0.0 for p in products
-        ]
-    views, wishlist, cart = user.seen
-    matrix[:, first + 4] = [product_id in views for product_id in ids]
-    matrix[:, first + 5] = [product_id in wishlist for product_id in ids]
-    matrix[:, first + 6] = [product_id in cart for product_id in ids]
+        own = table.languages.get(user.language, -2)  # -2: no candidate has it
+        matrix[:, first + 3] = np.where(language < 0, NAN, (language == own).astype(np.float64))
+    for column, seen in enumerate(user.seen, start=first + 4):
+        shown = [table.row[p] for p in seen if p in table.row]
+        matrix[:, column] = np.isin(rows, shown) if shown else 0.0
     return matrix
 
 

@@ -11,9 +11,16 @@ first, then the others, each group in arrival order.
 A user is served once per round with their latest waiting trigger, which covers every
 earlier one of theirs (a feed is ranked from the stores as they are, and a later sequence
 replaces an earlier one). The caller acknowledges triggers in arrival order only, so no
-offset is committed past a trigger that waits; and it looks ahead a bounded number of
-triggers, so a trigger that is not urgent waits at most until the look-ahead is full of
-it and its peers. Pure: no Faust, no I/O.
+offset is committed past a trigger that waits.
+
+A ranker that stays behind (more triggers per second than it can rank, on a busy machine)
+would let its queue grow without end, and then even a click waits behind it: high intent
+first helps only among the triggers the ranker can see. So the look-ahead is bounded and
+takes in every trigger as it arrives; when more than the bound wait, the oldest ones that
+are not urgent are shed (`shed`): acknowledged unranked and counted. What that costs a
+shopper: a session start, category change or view count that could not be ranked within
+the look-ahead's worth of work keeps the feed they have until their next trigger; a
+click, add-to-cart, wishlist or order is never shed. Pure: no Faust, no I/O.
 """
 
 from __future__ import annotations
@@ -47,6 +54,23 @@ def next_round(waiting: Sequence[Waiting], users: int) -> list[list[int]]:
             urgent.add(trigger.user_id)
     ordered = [u for u in positions if u in urgent] + [u for u in positions if u not in urgent]
     return [positions[user] for user in ordered[:users]]
+
+
+def shed(waiting: Sequence[Waiting], limit: int) -> list[int]:
+    """The positions of the triggers to shed so that at most `limit` wait unserved: the
+    oldest that are not high intent. High-intent triggers are never shed (when only they
+    are over the bound, nothing is)."""
+    unserved = sum(1 for trigger in waiting if not trigger.served)
+    excess = unserved - limit
+    if excess <= 0:
+        return []
+    chosen: list[int] = []
+    for position, trigger in enumerate(waiting):
+        if not trigger.served and not trigger.high_intent:
+            chosen.append(position)
+            if len(chosen) == excess:
+                break
+    return chosen
 
 
 def latest(waiting: Sequence[Waiting], positions: Sequence[int]) -> int:

@@ -26,6 +26,7 @@ from sinks.model_store import ModelStore, model_version
 from streams.logic.ranking import (
     FEATURES,
     UNRANKED,
+    ProductTable,
     feature_matrix,
     feature_row,
     product_context,
@@ -290,9 +291,16 @@ def test_the_rankers_matrix_equals_the_row_definition(catalog: dict[str, Catalog
             (pid, product_context(product(T, views=n), every, catalog.get(pid), category="c0000"))
             for n, pid in enumerate([*list(catalog)[:40], "p-not-listed"])
         ]
-        expected = np.array([feature_row(user, pid, ctx) for pid, ctx in products])
-        ids, contexts = [p for p, _ in products], [c for _, c in products]
-        np.testing.assert_array_equal(feature_matrix(user, ids, contexts), expected)
+        # Not listed and of no known category: no affinity, unranked, no language.
+        products.append(("p-nowhere", product_context(product(T), every, None)))
+        table = ProductTable.of([p for p, _ in products], [c for _, c in products])
+        # Candidates are any subset of the table's rows, in any order.
+        for ids in ([p for p, _ in products], [p for p, _ in products][::-3], []):
+            contexts = dict(products)
+            expected = np.array([feature_row(user, pid, contexts[pid]) for pid in ids])
+            np.testing.assert_array_equal(
+                feature_matrix(user, ids, table), expected.reshape(len(ids), len(FEATURES))
+            )
 
 
 def test_the_model_folder_publishes_only_written_versions(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ their latest trigger, arrival order otherwise (`streams.logic.trigger_order`).""
 
 from __future__ import annotations
 
-from streams.logic.trigger_order import Waiting, latest, next_round
+from streams.logic.trigger_order import Waiting, latest, next_round, shed
 
 
 def test_users_with_a_high_intent_trigger_come_first_then_the_rest_in_arrival_order() -> None:
@@ -43,3 +43,46 @@ def test_served_triggers_wait_no_more_and_a_round_is_bounded() -> None:
 
 def test_nothing_waiting_gives_an_empty_round() -> None:
     assert next_round([Waiting("a", 1, True, served=True)], 5) == []
+
+
+def test_over_the_bound_the_oldest_triggers_that_are_not_urgent_are_shed() -> None:
+    waiting = [
+        Waiting("a", 1, False, served=True),  # served: neither counted nor shed
+        Waiting("b", 2, True),
+        Waiting("c", 3, False),
+        Waiting("d", 4, False),
+        Waiting("e", 5, True),
+        Waiting("f", 6, False),
+    ]
+    assert shed(waiting, 5) == []  # five wait: within the bound
+    assert shed(waiting, 3) == [2, 3]  # the two oldest not urgent, clicks kept
+    assert shed(waiting, 0) == [2, 3, 5]  # every one not urgent, and no more
+
+
+def test_high_intent_triggers_are_never_shed() -> None:
+    waiting = [Waiting(f"u{i}", i, True) for i in range(10)]
+    assert shed(waiting, 2) == []
+
+
+def test_the_look_ahead_acknowledges_shed_triggers_in_arrival_order_and_never_a_waiting_one() -> (
+    None
+):
+    """The agent's look-ahead (`streams.ranker._LookAhead`) over the pure rules: a shed
+    trigger is acknowledged, but only once every earlier trigger was served or shed."""
+    from schemas.triggers import RankTrigger, Reason  # noqa: PLC0415
+    from streams.ranker import _LookAhead  # noqa: PLC0415
+
+    def trigger(user: str, sequence: int, reason: Reason) -> RankTrigger:
+        return RankTrigger(user, sequence, reason, sequence, 0, None, sequence)
+
+    ahead = _LookAhead()
+    ahead.add("e0", trigger("a", 0, Reason.HIGH_INTENT))
+    ahead.add("e1", trigger("b", 1, Reason.SESSION_START))
+    ahead.add("e2", trigger("c", 2, Reason.VIEWS))
+    ahead.add("e3", trigger("d", 3, Reason.HIGH_INTENT))
+    assert ahead.shed(2) == 2  # b and c: the oldest that are not urgent
+    assert ahead.served([]) == []  # a waits, so nothing after it is acknowledged
+    chosen, groups, _ = ahead.next_round(1)
+    assert [t.user_id for t in chosen] == ["a"]
+    assert ahead.served(groups) == ["e0", "e1", "e2"]  # a served, b and c shed; d waits
+    assert len(ahead) == 1
