@@ -40,3 +40,32 @@ def test_only_a_later_trigger_replaces_a_feed(backend: str, isolated_settings: S
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["single", "cluster"])
+def test_many_sequences_in_one_call_in_the_order_asked(
+    backend: str, isolated_settings: Settings
+) -> None:
+    """`sequences` reads many users' feeds at once (one script call per hash slot): each
+    user's sequence in the order asked, None for a user with no feed, duplicates kept."""
+    settings = on_backend(isolated_settings, backend, k=None)
+    users = [f"u{i}" for i in range(40)]
+
+    async def scenario() -> None:
+        store = build_feed_store(settings)
+        try:
+            assert await store.sequences([]) == []
+            for i, user in enumerate(users):
+                if i % 3:
+                    feed = Feed(user, 1000 + i, ["p1"], ["trending"], "m", False, "views", 5, 6)
+                    assert await store.write(feed)
+            asked = [*reversed(users), "nobody", users[1], users[1]]
+            expected = [
+                1000 + users.index(u) if u in users and users.index(u) % 3 else None for u in asked
+            ]
+            assert await store.sequences(asked) == expected
+            assert expected[-1] == 1001 and expected[-3] is None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
