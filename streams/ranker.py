@@ -32,7 +32,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,6 +61,7 @@ from sinks.feature_store import RedisFeatureStore
 from sinks.feed_store import RedisFeedStore
 from sinks.hot_store import HotStore
 from sinks.retry import until_applied
+from streams.faust_kafka import QuickFetchApp
 from streams.logic.admission import dead_letter_headers
 from streams.logic.candidates import Candidate, CandidateBudget, SharedView, merge_candidates
 from streams.logic.drift import DEFAULT_THRESHOLD, TRIGGERS, DriftMonitor
@@ -97,10 +99,11 @@ CACHE_ENTRIES = 200_000
 #: How often the ranker logs what it did.
 REPORT_EVERY_S = 10.0
 #: Triggers the ranker looks ahead at when it is behind (it picks high intent first
-#: among them, `streams.logic.trigger_order`); each round serves ROUND_USERS users,
-#: RANK_BATCH to a `rank_many` call, RANK_CONCURRENCY calls at once (one ranks while
-#: another waits for Redis). A round is short, so a click that arrives during one waits
-#: little for the next. Every trigger Faust delivers joins the look-ahead at once; when
+#: among them, `streams.logic.trigger_order`); RANK_BATCH users go to a `rank_many`
+#: call, RANK_CONCURRENCY calls are in progress at once (one ranks while another waits
+#: for Redis), and the next starts as soon as one ends, so a click that arrives waits
+#: for one batch to end, not for a whole round. Every trigger Faust delivers joins the
+#: look-ahead at once; when
 #: more than LOOKAHEAD wait unserved, the oldest that are not urgent are shed (acked
 #: unranked, counted): a ranker that stays behind still serves clicks within a round or
 #: two, and its memory stays bounded.
@@ -112,7 +115,6 @@ LOOKAHEAD_LIMIT = 4 * LOOKAHEAD
 INTAKE = 1024
 RANK_BATCH = 32
 RANK_CONCURRENCY = 2
-ROUND_USERS = RANK_BATCH * RANK_CONCURRENCY
 #: The collector's thresholds once the ranker runs (Python's: 700, 10, 10).
 RANKER_GC_THRESHOLDS = (50_000, 50, 100)
 #: The feed's length (what the feed service pages through).
@@ -641,12 +643,16 @@ class _ItemField(Mapping[str, str]):
 class _LookAhead:
     """The ranker's waiting triggers in arrival order, each with its Faust event (to
     acknowledge once it and every earlier one were served) and its decoded trigger (None:
-    malformed and dead-lettered, nothing to serve)."""
+    malformed and dead-lettered, nothing to serve).
+
+    Positions handed out are counted from the first trigger ever added, not from the
+    front of the deque, so batches that finish out of order still mark their own."""
 
     def __init__(self) -> None:
         self._events: collections.deque[Any] = collections.deque()
         self._waiting: collections.deque[Waiting] = collections.deque()
         self._triggers: collections.deque[RankTrigger | None] = collections.deque()
+        self._acknowledged = 0  # triggers popped off the front so far
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -660,38 +666,121 @@ class _LookAhead:
             else Waiting("", -1, False, served=True)
         )
 
-    def next_round(self, users: int) -> tuple[list[RankTrigger], list[list[int]], int]:
-        """The triggers to rank next (`next_round`: one per user, its latest), every
-        position they cover, and how many triggers they supersede."""
+    def next_round(
+        self, users: int, busy: AbstractSet[str] = frozenset()
+    ) -> tuple[list[RankTrigger], list[list[int]], int]:
+        """The triggers to rank next (`next_round`: one per user not in `busy`, its
+        latest), every position they cover, and how many triggers they supersede."""
         view, triggers = list(self._waiting), list(self._triggers)
-        groups = next_round(view, users)
+        groups = next_round(view, users, busy)
         chosen: list[RankTrigger] = []
         for positions in groups:
             trigger = triggers[latest(view, positions)]
             assert trigger is not None  # only decoded triggers wait
             chosen.append(trigger)
-        return chosen, groups, sum(len(positions) - 1 for positions in groups)
+        base = self._acknowledged
+        return (
+            chosen,
+            [[base + position for position in positions] for positions in groups],
+            sum(len(positions) - 1 for positions in groups),
+        )
 
-    def shed(self, limit: int) -> int:
+    def shed(self, limit: int, busy: AbstractSet[str] = frozenset()) -> int:
         """Shed the oldest triggers that are not urgent beyond `limit` waiting
         (`streams.logic.trigger_order.shed`); how many were. `served([])` then gives
         the events that became acknowledgeable."""
-        positions = shed(self._waiting, limit)
+        positions = shed(self._waiting, limit, busy)
         for position in positions:
             self._waiting[position].served = True
         return len(positions)
 
     def served(self, groups: list[list[int]]) -> list[Any]:
-        """Mark a round's triggers served; the events now acknowledgeable, in order."""
+        """Mark a batch's triggers served; the events now acknowledgeable, in order."""
         for positions in groups:
             for position in positions:
-                self._waiting[position].served = True
+                self._waiting[position - self._acknowledged].served = True
         done: list[Any] = []
         while self._waiting and self._waiting[0].served:
             self._waiting.popleft()
             self._triggers.popleft()
             done.append(self._events.popleft())
+        self._acknowledged += len(done)
         return done
+
+
+async def _rank_in_batches(
+    stream: faust.StreamT[Any],
+    queue: asyncio.Queue[Any],
+    ranker: FeedRanker,
+    dead_letter: Callable[[Any, InvalidTrigger], Awaitable[None]],
+    stopping: Callable[[], bool],
+) -> None:
+    """Look ahead at up to LOOKAHEAD triggers (one when the ranker keeps up, many
+    when it is behind) and keep RANK_CONCURRENCY batches of up to RANK_BATCH users
+    in progress: whenever one finishes, the next starts at once with the users
+    waiting then, high intent first (`streams.logic.trigger_order`), each user at
+    their latest trigger, none twice at the same time. Acknowledged in arrival order
+    only: an offset is committed only once its trigger and every earlier one were
+    served (or superseded by a later one of the same user that was)."""
+    ahead = _LookAhead()
+    busy: set[str] = set()  # users whose batch is being ranked
+    batches: set[asyncio.Future[None]] = set()
+
+    async def served(triggers: list[RankTrigger], groups: list[list[int]]) -> None:
+        await until_applied(
+            functools.partial(ranker.rank_many, triggers),
+            give_up=stopping,
+        )
+        busy.difference_update(trigger.user_id for trigger in triggers)
+        for event in ahead.served(groups):
+            await stream.ack(event)
+
+    async def look_at(event: Any) -> None:
+        try:
+            ahead.add(event, decode_trigger(event.value))
+        except InvalidTrigger as exc:
+            await dead_letter(event, exc)
+            ahead.add(event, None)
+
+    try:
+        while True:
+            while len(ahead) < LOOKAHEAD_LIMIT and not queue.empty():
+                await look_at(queue.get_nowait())
+            ranker.waiting = len(ahead)
+            if len(batches) < RANK_CONCURRENCY:
+                if len(ahead) > LOOKAHEAD:  # shedding looks at every trigger: per batch
+                    ranker.counters.shed += ahead.shed(LOOKAHEAD, busy)
+                    for event in ahead.served([]):  # shed at the front: ack them now
+                        await stream.ack(event)
+                chosen, groups, superseded = ahead.next_round(RANK_BATCH, busy)
+                if chosen:
+                    ranker.counters.superseded += superseded
+                    busy.update(trigger.user_id for trigger in chosen)
+                    batches.add(asyncio.ensure_future(served(chosen, groups)))
+                    continue
+            await _next_arrival_or_batch(queue, batches, look_at)
+    finally:
+        for batch in batches:
+            batch.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)
+
+
+async def _next_arrival_or_batch(
+    queue: asyncio.Queue[Any],
+    batches: set[asyncio.Future[None]],
+    look_at: Callable[[Any], Awaitable[None]],
+) -> None:
+    """Wait until a trigger arrives (taken into the look-ahead) or a batch finishes
+    (removed from `batches`; its failure raised, which stops the agent unacked)."""
+    arrival = asyncio.ensure_future(queue.get())
+    done, _ = await asyncio.wait({arrival, *batches}, return_when=asyncio.FIRST_COMPLETED)
+    if not arrival.done():
+        arrival.cancel()
+    elif not arrival.cancelled():  # taken from the queue: it must not be lost
+        await look_at(arrival.result())
+    for batch in done - {arrival}:
+        batches.discard(batch)
+        batch.result()
 
 
 def quiet_collector() -> None:
@@ -810,8 +899,10 @@ def ranker_faust_app(
     """The ranker's Faust app: one agent over the trigger topic."""
     from streams.app import DeadLetterSender, faust_app_options  # noqa: PLC0415
 
-    app = faust.App(
-        settings.ranker_app_id, **faust_app_options(settings, settings.faust_datadir / "ranker")
+    app = QuickFetchApp(
+        settings.ranker_app_id,
+        fetch_max_wait_ms=settings.ranker_fetch_max_wait_ms,
+        **faust_app_options(settings, settings.faust_datadir / "ranker"),
     )
     topic = app.topic(settings.trigger_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = DeadLetterSender(app, settings.dead_letter_topic)
@@ -830,51 +921,14 @@ def ranker_faust_app(
         )
         await (await dead_letters.send(event.key, event.value, headers))
 
-    async def rank_batches(stream: faust.StreamT[Any], queue: asyncio.Queue[Any]) -> None:
-        """Look ahead at up to LOOKAHEAD triggers (one when the ranker keeps up, many
-        when it is behind), serve them in rounds of ROUND_USERS users, high intent first
-        (`streams.logic.trigger_order`), each user at their latest trigger, and
-        acknowledge in arrival order only: an offset is committed only once its trigger
-        and every earlier one were served (or superseded by a later one of the same user
-        that was)."""
-        concurrent = asyncio.Semaphore(RANK_CONCURRENCY)
-        ahead = _LookAhead()
-
-        async def served(triggers: list[RankTrigger]) -> None:
-            async with concurrent:
-                await until_applied(
-                    functools.partial(ranker.rank_many, triggers),
-                    give_up=lambda: bool(app.should_stop),
-                )
-
-        async def look_at(event: Any) -> None:
-            try:
-                ahead.add(event, decode_trigger(event.value))
-            except InvalidTrigger as exc:
-                await dead_letter(event, exc)
-                ahead.add(event, None)
-
-        while True:
-            if not ahead:
-                await look_at(await queue.get())
-            while len(ahead) < LOOKAHEAD_LIMIT and not queue.empty():
-                await look_at(queue.get_nowait())
-            ranker.counters.shed += ahead.shed(LOOKAHEAD)
-            ranker.waiting = len(ahead)
-            chosen, groups, superseded = ahead.next_round(ROUND_USERS)
-            ranker.counters.superseded += superseded
-            await asyncio.gather(
-                *(served(chosen[i : i + RANK_BATCH]) for i in range(0, len(chosen), RANK_BATCH))
-            )
-            for event in ahead.served(groups):
-                await stream.ack(event)
-
     @app.agent(topic)
     async def rank_triggers(stream: faust.StreamT[Any]) -> None:
         await ranker.models.load_now()  # the first trigger already scores with the model
         quiet_collector()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=INTAKE)
-        ranking = asyncio.ensure_future(rank_batches(stream, queue))
+        ranking = asyncio.ensure_future(
+            _rank_in_batches(stream, queue, ranker, dead_letter, lambda: bool(app.should_stop))
+        )
         try:
             async for event in stream.noack().events():  # type: ignore[attr-defined]
                 if ranking.done():

@@ -25,7 +25,7 @@ click, add-to-cart, wishlist or order is never shed. Pure: no Faust, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 
@@ -39,15 +39,18 @@ class Waiting:
     served: bool = False
 
 
-def next_round(waiting: Sequence[Waiting], users: int) -> list[list[int]]:
+def next_round(
+    waiting: Sequence[Waiting], users: int, busy: Set[str] = frozenset()
+) -> list[list[int]]:
     """Up to `users` users to serve next: per user, the positions in `waiting` of every
     trigger of theirs not served yet (the one with the highest sequence is the one to
     rank). Users with a high-intent trigger waiting come first, then the rest; within
-    each, by the arrival of their first waiting trigger."""
+    each, by the arrival of their first waiting trigger. Users in `busy` (being ranked
+    right now) wait for the next round: what arrived for them since is ranked after."""
     positions: dict[str, list[int]] = {}
     urgent: set[str] = set()
     for position, trigger in enumerate(waiting):
-        if trigger.served:
+        if trigger.served or trigger.user_id in busy:
             continue
         positions.setdefault(trigger.user_id, []).append(position)
         if trigger.high_intent:
@@ -56,17 +59,18 @@ def next_round(waiting: Sequence[Waiting], users: int) -> list[list[int]]:
     return [positions[user] for user in ordered[:users]]
 
 
-def shed(waiting: Sequence[Waiting], limit: int) -> list[int]:
+def shed(waiting: Sequence[Waiting], limit: int, busy: Set[str] = frozenset()) -> list[int]:
     """The positions of the triggers to shed so that at most `limit` wait unserved: the
-    oldest that are not high intent. High-intent triggers are never shed (when only they
-    are over the bound, nothing is)."""
+    oldest that are not high intent, and not of a user in `busy` (being ranked: their
+    triggers are acknowledged once that feed is written). High-intent triggers are
+    never shed (when only they are over the bound, nothing is)."""
     unserved = sum(1 for trigger in waiting if not trigger.served)
     excess = unserved - limit
     if excess <= 0:
         return []
     chosen: list[int] = []
     for position, trigger in enumerate(waiting):
-        if not trigger.served and not trigger.high_intent:
+        if not trigger.served and not trigger.high_intent and trigger.user_id not in busy:
             chosen.append(position)
             if len(chosen) == excess:
                 break

@@ -86,3 +86,34 @@ def test_the_look_ahead_acknowledges_shed_triggers_in_arrival_order_and_never_a_
     assert [t.user_id for t in chosen] == ["a"]
     assert ahead.served(groups) == ["e0", "e1", "e2"]  # a served, b and c shed; d waits
     assert len(ahead) == 1
+
+
+def test_a_user_being_ranked_waits_for_the_next_batch_and_is_not_shed() -> None:
+    waiting = [Waiting("a", 1, True), Waiting("b", 2, False), Waiting("a", 3, False)]
+    assert next_round(waiting, 10, busy={"a"}) == [[1]]
+    assert shed(waiting, 1, busy={"b"}) == [2]  # b is being ranked; a's view count goes
+
+
+def test_batches_that_finish_out_of_order_acknowledge_in_arrival_order() -> None:
+    """Two batches in progress at once (`streams.ranker._LookAhead` positions count from
+    the first trigger ever added): the later one finishing first acknowledges nothing
+    until the earlier one is done, and positions stay right after the front moved."""
+    from schemas.triggers import RankTrigger, Reason  # noqa: PLC0415
+    from streams.ranker import _LookAhead  # noqa: PLC0415
+
+    def trigger(user: str, sequence: int) -> RankTrigger:
+        return RankTrigger(user, sequence, Reason.HIGH_INTENT, sequence, 0, None, sequence)
+
+    ahead = _LookAhead()
+    for i, user in enumerate("abc"):
+        ahead.add(f"e{i}", trigger(user, i))
+    first, first_groups, _ = ahead.next_round(1)
+    second, second_groups, _ = ahead.next_round(1, busy={"a"})
+    assert [t.user_id for t in first + second] == ["a", "b"]
+    assert ahead.served(second_groups) == []  # a is still being ranked
+    assert ahead.served(first_groups) == ["e0", "e1"]
+    ahead.add("e3", trigger("a", 3))
+    third, third_groups, _ = ahead.next_round(5)
+    assert [(t.user_id, t.sequence) for t in third] == [("c", 2), ("a", 3)]
+    assert ahead.served(third_groups) == ["e2", "e3"]
+    assert len(ahead) == 0
