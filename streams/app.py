@@ -877,6 +877,7 @@ class RecordInteractions(Service):
             # Never aborted records: a replay copies into a topic in transactions.
             isolation_level="read_committed",
             fetch_max_wait_ms=s.fetch_max_wait_ms,
+            fetch_min_bytes=s.fetch_min_bytes,
             fetch_max_bytes=s.fetch_max_bytes,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
             **aiokafka_options(s),

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         500, ge=0, description="longest the broker holds a fetch that finds no data"
     )
+    # A fetch that waits for this many bytes (up to the wait above) answers less often
+    # with more: at 1.9k events/s, 65536 and a 25 ms wait took the worker from ~38% to
+    # ~31% of a core (the closed loop, one run), at up to 25 ms more per event.
+    fetch_min_bytes: int = Field(
+        1, ge=1, description="bytes a fetch waits for (up to the fetch wait) before answering"
+    )
     fetch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="per fetch request")
     max_partition_fetch_bytes: int = Field(
         1024 * 1024, ge=1024, description="per partition per fetch; larger messages still pass"
