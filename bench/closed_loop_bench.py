@@ -15,14 +15,15 @@ from Redis before each view (so a feed re-ranked mid-session takes effect at the
 position) and skipping what this session already showed. Each view is clicked with the
 generator's own click model (`jobs.traffic.simulation.click_probability`: the shopper's
 affinity for the category, the price, the position, the listing's language); a click may
-be followed by an add-to-cart. Background traffic from other users runs beside it, so the
+be followed by an add-to-cart. Background traffic from other users (encoded before the loop
+starts, so the producer's CPU is not in it) runs beside it, so the
 worker sees `--rate` events/s in all. Click-through rate = clicks / views, per arm, by the
 arm of the feed each view came from.
 
 End to end: for every click after the first `--warmup` seconds, the time from producing
 it to the first read of the shopper's feed that comes from a trigger at or after it: click
-to re-ranked feed, through Kafka, the worker, the trigger topic and the ranker (polled every
-5 ms at first, then every 5% of the time waited so far).
+to re-ranked feed, through Kafka, the worker, the trigger topic and the ranker (one poller
+reads the feed sequences of every shopper with a click waiting, every 5 ms).
 
     .venv/bin/python bench/closed_loop_bench.py [--seconds 90] [--shoppers 300] [--rate 2000]
 """
@@ -38,17 +39,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from freshness_bench import Schedule
 from harness import Isolated, Table, WorkerProcess, ensure_stack, percentiles, write_results
 
 from jobs.catalog import generated_items, load_items
-from jobs.generate import paced
 from jobs.traffic import TrafficParams, simulate
 from jobs.traffic.catalog import Catalog
 from jobs.traffic.population import UserProfile, population, user_index
@@ -68,6 +68,14 @@ WATCH_LIMIT_S = 5.0
 READS_IN_FLIGHT = 32
 
 
+@dataclass(frozen=True, slots=True)
+class _Click:
+    user: str
+    event_id: str
+    sent_at: float  # monotonic, just before it was produced
+    sent_at_ms: int  # the same moment on the wall clock, to set against the feed's times
+
+
 @dataclass
 class Arm:
     views: int = 0
@@ -83,6 +91,12 @@ class Outcome:
     arms: dict[str, Arm] = field(default_factory=lambda: {"model": Arm(), "holdout": Arm()})
     no_feed: int = 0  # views skipped: no feed, or nothing left unseen in it
     latencies_ms: list[float] = field(default_factory=list)
+    # Where a click's time went, per timed click (ms): produced -> trigger published (the
+    # worker), -> feed generated (the trigger topic, the ranker's queue and ranking), ->
+    # seen (the feed write and this bench's poll), from the feed that reflected it.
+    stages_ms: dict[str, list[float]] = field(
+        default_factory=lambda: {"worker": [], "ranker": [], "seen": []}
+    )
     missed: int = 0  # clicks whose re-ranked feed did not show within WATCH_LIMIT_S
     models: set[str] = field(default_factory=set)
     events: int = 0
@@ -107,20 +121,13 @@ class Loop:
         self.deadline = deadline
         self.feeds = build_feed_store(settings)
         self.offsets: dict[str, int] = {}  # event id -> offset, from delivery reports
-        self.watchers: set[asyncio.Task[None]] = set()
+        self.clicks: list[_Click] = []  # produced, not yet seen reflected in their feed
+        self._stages: set[asyncio.Future[None]] = set()  # feed reads splitting timed clicks
         self._reads = asyncio.Semaphore(READS_IN_FLIGHT)  # the client's pool is bounded
 
     async def feed(self, user: str) -> Feed | None:
         async with self._reads:
             return await self.feeds.read(user)
-
-    async def feed_sequence(self, user: str) -> int | None:
-        """The stored feed's trigger sequence alone (its first bytes): what a watcher
-        needs, at a fraction of a whole feed's read and decode. The watchers poll
-        thousands of times a second when the pipeline is behind, and this process shares
-        the machine with the one it measures."""
-        async with self._reads:
-            return await self.feeds.sequence(user)
 
     def delivered(self, report: DeliveryReport) -> None:
         if report.ok and report.offset is not None:
@@ -163,9 +170,9 @@ class Loop:
                 arm.clicks += 1
                 await asyncio.sleep(rng.uniform(0.1, 0.3))
                 click = _event(rng, user, EventType.CLICK, item, profile.language, position)
-                sent_at = time.monotonic()
+                sent_at, sent_at_ms = time.monotonic(), int(time.time() * 1000)
                 self.send(click)
-                self._watch(user, click.event_id, sent_at)
+                self.clicks.append(_Click(user, click.event_id, sent_at, sent_at_ms))
                 if rng.random() < PARAMS.add_to_cart_after_click:
                     await asyncio.sleep(rng.uniform(0.1, 0.3))
                     cart = _event(
@@ -174,26 +181,57 @@ class Loop:
                     self.send(cart)
             await asyncio.sleep(rng.uniform(1.0, 3.0))  # between sessions
 
-    def _watch(self, user: str, event_id: str, sent_at: float) -> None:
-        task = asyncio.ensure_future(self._first_feed_after(user, event_id, sent_at))
-        self.watchers.add(task)
-        task.add_done_callback(self.watchers.discard)
+    async def watch_clicks(self) -> None:
+        """Until every click is resolved: every WATCH_EVERY_S, the feed sequences of all
+        shoppers with a click waiting, in one script call (`RedisFeedStore.sequences`); a
+        click is reflected by the first poll that sees a sequence at or past its offset.
 
-    async def _first_feed_after(self, user: str, event_id: str, sent_at: float) -> None:
-        """Poll the user's feed until one from a trigger at or after the click shows."""
-        while time.monotonic() - sent_at < WATCH_LIMIT_S:
-            offset = self.offsets.get(event_id)
-            if offset is not None:
-                sequence = await self.feed_sequence(user)
-                if sequence is not None and sequence >= offset:
-                    if sent_at >= self.measure_from:
-                        self.outcome.latencies_ms.append((time.monotonic() - sent_at) * 1000)
-                    return
-            # Every 5 ms at first, then every 5% of the wait so far: a slow pipeline is
-            # not also flooded with reads (the measurement's error stays under 5%).
-            await asyncio.sleep(max(WATCH_EVERY_S, 0.05 * (time.monotonic() - sent_at)))
-        if sent_at >= self.measure_from:
-            self.outcome.missed += 1
+        One poller for all clicks rather than one per click: per-click pollers read
+        thousands of times a second when the pipeline was behind (about a third of this
+        process's CPU, on the two cores it shares with what it measures)."""
+        while self.clicks or time.monotonic() < self.deadline:
+            await asyncio.sleep(WATCH_EVERY_S)
+            now = time.monotonic()
+            # Clicks produced while the sequences are read join the next poll.
+            clicks, self.clicks = self.clicks, []
+            waiting: list[_Click] = []
+            for click in clicks:
+                if now - click.sent_at < WATCH_LIMIT_S:
+                    waiting.append(click)
+                elif click.sent_at >= self.measure_from:
+                    self.outcome.missed += 1
+            known = [c for c in waiting if self.offsets.get(c.event_id) is not None]
+            users = sorted({c.user for c in known})
+            sequences = dict(zip(users, await self.feeds.sequences(users), strict=True))
+            seen, seen_ms = time.monotonic(), int(time.time() * 1000)
+            unresolved: list[_Click] = []
+            timed: list[_Click] = []
+            for click in waiting:
+                offset = self.offsets.get(click.event_id)
+                sequence = sequences.get(click.user)
+                if offset is None or sequence is None or sequence < offset:
+                    unresolved.append(click)
+                elif click.sent_at >= self.measure_from:
+                    self.outcome.latencies_ms.append((seen - click.sent_at) * 1000)
+                    timed.append(click)
+            self.clicks = unresolved + self.clicks
+            if timed:
+                self._stages.add(asyncio.ensure_future(self._split(timed, seen_ms)))
+                self._stages = {task for task in self._stages if not task.done()}
+        await asyncio.gather(*self._stages)
+
+    async def _split(self, clicks: list[_Click], seen_ms: int) -> None:
+        """Where the time of each click went, from the feed that reflected it (read after
+        the fact: the feed may since be a later one, which only shifts time from the
+        worker's share to the ranker's; such clicks are left out)."""
+        feeds = await asyncio.gather(*(self.feeds.read(click.user) for click in clicks))
+        stages = self.outcome.stages_ms
+        for click, feed in zip(clicks, feeds, strict=True):
+            if feed is None or feed.generated_at_ms > seen_ms:
+                continue
+            stages["worker"].append(feed.trigger_published_at_ms - click.sent_at_ms)
+            stages["ranker"].append(feed.generated_at_ms - feed.trigger_published_at_ms)
+            stages["seen"].append(seen_ms - feed.generated_at_ms)
 
 
 def _event(  # noqa: PLR0917
@@ -225,18 +263,39 @@ def _event(  # noqa: PLR0917
     )
 
 
-def background(settings: Settings, rate: float, stop: threading.Event) -> int:
-    """Other users' traffic at `rate`, paced to the wall clock, until `stop` is set. Their
-    ids get a `b` prefix: they never collide with a shopper's."""
-    sent = 0
-    start = int(time.time() * 1000)
-    stream: Iterator[Event] = paced(simulate(dataclasses.replace(PARAMS, rate=rate), start), start)
-    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
-        for event in stream:
-            if stop.is_set():
-                break
-            producer.send(dataclasses.replace(event, user_id="b" + event.user_id))
-            sent += 1
+def background_schedule(rate: float, seconds: float) -> Schedule:
+    """Other users' traffic at `rate` for `seconds`, encoded before the loop starts (the
+    producer's CPU, ~10 us an event, stays off the two cores the loop is measured on, as
+    in bench/freshness_bench.py); event time = send time. Their ids get a `b` prefix: they
+    never collide with a shopper's."""
+    stream = simulate(dataclasses.replace(PARAMS, rate=rate), int(time.time() * 1000))
+    events = [
+        dataclasses.replace(event, user_id="b" + event.user_id)
+        for event in itertools.islice(stream, int(rate * seconds))
+    ]
+    return Schedule.encode(events)
+
+
+def background(settings: Settings, schedule: Schedule, stop: threading.Event) -> int:
+    """Send the schedule's messages at their times until it ends or `stop` is set; how
+    many were sent."""
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    from sinks.events_producer import BATCHING, GUARANTEES  # noqa: PLC0415
+
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, **BATCHING, **GUARANTEES})
+    topic, sent = settings.events_topic, 0
+    for key, value, send_at in schedule.messages:
+        while (ahead_s := send_at - time.time()) > 0 and not stop.is_set():
+            time.sleep(min(ahead_s, 0.002))
+        if stop.is_set():
+            break
+        producer.produce(topic, key=key, value=value)
+        sent += 1
+        if sent % 64 == 0:
+            producer.poll(0)
+    if producer.flush(30):
+        raise RuntimeError("the background producer could not deliver everything in 30 s")
     return sent
 
 
@@ -320,10 +379,13 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
             f"closed loop for {args.seconds:g}s: {args.shoppers} shoppers (~{shopper_rate:,.0f} "
             f"events/s) and background traffic at {rest:,.0f} events/s"
         )
+        schedule = background_schedule(rest, args.seconds + 10)
+        time.sleep(max(schedule.messages[0][2] - time.time(), 0) if schedule.messages else 0)
         stop = threading.Event()
         sent_background: list[int] = []
         thread = threading.Thread(
-            target=lambda: sent_background.append(background(settings, rest, stop)), daemon=True
+            target=lambda: sent_background.append(background(settings, schedule, stop)),
+            daemon=True,
         )
         thread.start()
         began = time.monotonic()
@@ -359,6 +421,9 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         "ctr_ratio": model.ctr / holdout.ctr if holdout.ctr else None,
         "views_without_feed": outcome.no_feed,
         "click_to_feed": latency,
+        "click_to_feed_stages": {
+            stage: percentiles(values) for stage, values in outcome.stages_ms.items()
+        },
         "clicks_not_reflected": outcome.missed,
         "training": {
             "ndcg@20": trained.report["test"]["ndcg@20"],
@@ -381,6 +446,14 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         f"{len(outcome.latencies_ms)} clicks",
     )
     table.add("click -> re-ranked feed, p99", latency["p99_ms"], "ms", "target <= 300")
+    for stage, note in (
+        ("worker", "produced -> trigger published"),
+        ("ranker", "trigger -> feed generated"),
+        ("seen", "generated -> seen (write, poll)"),
+    ):
+        split = percentiles(outcome.stages_ms[stage])
+        table.add(f"  of which {stage}, p50", split["p50_ms"], "ms", note)
+        table.add(f"  of which {stage}, p99", split["p99_ms"], "ms")
     table.add("clicks not reflected within 5 s", outcome.missed, "clicks")
     table.add("events/s through the worker", total_rate, "/s", "shoppers + background")
     table.add("views with no feed to read", outcome.no_feed, "views")
@@ -414,10 +487,11 @@ async def shop(
                 await asyncio.sleep(0.002)
 
         pumping = asyncio.ensure_future(pump())
+        watching = asyncio.ensure_future(loop.watch_clicks())
         await asyncio.gather(
             *(loop.shopper(p, random.Random(f"loop/{p.user_id}")) for p in profiles)
         )
-        await asyncio.gather(*list(loop.watchers), return_exceptions=True)
+        await watching
         pumping.cancel()
         await loop.feeds.close()
 
