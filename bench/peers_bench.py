@@ -22,6 +22,7 @@ topic's events): a program that is fast but wrong shows up as such. The raw ceil
 both Kafka client libraries are measured on the same topic.
 
     .venv/bin/python bench/peers_bench.py [--events 200000] [--rounds 2] [--only NAME ...]
+        [--compare REF ...]
 
 Prints a table and writes bench/results/peers.json.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import re
@@ -40,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from harness import (
     WorkerProcess,
     cpu_seconds,
     ensure_stack,
+    exported_tree,
     parse_env,
     produce,
     raw_aiokafka_consume,
@@ -118,11 +121,18 @@ class Program:
     name: str
     #: (group, prefix) -> (argv or None for `signals worker`, extra environment)
     start: Callable[[str, str], tuple[list[str] | None, dict[str, str]]]
+    #: The source tree `signals worker` runs from (another commit's for `--compare`).
+    source: Path = ROOT
 
 
 def programs(
-    settings: Settings, peers_python: Path | None, worker_env: dict[str, str]
+    settings: Settings,
+    peers_python: Path | None,
+    worker_env: dict[str, str],
+    compared: Mapping[str, Path] | None = None,
 ) -> list[Program]:
+    """Every program; `compared` (git ref -> its exported tree) adds our worker at those
+    commits, interaction store only, for a before/after in the same run."""
     last_k = json.dumps({kind.value: k for kind, k in settings.last_k.items()})
 
     def peer(script: str, python: str) -> Callable[[str, str], tuple[list[str], dict[str, str]]]:
@@ -162,6 +172,10 @@ def programs(
         return start
 
     found = [
+        *(
+            Program(f"{OURS} @{ref}", ours(features=False), source=tree)
+            for ref, tree in (compared or {}).items()
+        ),
         Program(OURS, ours(features=False)),
         Program(OURS_FULL, ours(features=True)),
         Program(LOOP, peer("loop_peer.py", sys.executable)),
@@ -275,7 +289,9 @@ def run_program(
     from infra.topics import apply_topics, declared_topics, delete_topics  # noqa: PLC0415
 
     base = iso.settings
-    suffix = re.sub(r"[^a-z0-9]+", "-", program.name.lower()).strip("-")[:24]
+    # Names may share their first 24 characters (`--compare`): the digest keeps groups apart.
+    digest = hashlib.sha1(program.name.encode(), usedforsecurity=False).hexdigest()[:6]
+    suffix = re.sub(r"[^a-z0-9]+", "-", program.name.lower()).strip("-")[:24] + "-" + digest
     group = f"{base.app_id}-{suffix}-{round_number}"
     prefix = f"{base.redis_key_prefix}-{suffix}-{round_number}"
     argv, extra_env = program.start(group, prefix)
@@ -289,7 +305,9 @@ def run_program(
     stats_key = f"{prefix}:stats:applied"
     try:
         with (
-            WorkerProcess(env, label=suffix, argv=argv, loglevel="warning") as process,
+            WorkerProcess(
+                env, label=suffix, argv=argv, loglevel="warning", source=program.source
+            ) as process,
             profiled(process.pid, suffix, enabled=profile),
         ):
             started = time.perf_counter()
@@ -390,6 +408,25 @@ def median_of(runs: list[Run], name: str, measure: Callable[[Run], float]) -> fl
     return statistics.median(values) if values else float("nan")
 
 
+def ratios_of(
+    rate: Mapping[str, float], redis_cpu: Mapping[str, float], compared: list[str]
+) -> dict[str, float]:
+    """The issue's ratios (and each `--compare` ref's) from the medians by program."""
+    ratios: dict[str, float] = {}
+    if OURS in rate and LOOP in rate:
+        ratios["ours_vs_loop"] = rate[OURS] / rate[LOOP]
+        ratios["ours_redis_cpu_vs_loop"] = redis_cpu[OURS] / redis_cpu[LOOP]
+    bare = [rate[name] for name in BARE_PEERS if name in rate]
+    if OURS_FULL in rate and bare:
+        ratios["ours_full_vs_best_bare_peer"] = rate[OURS_FULL] / max(bare)
+    for ref in compared:
+        before = f"{OURS} @{ref}"
+        if OURS in rate and before in rate:
+            ratios[f"ours_vs_{ref}"] = rate[OURS] / rate[before]
+            ratios[f"ours_redis_cpu_vs_{ref}"] = redis_cpu[OURS] / redis_cpu[before]
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script)
     parser = argparse.ArgumentParser(
         description="Our worker against Faust, Quix Streams and a hand-written loop: "
@@ -405,7 +442,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
         action="append",
         default=[],
         metavar="NAME",
-        help="run only programs whose name contains this (repeatable): ours, loop, faust, quix",
+        help="run only programs whose name contains this (repeatable): our, loop, faust, quix",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="also run our worker (interaction store only) from this git ref, e.g. HEAD, "
+        "for a before/after in the same run (repeatable)",
     )
     parser.add_argument("--no-quix", action="store_true", help="skip Quix Streams (no install)")
     parser.add_argument(
@@ -440,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
     wait_until_quiet()
     iso = Isolated.create("peers")
     settings = iso.settings
+    trees = contextlib.ExitStack()
     try:
         print(
             f"topic {settings.events_topic} ({settings.events_partitions} partitions); "
@@ -454,9 +500,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
         raw_aio = asyncio.run(raw_aiokafka_consume(settings, produced.events, decode=False))
         raw_ck = raw_confluent_consume(settings, produced.events)
 
+        compared = {ref: trees.enter_context(exported_tree(ref)) for ref in args.compare}
         chosen = [
             p
-            for p in programs(settings, peers_python, worker_env)
+            for p in programs(settings, peers_python, worker_env, compared)
             if not args.only or any(o.lower() in p.name.lower() for o in args.only)
         ]
         runs: list[Run] = []
@@ -488,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
                     flush=True,
                 )
     finally:
+        trees.close()
         iso.cleanup()
 
     table = Table(
@@ -514,13 +562,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
 
     rate = {name: median_of(runs, name, lambda r: r.events_per_s) for name in names}
     redis_cpu = {name: median_of(runs, name, lambda r: r.redis_us_per_event) for name in names}
-    ratios: dict[str, float] = {}
-    if OURS in rate and LOOP in rate:
-        ratios["ours_vs_loop"] = rate[OURS] / rate[LOOP]
-        ratios["ours_redis_cpu_vs_loop"] = redis_cpu[OURS] / redis_cpu[LOOP]
-    bare = [rate[name] for name in BARE_PEERS if name in rate]
-    if OURS_FULL in rate and bare:
-        ratios["ours_full_vs_best_bare_peer"] = rate[OURS_FULL] / max(bare)
+    ratios = ratios_of(rate, redis_cpu, args.compare)
     table.print()
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}x")
