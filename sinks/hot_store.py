@@ -8,12 +8,12 @@ one round trip per node the batch touches.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
@@ -282,10 +282,10 @@ class RedisHotStore:
         for write in writes:
             flat: list[str | int] = []
             for member, score in write.members.items():
-                flat += (score, member)
+                flat += (str(score), member)  # a string: see `_APPLY_LUA`
             entries.append([write.keep, flat])
         batch = [applied, len(versions.checked), floors, entries]
-        return keys, [_compact_json(batch)]
+        return keys, [orjson.dumps(batch)]
 
     async def last_k(self, user_id: str, event_type: EventType, k: int) -> list[tuple[str, int]]:
         key = hot_key(self._prefix, user_id, event_type)
@@ -337,10 +337,12 @@ _ACTIVE_MOVED = -1
 #: found hot. ARGV[1] is JSON: [applied count, checked, [[version key's index in KEYS,
 #: floor], ...], [[keep, [score, member, score, member, ...]], ...]] with one entry per
 #: write key, in KEYS order. One JSON argument, not one argument per member and score:
-#: redis.asyncio packs every argument in Python (~1 us each), while json encodes in C and
+#: redis.asyncio packs every argument in Python (~1 us each), while orjson encodes in C and
 #: cjson decodes in C; each write's flat pairs go to ZADD straight from the decoded array
-#: (`unpack`), without a Lua loop per member. Scores are event times in ms (13 digits
-#: until the year 2286), which Lua's number-to-string conversion passes to ZADD exactly.
+#: (`unpack`), without a Lua loop per member. Scores are event times in ms sent as JSON
+#: strings, so they reach ZADD as they were written: as JSON numbers, cjson parsed each
+#: into a double and `redis.call` formatted it back into a string for ZADD to parse
+#: again, which was a third of the script's time on the peers bench's batches.
 #: Versions first, one INCR per version key (the call count per event is most of the
 #: script's cost): a new one (INCR gives 1) starts at the server's clock in microseconds,
 #: and a floor (the stored snapshot's write timestamp) lifts it above that. The version
@@ -396,7 +398,7 @@ for w = 1, #writes do
   local flat = writes[w][2]
   if keep < 0 then
     for i = 1, #flat, 2 do
-      local score = flat[i]
+      local score = tonumber(flat[i])
       local current = tonumber(redis.call('ZSCORE', key, flat[i + 1]))
       if current and current >= score then
         score = current + 1
@@ -444,9 +446,6 @@ class _Versions:
 def _missing_users(refused: object, owners: Mapping[str, str]) -> set[str]:
     """The users whose version keys a script call reported missing."""
     return {owners[_text(key)] for key in cast("list[bytes | str]", refused or [])}
-
-
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _text(value: bytes | str) -> str:
