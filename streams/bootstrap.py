@@ -20,6 +20,7 @@ from sinks.feed_store import RedisFeedStore
 from sinks.hot_sessions import RedisSessions
 from sinks.hot_store import RedisHotStore
 from sinks.model_store import ModelStore
+from sinks.redis_packing import connection_class_for
 from sinks.redis_scripts import HotRedis
 from streams.app import build_app
 from streams.models import ModelSlot
@@ -42,6 +43,9 @@ def build_redis(settings: Settings) -> HotRedis:
         )
     return aioredis.Redis.from_url(
         settings.redis_url,
+        # Commands packed by hiredis (`sinks.redis_packing`); the cluster client picks
+        # its own connection class and keeps redis-py's.
+        connection_class=connection_class_for(settings.redis_url),
         socket_timeout=5,
         socket_connect_timeout=5,
         health_check_interval=30,
