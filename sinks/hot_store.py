@@ -280,7 +280,7 @@ class RedisHotStore:
         floors = [[index[key], floor] for key, floor in versions.floors.items()]
         entries = []
         for write in writes:
-            flat: list[str | int] = []
+            flat: list[str] = []
             for member, score in write.members.items():
                 flat += (str(score), member)  # a string: see `_APPLY_LUA`
             entries.append([write.keep, flat])
@@ -337,12 +337,13 @@ _ACTIVE_MOVED = -1
 #: found hot. ARGV[1] is JSON: [applied count, checked, [[version key's index in KEYS,
 #: floor], ...], [[keep, [score, member, score, member, ...]], ...]] with one entry per
 #: write key, in KEYS order. One JSON argument, not one argument per member and score:
-#: redis.asyncio packs every argument in Python (~1 us each), while orjson encodes in C and
-#: cjson decodes in C; each write's flat pairs go to ZADD straight from the decoded array
-#: (`unpack`), without a Lua loop per member. Scores are event times in ms sent as JSON
+#: each argument costs the client a packing step (in Python on the cluster client) and
+#: the server an argument object, while orjson encodes in C and cjson decodes in C;
+#: each write's flat pairs go to ZADD straight from the decoded array (`unpack`),
+#: without a Lua loop per member. Scores are event times in ms sent as JSON
 #: strings, so they reach ZADD as they were written: as JSON numbers, cjson parsed each
 #: into a double and `redis.call` formatted it back into a string for ZADD to parse
-#: again, which was a third of the script's time on the peers bench's batches.
+#: again, about a quarter of the script's time on batches replayed from the peers bench.
 #: Versions first, one INCR per version key (the call count per event is most of the
 #: script's cost): a new one (INCR gives 1) starts at the server's clock in microseconds,
 #: and a floor (the stored snapshot's write timestamp) lifts it above that. The version
