@@ -173,8 +173,9 @@ def programs(
 
     found = [
         *(
-            Program(f"{OURS} @{ref}", ours(features=False), source=tree)
+            Program(f"{name} @{ref}", ours(features=name == OURS_FULL), source=tree)
             for ref, tree in (compared or {}).items()
+            for name in (OURS, OURS_FULL)
         ),
         Program(OURS, ours(features=False)),
         Program(OURS_FULL, ours(features=True)),
@@ -419,11 +420,14 @@ def ratios_of(
     bare = [rate[name] for name in BARE_PEERS if name in rate]
     if OURS_FULL in rate and bare:
         ratios["ours_full_vs_best_bare_peer"] = rate[OURS_FULL] / max(bare)
+    if OURS_FULL in rate and OURS in rate:  # the features issue's ratio
+        ratios["ours_full_vs_ours"] = rate[OURS_FULL] / rate[OURS]
     for ref in compared:
-        before = f"{OURS} @{ref}"
-        if OURS in rate and before in rate:
-            ratios[f"ours_vs_{ref}"] = rate[OURS] / rate[before]
-            ratios[f"ours_redis_cpu_vs_{ref}"] = redis_cpu[OURS] / redis_cpu[before]
+        for name, label in ((OURS, "ours"), (OURS_FULL, "ours_full")):
+            before = f"{name} @{ref}"
+            if name in rate and before in rate:
+                ratios[f"{label}_vs_{ref}"] = rate[name] / rate[before]
+                ratios[f"{label}_redis_cpu_vs_{ref}"] = redis_cpu[name] / redis_cpu[before]
     return ratios
 
 
@@ -449,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915  (a flat script
         metavar="REF",
         action="append",
         default=[],
-        help="also run our worker (interaction store only) from this git ref, e.g. HEAD, "
-        "for a before/after in the same run (repeatable)",
+        help="also run our worker (store only, and with features and triggers) from this "
+        "git ref, e.g. HEAD, for a before/after in the same run (repeatable; --only picks)",
     )
     parser.add_argument("--no-quix", action="store_true", help="skip Quix Streams (no install)")
     parser.add_argument(

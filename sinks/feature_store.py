@@ -64,9 +64,50 @@ class UserOutcome:
     duplicates: frozenset[str] = frozenset()  # "partition:offset" of duplicate events
 
 
+@dataclass(slots=True)
+class FeatureRead:
+    """A batch's users read and advanced, not yet written: what the write sends, and what
+    the next batch may build on while this one's write is still on its way
+    (`RedisFeatureStore.read`)."""
+
+    steps: dict[str, UserStep]
+    expected: dict[str, int]  # user -> the fence their stored value must still hold
+    values: dict[str, bytes]  # user -> their new value (users with a share to store)
+    assumed: dict[str, bytes]  # user -> the earlier batch's new value they were advanced from
+    #: On a single Redis, the script call built ahead (the users in it, the shared writes):
+    #: the write sends it the moment the batch before is in. None: build it again.
+    call: _PreparedCall | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureWrite:
+    """What a batch's write did: per user, its outcome; and the value each user it wrote
+    holds now (the next batch checks what it assumed against these)."""
+
+    outcomes: dict[str, UserOutcome]
+    written: dict[str, bytes]
+
+
 class FeatureWriter(Protocol):
     async def apply(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
         """Apply a plan's fenced writes; per user key, what it did."""
+        ...
+
+    async def read(
+        self, plan: FeaturePlan, earlier: Mapping[str, bytes] | None = None
+    ) -> FeatureRead:
+        """Read and advance a plan's users; those in `earlier` (the new values of the
+        batch before, whose write may not have landed yet) from those values."""
+        ...
+
+    async def write(
+        self,
+        plan: FeaturePlan,
+        read: FeatureRead,
+        earlier_written: Mapping[str, bytes] | None = None,
+    ) -> FeatureWrite:
+        """Write what `read` made, once the batch before was written (`earlier_written`:
+        what its write left, checked against what `read` assumed)."""
         ...
 
     async def watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
@@ -276,6 +317,8 @@ class FeatureConflict(RuntimeError):
 
 #: A user's part of a script call: user, key, the fence read, the new value.
 _UserWrite = tuple[str, str, int, bytes]
+#: A whole script call on a single Redis: the call, its users in order, its shared writes.
+_PreparedCall = tuple[ScriptCall, list[str], list[SharedWrite]]
 
 
 class RedisFeatureStore:
@@ -306,29 +349,63 @@ class RedisFeatureStore:
         """Read the batch's users, apply it to them (`advance_user`), write them back
         checked against the fences read, then the shared keys' fenced increments. Safe to
         repeat, in part or whole."""
-        if not plan.users:
-            return {}
-        steps, expected = await self._advanced(plan, list(plan.users))
+        return (await self.write(plan, await self.read(plan))).outcomes
+
+    async def read(
+        self, plan: FeaturePlan, earlier: Mapping[str, bytes] | None = None
+    ) -> FeatureRead:
+        """The first half of `apply`: the users' stored values (one MGET), advanced by
+        the batch. A user of the batch before, whose write may not have landed yet, is
+        advanced from the value that write sends (`earlier`), not from a read that could
+        be older than it; `write` checks that this value did land before writing on it."""
+        assumed = {user: earlier[user] for user in plan.users if user in earlier} if earlier else {}
+        fresh = [user for user in plan.users if user not in assumed]
+        steps, expected = await self._advanced(plan, fresh)
+        for user, value in assumed.items():
+            share = decode_user_share(value)
+            expected[user] = share.fence
+            steps[user] = advance_user(share, plan.users[user], self.config)
+        read = FeatureRead(steps, expected, _values(steps), assumed)
+        if not self._on_cluster and steps:
+            read.call = self._prepared_call(plan, read)
+        return read
+
+    async def write(
+        self,
+        plan: FeaturePlan,
+        read: FeatureRead,
+        earlier_written: Mapping[str, bytes] | None = None,
+    ) -> FeatureWrite:
+        """The second half of `apply`, once the batch before was written: users advanced
+        from a value it did not leave (refused, it wrote another) are read and advanced
+        again; then the users' check-and-set and the shared writes."""
+        if not read.steps:
+            return FeatureWrite({}, {})
+        if read.assumed:
+            landed = earlier_written or {}
+            moved = [user for user, value in read.assumed.items() if landed.get(user) is not value]
+            if moved:
+                await self._advance_again(plan, read, moved)
+        steps = read.steps
         if self._on_cluster:
             # A script call reaches one slot: the users first (each in its own), then the
             # products and categories, then the global hash once the rest is in.
-            await self._write_users(plan, steps, expected)
+            await self._write_users(plan, read)
             writes = shared_writes(steps, plan, self._prefix, self.config)
             others = [w for w in writes if w.kind is not WriteKind.GLOBAL]
             await self._write_shared(plan, steps, others)
             await self._write_shared(plan, steps, [w for w in writes if w.kind is WriteKind.GLOBAL])
         else:
             for _ in range(_MAX_ROUNDS):
-                writes = shared_writes(steps, plan, self._prefix, self.config)
-                users = self._user_writes(steps, expected)
-                [(refused, partials)] = await self._script.run([self._call(users, writes)])
+                call, users, writes = read.call or self._prepared_call(plan, read)
+                [(refused, partials)] = await self._script.run([call])
                 if not refused:
                     await self._finish(plan, steps, writes, partials)
                     break
-                await self._advance_again(plan, steps, expected, users, refused)
+                await self._advance_again(plan, read, [users[i - 1] for i in refused])
             else:
                 raise FeatureConflict("users' features kept changing under this worker")
-        return {
+        outcomes = {
             user: UserOutcome(
                 user,
                 step.session_started,
@@ -339,11 +416,14 @@ class RedisFeatureStore:
             )
             for user, step in steps.items()
         }
+        return FeatureWrite(outcomes, dict(read.values))
 
     async def _advanced(
         self, plan: FeaturePlan, users: list[str]
     ) -> tuple[dict[str, UserStep], dict[str, int]]:
         """The users' steps from their stored values, and the fences those held."""
+        if not users:
+            return {}, {}
         keys = [user_features_key(self._prefix, user) for user in users]
         if isinstance(self._redis, aioredis.RedisCluster):
             values = await self._redis.mget_nonatomic(keys)  # per slot, one round trip
@@ -357,53 +437,45 @@ class RedisFeatureStore:
             steps[user] = advance_user(share, plan.users[user], self.config)
         return steps, expected
 
-    async def _advance_again(
-        self,
-        plan: FeaturePlan,
-        steps: dict[str, UserStep],
-        expected: dict[str, int],
-        sent: Sequence[_UserWrite],
-        refused: Sequence[int],
-    ) -> None:
-        """Users whose stored fence moved since it was read: read and apply them again."""
-        again = [sent[i - 1][0] for i in refused]
-        fresh_steps, fresh_expected = await self._advanced(plan, again)
-        steps.update(fresh_steps)
-        expected.update(fresh_expected)
+    async def _advance_again(self, plan: FeaturePlan, read: FeatureRead, users: list[str]) -> None:
+        """Users whose stored fence moved since it was read (or who were advanced from a
+        value that did not land): read and apply them again."""
+        fresh_steps, fresh_expected = await self._advanced(plan, users)
+        read.call = None
+        read.steps.update(fresh_steps)
+        read.expected.update(fresh_expected)
+        for user, step in fresh_steps.items():
+            read.assumed.pop(user, None)
+            if step.share is not None:
+                read.values[user] = encode_user_share(step.share)
+            else:
+                read.values.pop(user, None)
 
-    def _user_writes(
-        self, steps: Mapping[str, UserStep], expected: Mapping[str, int]
-    ) -> list[_UserWrite]:
+    def _prepared_call(self, plan: FeaturePlan, read: FeatureRead) -> _PreparedCall:
+        writes = shared_writes(read.steps, plan, self._prefix, self.config)
+        users = self._user_writes(read)
+        return self._call(users, writes), [write[0] for write in users], writes
+
+    def _user_writes(self, read: FeatureRead) -> list[_UserWrite]:
+        prefix, expected = self._prefix, read.expected
         return [
-            (
-                user,
-                user_features_key(self._prefix, user),
-                expected[user],
-                encode_user_share(step.share),
-            )
-            for user, step in steps.items()
-            if step.share is not None
+            (user, user_features_key(prefix, user), expected[user], value)
+            for user, value in read.values.items()
         ]
 
-    async def _write_users(
-        self, plan: FeaturePlan, steps: dict[str, UserStep], expected: dict[str, int]
-    ) -> None:
+    async def _write_users(self, plan: FeaturePlan, read: FeatureRead) -> None:
         """Cluster: every user's check-and-set in its own slot's call, one round trip;
         refused ones read, applied and sent again."""
         for _ in range(_MAX_ROUNDS):
-            users = self._user_writes(steps, expected)
+            users = self._user_writes(read)
             groups = by_slot(self._redis, users, lambda write: write[1])
             results = await self._script.run([self._call(group, []) for group in groups])
-            refused: list[int] = []
-            position = 0
-            flat: list[_UserWrite] = []
+            refused: list[str] = []
             for group, (group_refused, _partials) in zip(groups, results, strict=True):
-                refused += [position + i for i in group_refused]
-                flat += group
-                position += len(group)
+                refused += [group[i - 1][0] for i in group_refused]
             if not refused:
                 return
-            await self._advance_again(plan, steps, expected, flat, refused)
+            await self._advance_again(plan, read, refused)
         raise FeatureConflict("users' features kept changing under this worker")
 
     async def _write_shared(
@@ -555,6 +627,15 @@ class RedisFeatureStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _values(steps: Mapping[str, UserStep]) -> dict[str, bytes]:
+    """Each user's new value, of those with a share to store."""
+    return {
+        user: encode_user_share(step.share)
+        for user, step in steps.items()
+        if step.share is not None
+    }
 
 
 def _now_ms() -> int:

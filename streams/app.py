@@ -18,7 +18,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +44,7 @@ from schemas.hot_layout import Interaction
 from schemas.triggers import RankTrigger
 from sinks.connectivity import aiokafka_options, faust_credentials, kafka_security
 from sinks.eraser import Eraser
-from sinks.feature_store import FeatureWriter, UserOutcome
+from sinks.feature_store import FeatureWrite, FeatureWriter, UserOutcome
 from sinks.hot_store import HotStore, HotUsers
 from sinks.retry import until_applied
 from sinks.trigger_producer import TriggerProducer
@@ -247,6 +247,53 @@ class ErasuresGate:
             raise self._error
 
 
+class EarlierBatchFailed(RuntimeError):
+    """The batch before this one failed: this one must not write past it."""
+
+
+class _FeatureTurn:
+    """One batch's place in the order of the features' effects.
+
+    With the features on, two batches are applied at once (`RecordInteractions._apply`):
+    while Redis runs the earlier one's scripts, the later one reads and advances its users.
+    But the fenced writes and the trigger decisions need offset order: a product's fence
+    moved past an earlier batch's offsets would skip that batch's counts for good. So the
+    later batch plans (on the earlier one's watermarks), writes, and decides its triggers
+    only after the earlier one did each; and the users both batches share, it advances
+    from the values the earlier one sends rather than from a read that may predate them
+    (checked once that write landed: `sinks.feature_store.RedisFeatureStore.write`).
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.planned: asyncio.Future[None] = loop.create_future()
+        #: The users' new values the batch's write sends, then the values it left.
+        self.values: asyncio.Future[Mapping[str, bytes]] = loop.create_future()
+        self.written: asyncio.Future[Mapping[str, bytes]] = loop.create_future()
+        self.published: asyncio.Future[None] = loop.create_future()
+
+    def skip_features(self) -> None:
+        """The batch writes no features: the next one has nothing to wait for there."""
+        for future in (self.values, self.written):
+            if not future.done():
+                future.set_result({})
+
+    def settle(self, error: BaseException | None) -> None:
+        """Resolve what is left when the batch ends; on a failure with an error, so that
+        the next batch fails too instead of writing past one that did not write."""
+        if error is None:
+            self.skip_features()
+            for done in (self.planned, self.published):
+                if not done.done():
+                    done.set_result(None)
+            return
+        failure = EarlierBatchFailed(f"the batch before failed: {error!r}")
+        for future in (self.planned, self.values, self.written, self.published):
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # retrieved here: a batch may have no successor
+
+
 class IngestPipeline:
     """What happens to a batch: admit, dead-letter, re-hydrate, apply; and the flush.
 
@@ -303,6 +350,8 @@ class IngestPipeline:
         self._limits = settings.admission_limits()
         #: Event time to applied, per user and batch (`streams.metrics.event_freshness`).
         self.freshness: BulkHistogram | None = None
+        # The last batch's turn (`_FeatureTurn`), with the features on.
+        self._last_turn: _FeatureTurn | None = None
 
     def prepare(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Prepared:
         """Admit a batch: decode and validate each event (CPU only, no I/O).
@@ -455,33 +504,60 @@ class IngestPipeline:
         check_time(event, now_ms, self._limits)
         return event
 
+    def start_turns(self) -> None:
+        """A new run of batches (a new consumer loop): none before it is in flight."""
+        self._last_turn = None
+
     async def apply(self, prepared: Prepared) -> None:
         """Dead-letter what failed, re-hydrate returning users, apply in one round trip.
 
         Returns only when the dead letters are confirmed by the broker and the store write
-        succeeded; the caller commits the batch's offsets after that, never before.
+        succeeded; the caller commits the batch's offsets after that, never before. Calls
+        may overlap (two at a time with the features on); their features take effect in
+        the order of the calls (`_FeatureTurn`: taken here, before anything is awaited).
         """
-        if prepared.forgets:
-            await self._erase(prepared)  # before the batch: its events of theirs are gone
-        # The dead letters and the store write are independent: both must be confirmed
-        # before the caller commits, but neither has to wait for the other.
-        if prepared.rejected and prepared.activity:
-            await asyncio.gather(
-                self._dead_letter(prepared.rejected, prepared.now_ms), self._record(prepared)
-            )
-        elif prepared.rejected:
-            await self._dead_letter(prepared.rejected, prepared.now_ms)
-        elif prepared.activity:
-            await self._record(prepared)
+        turn = earlier = None
+        if self.features is not None:
+            earlier, turn = self._last_turn, _FeatureTurn()
+            self._last_turn = turn
+        try:
+            if prepared.forgets:
+                await self._erase(prepared)  # before the batch: its events of theirs are gone
+            # The dead letters and the store write are independent: both must be confirmed
+            # before the caller commits, but neither has to wait for the other.
+            if prepared.rejected and prepared.activity:
+                await asyncio.gather(
+                    self._dead_letter(prepared.rejected, prepared.now_ms),
+                    self._record(prepared, turn, earlier),
+                )
+            elif prepared.rejected:
+                await self._dead_letter(prepared.rejected, prepared.now_ms)
+            elif prepared.activity:
+                await self._record(prepared, turn, earlier)
+        except BaseException as exc:
+            if turn is not None:
+                turn.settle(exc)
+            raise
+        if turn is not None:
+            turn.settle(None)
 
-    async def _record(self, prepared: Prepared) -> None:
+    async def _record(
+        self, prepared: Prepared, turn: _FeatureTurn | None, earlier: _FeatureTurn | None
+    ) -> None:
         """Re-hydrate returning users, then write the batch in one round trip; the
-        features go beside it (fenced, so they need no turn and may be retried alone);
-        then the triggers the batch caused, once both writes succeeded."""
+        features go beside it (fenced, so they need no session turn and may be retried
+        alone; in the order of the batches: `_FeatureTurn`); then the triggers the batch
+        caused, once both writes succeeded."""
+        if earlier is not None:
+            await earlier.planned  # its watermarks first
         plan = await self._feature_plan(prepared)
+        if turn is not None:
+            turn.planned.set_result(None)
+            if plan is None:
+                turn.skip_features()
         feature_write = (
-            asyncio.ensure_future(self._until_applied(self._apply_features, plan))
-            if plan is not None
+            asyncio.ensure_future(self._write_features(plan, turn, earlier))
+            if plan is not None and turn is not None
             else None
         )
         try:
@@ -492,9 +568,10 @@ class IngestPipeline:
                 feature_write.cancel()
                 await asyncio.gather(feature_write, return_exceptions=True)
         if plan is not None:
-            self._watermarks.update(plan.watermarks)
             self.counters.too_late += plan.too_late
             if self._triggers is not None:
+                if earlier is not None:
+                    await earlier.published  # the decisions go in offset order
                 await self._publish_triggers(plan, outcomes, prepared.languages)
 
     async def _feature_plan(self, prepared: Prepared) -> FeaturePlan | None:
@@ -504,20 +581,43 @@ class IngestPipeline:
         if unknown:
             self._watermarks.update(await self._until_applied(self.features.watermarks, unknown))
             self._watermarks_known |= unknown
-        return plan_features(prepared.counted, self._watermarks, self._feature_config)
+        plan = plan_features(prepared.counted, self._watermarks, self._feature_config)
+        # The next batch plans on these before this one is written (it writes after it).
+        self._watermarks.update(plan.watermarks)
+        return plan
 
-    async def _apply_features(self, plan: FeaturePlan) -> dict[str, UserOutcome]:
-        assert self.features is not None
+    async def _write_features(
+        self, plan: FeaturePlan, turn: _FeatureTurn, earlier: _FeatureTurn | None
+    ) -> dict[str, UserOutcome]:
+        """Read and advance the batch's users (beside the earlier batch's write), then
+        write once that one was written. A failed write is retried whole, read again."""
+        features = self.features
+        assert features is not None
         began = time.perf_counter()
-        outcomes = await self.features.apply(plan)
+        earlier_values = await earlier.values if earlier is not None else None
+        read = await self._until_applied(features.read, plan, earlier_values)
+        turn.values.set_result(dict(read.values))
+        earlier_written = await earlier.written if earlier is not None else None
+        waited = time.perf_counter()
+        first = [read]
+
+        async def write() -> FeatureWrite:
+            if first:  # the first attempt; a retry reads again, the earlier batch is in
+                return await features.write(plan, first.pop(), earlier_written)
+            return await features.write(plan, await features.read(plan))
+
+        done = await self._until_applied(write)
+        turn.written.set_result(done.written)
         took = time.perf_counter() - began
         if took > SLOW_BATCH_S:
             log.warning(
-                "slow feature write of %d users: %.0f ms (read, apply, write)",
+                "slow feature write of %d users: %.0f ms (read and apply, waiting for the "
+                "batch before %.0f ms, write)",
                 len(plan.users),
                 took * 1000,
+                (waited - began) * 1000,
             )
-        return outcomes
+        return done.outcomes
 
     async def _publish_triggers(
         self,
@@ -984,13 +1084,18 @@ class RecordInteractions(Service):
         With the features off a batch's effects are idempotent, order-free Redis writes
         (`ZADD GT`, version bumps, active sets; dead letters), so the next batch may be
         planned and sent while Redis runs the previous one's script, instead of the
-        worker waiting for each reply in turn. With the features on, batches go one at a
-        time: the fenced feature writes and the trigger decisions need offset order.
+        worker waiting for each reply in turn. With the features on, at most two: the
+        fenced feature writes and the trigger decisions need offset order, so the later
+        batch only reads and advances its users while the earlier one writes
+        (`_FeatureTurn`).
         Offsets are handed to the commit in fetch order, each only after its batch and
         every earlier one were applied.
         """
         batch_max = self.settings.batch_max
-        depth = 1 if self.pipeline.features is not None else self.settings.apply_depth
+        depth = self.settings.apply_depth
+        if self.pipeline.features is not None:
+            depth = min(depth, 2)  # the later reads and advances, the earlier writes
+        self.pipeline.start_turns()
         in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
         getter: asyncio.Task[tuple[Prepared, Offsets]] | None = None
         held: tuple[Prepared, Offsets] | None = None

@@ -148,8 +148,10 @@ class Settings(BaseSettings):
     # With the features off, later batches are planned and sent while Redis runs the
     # earlier ones' scripts (`streams.app.RecordInteractions._apply`): on traffic where
     # most users are new, 2 at once gave 42k events/s and 4 gave 82k on the peers bench.
+    # With the features on, at most 2: the later batch reads and advances its users while
+    # the earlier one writes (`streams.app._FeatureTurn`).
     apply_depth: int = Field(
-        4, ge=1, le=16, description="batches applied at once (features off; on: 1)"
+        4, ge=1, le=16, description="batches applied at once (with the features on: at most 2)"
     )
     # Applied offsets are committed at most this often (and when the topic goes quiet), not
     # after every batch: a crash re-reads at most this much of applied, idempotent work.

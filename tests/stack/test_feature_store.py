@@ -27,9 +27,10 @@ from schemas.features import (
     ProductFeatures,
     UserFeatures,
     UserStep,
+    encode_user_share,
     plan_features,
 )
-from sinks.feature_store import RedisFeatureStore
+from sinks.feature_store import FeatureRead, RedisFeatureStore
 from streams.bootstrap import build_redis
 from streams.settings import Settings
 from tests.conftest import on_backend
@@ -126,6 +127,61 @@ async def compare(store: RedisFeatureStore, log: list[CountedEvent], at_ms: int)
         )
         compared += 1
     return compared
+
+
+@pytest.mark.parametrize("backend", ["single", "cluster"])
+def test_overlapped_batches_equal_the_offline_computation(
+    backend: str, isolated_settings: Settings
+) -> None:
+    """As the worker applies two batches at once: each batch is read and advanced before
+    the one before it is written, its users shared with that one advanced from the values
+    that write sends. Some of those values are swapped for the stored ones (older than the
+    write): the write must notice they are not what landed and read those users again,
+    or their events of the batch before would be lost."""
+    settings = on_backend(isolated_settings, backend, k=None)
+    rnd = random.Random(7)
+    log = generated_log(rnd, 700)
+
+    async def scenario() -> None:
+        store = RedisFeatureStore(build_redis(settings), settings.redis_key_prefix, CONFIG)
+        watermarks: dict[int, int] = {}
+        position = 0
+        pending: tuple[FeaturePlan, FeatureRead, dict[str, bytes] | None] | None = None
+        written: dict[str, bytes] | None = None
+        swapped = assumed = 0
+        try:
+            while position < len(log) or pending is not None:
+                read = None
+                if position < len(log):
+                    size = rnd.randrange(1, 90)
+                    start = position
+                    if position and rnd.random() < 0.3:
+                        start = max(0, position - rnd.randrange(1, 60))  # read again
+                    plan = plan_features(log[start : position + size], watermarks, CONFIG)
+                    watermarks = plan.watermarks
+                    position += size
+                    earlier = dict(pending[1].values) if pending is not None else None
+                    if earlier and rnd.random() < 0.3:
+                        user = rnd.choice(sorted(earlier))
+                        stored = await store.user_share(user)  # older than the write
+                        if stored is not None:
+                            earlier[user] = encode_user_share(stored)
+                            swapped += 1
+                    read = await store.read(plan, earlier)
+                    assumed += len(read.assumed)
+                if pending is not None:
+                    done = await store.write(*pending)
+                    written = done.written
+                pending = (plan, read, written) if read is not None else None
+            assert assumed > 20 and swapped > 3, (assumed, swapped)
+            newest = max(e.event_time_ms for e in log)
+            assert await compare(store, log, newest) > 20
+            assert await compare(store, log, newest + 3_600_000) > 20
+            assert await store.watermarks([0, 1]) == {p: watermarks[p] for p in (0, 1)}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("backend", ["single", "cluster"])
