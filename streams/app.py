@@ -39,7 +39,7 @@ from schemas.codec import decode_event
 from schemas.erasure import ErasureFilter, ForgetAt, InvalidForget, decode_forget, is_forget
 from schemas.events import PRODUCT_EVENT_TYPES, Event, EventType, InvalidEvent
 from schemas.feature_layout import CountedEvent
-from schemas.features import FeaturePlan, PlannedEvent, plan_features
+from schemas.features import FeaturePlan, PlannedEvent, UserShare, plan_features
 from schemas.hot_layout import Interaction
 from schemas.triggers import RankTrigger
 from sinks.connectivity import aiokafka_options, faust_credentials, kafka_security
@@ -260,16 +260,16 @@ class _FeatureTurn:
     moved past an earlier batch's offsets would skip that batch's counts for good. So the
     later batch plans (on the earlier one's watermarks), writes, and decides its triggers
     only after the earlier one did each; and the users both batches share, it advances
-    from the values the earlier one sends rather than from a read that may predate them
+    from the shares the earlier one sends rather than from a read that may predate them
     (checked once that write landed: `sinks.feature_store.RedisFeatureStore.write`).
     """
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.planned: asyncio.Future[None] = loop.create_future()
-        #: The users' new values the batch's write sends, then the values it left.
-        self.values: asyncio.Future[Mapping[str, bytes]] = loop.create_future()
-        self.written: asyncio.Future[Mapping[str, bytes]] = loop.create_future()
+        #: The users' new shares the batch's write sends, then the shares it left.
+        self.values: asyncio.Future[Mapping[str, UserShare]] = loop.create_future()
+        self.written: asyncio.Future[Mapping[str, UserShare]] = loop.create_future()
         self.published: asyncio.Future[None] = loop.create_future()
 
     def skip_features(self) -> None:
@@ -596,7 +596,7 @@ class IngestPipeline:
         began = time.perf_counter()
         earlier_values = await earlier.values if earlier is not None else None
         read = await self._until_applied(features.read, plan, earlier_values)
-        turn.values.set_result(dict(read.values))
+        turn.values.set_result(read.shares())
         earlier_written = await earlier.written if earlier is not None else None
         waited = time.perf_counter()
         first = [read]

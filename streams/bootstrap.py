@@ -111,7 +111,10 @@ def build_session_keeper(
 def build_feature_store(settings: Settings, client: HotRedis | None = None) -> RedisFeatureStore:
     """The online feature store: the worker writes it, the ranker and feed service read it."""
     return RedisFeatureStore(
-        client or build_redis(settings), settings.redis_key_prefix, settings.feature_config()
+        client or build_redis(settings),
+        settings.redis_key_prefix,
+        settings.feature_config(),
+        cached_users=settings.feature_cached_users,
     )
 
 

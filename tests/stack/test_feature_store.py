@@ -26,8 +26,8 @@ from schemas.features import (
     OfflineFeatures,
     ProductFeatures,
     UserFeatures,
+    UserShare,
     UserStep,
-    encode_user_share,
     plan_features,
 )
 from sinks.feature_store import FeatureRead, RedisFeatureStore
@@ -129,25 +129,29 @@ async def compare(store: RedisFeatureStore, log: list[CountedEvent], at_ms: int)
     return compared
 
 
+@pytest.mark.parametrize("cached", [0, 1000])
 @pytest.mark.parametrize("backend", ["single", "cluster"])
 def test_overlapped_batches_equal_the_offline_computation(
-    backend: str, isolated_settings: Settings
+    backend: str, cached: int, isolated_settings: Settings
 ) -> None:
     """As the worker applies two batches at once: each batch is read and advanced before
     the one before it is written, its users shared with that one advanced from the values
     that write sends. Some of those values are swapped for the stored ones (older than the
     write): the write must notice they are not what landed and read those users again,
-    or their events of the batch before would be lost."""
+    or their events of the batch before would be lost. With and without the store's
+    cache of the shares it wrote."""
     settings = on_backend(isolated_settings, backend, k=None)
     rnd = random.Random(7)
     log = generated_log(rnd, 700)
 
     async def scenario() -> None:
-        store = RedisFeatureStore(build_redis(settings), settings.redis_key_prefix, CONFIG)
+        store = RedisFeatureStore(
+            build_redis(settings), settings.redis_key_prefix, CONFIG, cached_users=cached
+        )
         watermarks: dict[int, int] = {}
         position = 0
-        pending: tuple[FeaturePlan, FeatureRead, dict[str, bytes] | None] | None = None
-        written: dict[str, bytes] | None = None
+        pending: tuple[FeaturePlan, FeatureRead, dict[str, UserShare] | None] | None = None
+        written: dict[str, UserShare] | None = None
         swapped = assumed = 0
         try:
             while position < len(log) or pending is not None:
@@ -160,12 +164,12 @@ def test_overlapped_batches_equal_the_offline_computation(
                     plan = plan_features(log[start : position + size], watermarks, CONFIG)
                     watermarks = plan.watermarks
                     position += size
-                    earlier = dict(pending[1].values) if pending is not None else None
+                    earlier = pending[1].shares() if pending is not None else None
                     if earlier and rnd.random() < 0.3:
                         user = rnd.choice(sorted(earlier))
                         stored = await store.user_share(user)  # older than the write
                         if stored is not None:
-                            earlier[user] = encode_user_share(stored)
+                            earlier[user] = stored
                             swapped += 1
                     read = await store.read(plan, earlier)
                     assumed += len(read.assumed)
@@ -266,6 +270,50 @@ def test_keys_expire_and_the_affinity_outlives_the_counts(isolated_settings: Set
             assert await store.user_category_affinity("u1", 5, T0) == online.top_categories
         finally:
             await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["single", "cluster"])
+def test_a_cached_share_that_moved_elsewhere_is_read_again(
+    backend: str, isolated_settings: Settings
+) -> None:
+    """A worker's cache of the shares it wrote goes stale when its partition went to
+    another worker and came back, or when the key went (an erasure, a TTL): its write is
+    refused, and it reads the user again instead of writing over what it never saw."""
+    settings = on_backend(isolated_settings, backend, k=None)
+    prefix = settings.redis_key_prefix
+    log = [
+        CountedEvent("u1", EventType.CLICK, T0 + i * 1000, f"p{i % 3}", "c1", 0, 1 + i, f"e{i}")
+        for i in range(12)
+    ]
+
+    async def scenario() -> None:
+        client = build_redis(settings)
+        first = RedisFeatureStore(client, prefix, CONFIG, cached_users=10)
+        second = RedisFeatureStore(build_redis(settings), prefix, CONFIG, cached_users=10)
+        try:
+            watermarks: dict[int, int] = {}
+            for store, part in ((first, log[:3]), (second, log[3:6]), (first, log[6:9])):
+                plan = plan_features(part, watermarks, CONFIG)
+                await store.apply(plan)
+                watermarks = plan.watermarks
+            at = T0 + 20_000
+            offline = OfflineFeatures(log[:9], CONFIG)
+            assert_user_equal(await first.user_features("u1", at), offline.user("u1", at))
+            for online, product in zip(
+                await first.product_features(["p0", "p1", "p2"], at),
+                ["p0", "p1", "p2"],
+                strict=True,
+            ):
+                assert_product_equal(online, offline.product(product, at))
+            await client.delete(user_features_key(prefix, "u1"))  # erased, or expired
+            await first.apply(plan_features(log[9:], watermarks, CONFIG))
+            again = OfflineFeatures(log[9:], CONFIG).user("u1", at)
+            assert_user_equal(await first.user_features("u1", at), again)
+        finally:
+            await first.close()
+            await second.close()
 
     asyncio.run(scenario())
 
