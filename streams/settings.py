@@ -244,10 +244,11 @@ class Settings(BaseSettings):
         20, gt=0, description="product rates smoothed as if this many views showed the global rate"
     )
     # The worker keeps the user shares it wrote last, decoded (`sinks.feature_store`): their
-    # next batch skips a read and a decode. ~1-2 KB of memory each on the peers bench's
-    # traffic (36 MB with 16k users, shares and the bench's own copy of them together).
+    # next batch skips a read and a decode. ~1-2 KB of memory each on the bench's traffic
+    # (36 MB with 16k users in process, shares and the bench's own copy together; the
+    # freshness bench's worker grew 192 -> 310 MB with 50,000 of them).
     feature_cached_users: int = Field(
-        50_000, ge=0, description="user shares kept decoded by the worker (0: none)"
+        20_000, ge=0, description="user shares kept decoded by the worker (0: none)"
     )
     triggers_enabled: bool = Field(
         False, description="publish rank-refresh triggers (needs features_enabled)"
