@@ -349,10 +349,11 @@ class RedisFeatureStore:
             }
         )
         self._user_ttl = max(config.affinity_ttl_ms, config.counter_ttl_ms)
-        # The shares this store last wrote, decoded, newest used last: a user lives on one
-        # partition and a partition on one worker, so their next batch starts from here
-        # instead of a read and a decode (~15 us an event on the peers bench, the largest
-        # part of the features' Python). Never trusted blindly: the write is checked
+        # The shares this store last wrote, decoded, newest written last: a user lives on
+        # one partition and a partition on one worker, so their next batch starts from here
+        # instead of a read and a decode (~15 us a user on the peers bench's traffic, in
+        # process; on the bench itself most repeat users come from the batch just before,
+        # handed over by `read`'s `earlier`). Never trusted blindly: the write is checked
         # against the cached share's fence, and a share another worker (or an erasure, or
         # a TTL) moved is refused, read and applied again. Advanced in place, so a write
         # that fails clears it all.
