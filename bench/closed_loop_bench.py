@@ -35,6 +35,7 @@ import asyncio
 import dataclasses
 import itertools
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -61,6 +62,24 @@ from sinks.events_producer import DeliveryReport, EventProducer
 from sinks.model_store import ModelStore
 from streams.bootstrap import build_catalog_store, build_feed_store
 from streams.settings import Settings
+
+#: The ranker's report every 10 s (`streams.ranker._report_progress`).
+RANKER_REPORT = re.compile(
+    r"ranker: (?P<triggers>\d+) triggers in .*?: (?P<written>\d+) feeds written .*?"
+    r"(?P<stale>\d+) stale, (?P<superseded>\d+) superseded, (?P<shed>\d+) shed"
+)
+
+
+def ranker_reports(text: str) -> dict[str, int]:
+    """What the ranker's reports in `text` add up to: triggers taken, feeds written,
+    stale, superseded and shed (the non-urgent ones it had no time for)."""
+    totals = dict.fromkeys(("reports", "triggers", "written", "stale", "superseded", "shed"), 0)
+    for found in RANKER_REPORT.finditer(text):
+        totals["reports"] += 1
+        for name, value in found.groupdict().items():
+            totals[name] += int(value)
+    return totals
+
 
 PARAMS = TrafficParams(seed=7, users=10_000, products=5_000, categories=100)
 WATCH_EVERY_S = 0.005
@@ -388,6 +407,7 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
             daemon=True,
         )
         thread.start()
+        ranker_log_from = len(ranker.log.read_text(errors="replace"))
         began = time.monotonic()
         deadline, measure_from = began + args.seconds, began + args.warmup
         asyncio.run(
@@ -405,6 +425,7 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         elapsed = time.monotonic() - began
         if not (worker.alive() and ranker.alive()):
             raise RuntimeError(f"a process died:\n{worker.tail()}\n{ranker.tail()}")
+        ranked = ranker_reports(ranker.log.read_text(errors="replace")[ranker_log_from:])
     model, holdout = outcome.arms["model"], outcome.arms["holdout"]
     latency = percentiles(outcome.latencies_ms)
     total_rate = (outcome.events + sum(sent_background)) / elapsed
@@ -425,6 +446,7 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
             stage: percentiles(values) for stage, values in outcome.stages_ms.items()
         },
         "clicks_not_reflected": outcome.missed,
+        "ranker": ranked,
         "training": {
             "ndcg@20": trained.report["test"]["ndcg@20"],
             "auc": trained.report["test"]["auc"],
@@ -457,6 +479,16 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
     table.add("clicks not reflected within 5 s", outcome.missed, "clicks")
     table.add("events/s through the worker", total_rate, "/s", "shoppers + background")
     table.add("views with no feed to read", outcome.no_feed, "views")
+    span = 10.0 * ranked["reports"] or 1.0  # the ranker reports every 10 s
+    arrived = ranked["triggers"] + ranked["superseded"] + ranked["shed"]
+    table.add("ranker: triggers in", arrived / span, "/s", "its 10 s reports")
+    table.add("ranker: triggers ranked", ranked["triggers"] / span, "/s", "one per user a batch")
+    table.add(
+        "ranker: superseded / shed",
+        f"{ranked['superseded'] / span:,.0f} / {ranked['shed'] / span:,.0f}",
+        "/s",
+        "a later trigger of the user's came / not urgent, no time",
+    )
     table.print()
     print(f"wrote {write_results(f'closed_loop_{int(args.rate)}', result)}")
     return 0
