@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.registry import schema_for
-from schemas.triggers import RankTrigger, Reason, decode_trigger, encode_trigger
+from schemas.triggers import (
+    RankTrigger,
+    Reason,
+    decode_trigger,
+    encode_trigger,
+    encode_trigger_fastavro,
+)
 from schemas.wire import HEADER, MAGIC
 from streams.logic.ranking import in_holdout
 from streams.logic.triggers import TriggerRules, TriggerState, UserBatch, decide
@@ -141,6 +147,35 @@ def test_a_trigger_round_trips_and_a_v1_trigger_still_decodes_without_a_language
     schemaless_writer(old, schema_for(2), record)
     decoded = decode_trigger(old.getvalue())
     assert decoded.language is None and decoded.reason is Reason.VIEWS and decoded.sequence == 42
+
+
+_LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_TEXT = st.text(max_size=200)  # past 63 bytes a length takes two varint bytes
+
+
+@given(
+    user=_TEXT,
+    sequence=_LONGS,
+    reason=st.sampled_from(list(Reason)),
+    newest=_LONGS,
+    partition=st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    top=st.none() | _TEXT,
+    published=_LONGS,
+    language=st.none() | _TEXT,
+)
+def test_the_hand_written_encoder_gives_fastavros_bytes(
+    user: str,
+    sequence: int,
+    reason: Reason,
+    newest: int,
+    partition: int,
+    top: str | None,
+    published: int,
+    language: str | None,
+) -> None:
+    trigger = RankTrigger(user, sequence, reason, newest, partition, top, published, language)
+    assert encode_trigger(trigger) == encode_trigger_fastavro(trigger)
+    assert decode_trigger(encode_trigger(trigger)) == trigger
 
 
 def test_the_holdout_is_stable_and_about_its_share() -> None:
