@@ -63,7 +63,7 @@ from sinks.hot_store import HotStore
 from sinks.retry import until_applied
 from streams.faust_kafka import QuickFetchApp
 from streams.logic.admission import dead_letter_headers
-from streams.logic.candidates import Candidate, CandidateBudget, SharedView, merge_candidates
+from streams.logic.candidates import Candidate, CandidateBudget, SharedView, candidates_by_id
 from streams.logic.drift import DEFAULT_THRESHOLD, TRIGGERS, DriftMonitor
 from streams.logic.ranking import (
     FEATURES,
@@ -76,7 +76,7 @@ from streams.logic.ranking import (
     user_context,
 )
 from streams.logic.rerank import RerankRules, rerank
-from streams.logic.trigger_order import Waiting, latest, next_round, shed
+from streams.logic.trigger_order import TriggerQueue
 from streams.metrics import RankerCollector, rank_duration
 from streams.metrics import serve as serve_metrics
 from streams.models import LoadedModel, ModelSlot
@@ -137,19 +137,20 @@ class RankerCounters:
     shed: int = 0  # not urgent, acked unranked: over the look-ahead while behind
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
-    channels: dict[str, int] = field(default_factory=dict)
+    channels: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 @dataclass(frozen=True, slots=True)
 class _Ranking:
     """A trigger being ranked in a batch: its place in it, what was read of its user,
-    its merged candidates (and their ids), and whether the user is in the holdout."""
+    its merged candidates by product id (and the ids, in the merge's order), and whether
+    the user is in the holdout."""
 
     index: int
     trigger: RankTrigger
     share: UserShare | None
     last_k: dict[EventType, list[str]]
-    candidates: list[Candidate]
+    candidates: dict[str, Candidate]
     ids: list[str]
     holdout: bool
 
@@ -223,6 +224,8 @@ class FeedRanker:
         self.waiting = 0
         #: Where `_compute` runs a batch's merging, scoring and re-ranking.
         self._computing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
+        #: The products' parts of the rows, kept across rounds (only `_compute` uses it).
+        self._rows = ProductTable()
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -271,7 +274,7 @@ class FeedRanker:
         feeds: list[Feed | None] = [None] * len(triggers)
         if not live:
             return feeds
-        wanted = list(dict.fromkeys(c.product_id for r in live for c in r.candidates))
+        wanted = list(dict.fromkeys(itertools.chain.from_iterable(r.ids for r in live)))
         items, products = await asyncio.gather(self._items(wanted), self._products(wanted))
         item_of = dict(zip(wanted, items, strict=True))
         product_of = dict(zip(wanted, products, strict=True))
@@ -326,7 +329,7 @@ class FeedRanker:
             candidates = self._candidates(
                 share, last_k, shared, language=trigger.language, seed=trigger.sequence, at_ms=at_ms
             )
-            ids = [c.product_id for c in candidates]
+            ids = list(candidates)
             holdout = self._in_holdout(trigger.user_id)
             live.append(_Ranking(index, trigger, share, last_k, candidates, ids, holdout))
         return live
@@ -342,8 +345,11 @@ class FeedRanker:
         """Each live trigger's feed: scored by `model` when there is one, popularity
         otherwise (`_compute`; the counters and the drift sample are the caller's)."""
         scored = self._scores(model, live, at_ms, item_of, product_of) if model else _Scored()
+        popularity_of: dict[str, float] = {}
+        if len(scored.scores) < len(live):  # some fall back or are in the holdout
+            popularity_of = {p: product.popularity for p, product in product_of.items()}
         feeds = [
-            self._feed(ranking, model, scored.scores.get(ranking.index), item_of, product_of)
+            self._feed(ranking, model, scored.scores.get(ranking.index), item_of, popularity_of)
             for ranking in live
         ]
         return feeds, scored
@@ -354,9 +360,9 @@ class FeedRanker:
         model: LoadedModel | None,
         scores: NDArray[np.float64] | None,
         item_of: dict[str, CatalogItem | None],
-        product_of: Mapping[str, _Product],
+        popularity_of: dict[str, float],
     ) -> Feed:
-        """The trigger's feed from its scores (None: popularity)."""
+        """The trigger's feed from its scores (None: popularity, from `popularity_of`)."""
         trigger, candidates, ids, holdout = (
             ranking.trigger,
             ranking.candidates,
@@ -365,9 +371,9 @@ class FeedRanker:
         )
         scored = scores is not None and not holdout
         if scores is None or holdout:
-            scores = np.fromiter((product_of[p].popularity for p in ids), np.float64, len(ids))
+            scores = np.fromiter(map(popularity_of.__getitem__, ids), np.float64, len(ids))
         # Best first; ties keep the channels' order (a stable sort of the merged list).
-        ranked = [ids[i] for i in np.argsort(-scores, kind="stable").tolist()]
+        ranked = list(map(ids.__getitem__, np.argsort(-scores, kind="stable").tolist()))
         feed_ids = rerank(
             ranked,
             seller_of=_ItemField(item_of, "seller_id"),
@@ -376,12 +382,11 @@ class FeedRanker:
             language=trigger.language,
             rules=self._rules,
         )[:FEED_LENGTH]
-        channel = dict(zip(ids, (c.channel for c in candidates), strict=True))
         feed = Feed(
             user_id=trigger.user_id,
             sequence=trigger.sequence,
             products=feed_ids,
-            channels=[channel[p] for p in feed_ids],
+            channels=[candidates[p].channel for p in feed_ids],
             model=model.version if scored and model is not None else POPULARITY_MODEL,
             fallback=not scored and not holdout,
             holdout=holdout,
@@ -402,8 +407,7 @@ class FeedRanker:
         else:
             counters.scored += 1
         counters.candidates += candidates
-        for name in feed.channels:
-            counters.channels[name] = counters.channels.get(name, 0) + 1
+        counters.channels.update(feed.channels)
 
     def _in_holdout(self, user_id: str) -> bool:
         return self._holdout_share > 0 and in_holdout(user_id, self._holdout_share)
@@ -417,14 +421,14 @@ class FeedRanker:
         language: str | None,
         seed: int,
         at_ms: int,
-    ) -> list[Candidate]:
+    ) -> dict[str, Candidate]:
         affinities = top_decayed(
             share.affinity.items() if share is not None else (),
             at_ms,
             self._features.config.affinity_half_life_ms,
             self._budget.affinity_categories,
         )
-        return merge_candidates(
+        return candidates_by_id(
             shared.inputs_for(affinities, last_k, self._budget, language),
             self._budget,
             seed=seed,
@@ -449,14 +453,19 @@ class FeedRanker:
         context = user_context(features, affinity, last_k, language, config)
         return feature_matrix(context, ids, table)
 
-    @staticmethod
     def _table(
+        self,
         ids: Sequence[str],
         item_of: Mapping[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
     ) -> ProductTable:
-        """The products' parts of the rows, once for a whole round of triggers."""
-        return ProductTable.of(ids, [product_of[p].context(item_of[p]) for p in ids])
+        """The products' parts of the rows for a whole round of triggers: the table kept
+        across rounds, with the rows of products read again since rewritten (`_compute`
+        only: one thread writes it). Started afresh when it holds CACHE_ENTRIES."""
+        if len(self._rows) > CACHE_ENTRIES:
+            self._rows = ProductTable()
+        self._rows.put(ids, [product_of[p].context(item_of[p]) for p in ids])
+        return self._rows
 
     async def score_now(
         self, user_id: str, language: str | None, at_ms: int | None = None
@@ -472,12 +481,13 @@ class FeedRanker:
         )
         at_ms = self._clock_ms() if at_ms is None else at_ms
         candidates = self._candidates(share, last_k, shared, language=language, seed=0, at_ms=at_ms)
-        ids = [c.product_id for c in candidates]
+        ids = list(candidates)
         if not ids:
             return None
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
-        table = self._table(
-            ids, dict(zip(ids, items, strict=True)), dict(zip(ids, products, strict=True))
+        # A table of its own: the ranker's is written on the computing thread.
+        table = ProductTable.of(
+            ids, [product.context(item) for product, item in zip(products, items, strict=True)]
         )
         matrix = self._matrix(
             user_id, share, last_k, language=language, at_ms=at_ms, ids=ids, table=table
@@ -641,71 +651,53 @@ class _ItemField(Mapping[str, str]):
 
 
 class _LookAhead:
-    """The ranker's waiting triggers in arrival order, each with its Faust event (to
-    acknowledge once it and every earlier one were served) and its decoded trigger (None:
-    malformed and dead-lettered, nothing to serve).
-
-    Positions handed out are counted from the first trigger ever added, not from the
-    front of the deque, so batches that finish out of order still mark their own."""
+    """The ranker's waiting triggers in arrival order (`TriggerQueue`), each with its
+    Faust event (to acknowledge once it and every earlier one were served) and its
+    decoded trigger (None: malformed and dead-lettered, nothing to serve)."""
 
     def __init__(self) -> None:
+        self._queue = TriggerQueue()
         self._events: collections.deque[Any] = collections.deque()
-        self._waiting: collections.deque[Waiting] = collections.deque()
-        self._triggers: collections.deque[RankTrigger | None] = collections.deque()
-        self._acknowledged = 0  # triggers popped off the front so far
+        self._triggers: dict[int, RankTrigger] = {}  # by position, until picked
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._queue)
 
     def add(self, event: Any, trigger: RankTrigger | None) -> None:
         self._events.append(event)
-        self._triggers.append(trigger)
-        self._waiting.append(
-            Waiting(trigger.user_id, trigger.sequence, trigger.reason is Reason.HIGH_INTENT)
-            if trigger is not None
-            else Waiting("", -1, False, served=True)
-        )
+        if trigger is None:
+            self._queue.add_served()
+            return
+        high_intent = trigger.reason is Reason.HIGH_INTENT
+        position = self._queue.add(trigger.user_id, trigger.sequence, high_intent)
+        self._triggers[position] = trigger
 
     def next_round(
         self, users: int, busy: AbstractSet[str] = frozenset()
     ) -> tuple[list[RankTrigger], list[list[int]], int]:
-        """The triggers to rank next (`next_round`: one per user not in `busy`, its
-        latest), every position they cover, and how many triggers they supersede."""
-        view, triggers = list(self._waiting), list(self._triggers)
-        groups = next_round(view, users, busy)
-        chosen: list[RankTrigger] = []
+        """The triggers to rank next (`TriggerQueue.next_round`: one per user not in
+        `busy`, its latest), every position they cover, and how many triggers they
+        supersede."""
+        groups = self._queue.next_round(users, busy)
+        chosen = [self._triggers[self._queue.latest(positions)] for positions in groups]
         for positions in groups:
-            trigger = triggers[latest(view, positions)]
-            assert trigger is not None  # only decoded triggers wait
-            chosen.append(trigger)
-        base = self._acknowledged
-        return (
-            chosen,
-            [[base + position for position in positions] for positions in groups],
-            sum(len(positions) - 1 for positions in groups),
-        )
+            for position in positions:
+                del self._triggers[position]
+        return chosen, groups, sum(len(positions) - 1 for positions in groups)
 
     def shed(self, limit: int, busy: AbstractSet[str] = frozenset()) -> int:
         """Shed the oldest triggers that are not urgent beyond `limit` waiting
-        (`streams.logic.trigger_order.shed`); how many were. `served([])` then gives
-        the events that became acknowledgeable."""
-        positions = shed(self._waiting, limit, busy)
+        (`TriggerQueue.shed`); how many were. `served([])` then gives the events that
+        became acknowledgeable."""
+        positions = self._queue.shed(limit, busy)
         for position in positions:
-            self._waiting[position].served = True
+            del self._triggers[position]
         return len(positions)
 
     def served(self, groups: list[list[int]]) -> list[Any]:
         """Mark a batch's triggers served; the events now acknowledgeable, in order."""
-        for positions in groups:
-            for position in positions:
-                self._waiting[position - self._acknowledged].served = True
-        done: list[Any] = []
-        while self._waiting and self._waiting[0].served:
-            self._waiting.popleft()
-            self._triggers.popleft()
-            done.append(self._events.popleft())
-        self._acknowledged += len(done)
-        return done
+        done = self._queue.served(groups)
+        return [self._events.popleft() for _ in range(done)]
 
 
 async def _rank_in_batches(
@@ -854,7 +846,7 @@ def _serve_metrics(app: faust.App, ranker: FeedRanker, port: int) -> None:
 
 def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
     """Log what the ranker did every REPORT_EVERY_S (when it did anything)."""
-    reported = dataclasses.replace(ranker.counters, channels={})
+    reported = dataclasses.replace(ranker.counters, channels=collections.Counter())
 
     @app.timer(interval=REPORT_EVERY_S)  # type: ignore[untyped-decorator]
     async def report_progress() -> None:
@@ -880,7 +872,7 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
             ranker.waiting,
             now.dead_lettered - before.dead_lettered,
         )
-        reported = dataclasses.replace(now, channels={})
+        reported = dataclasses.replace(now, channels=collections.Counter())
 
 
 def _background_work(

@@ -22,6 +22,8 @@ candidates.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,18 +127,34 @@ def merge_candidates(
     """The de-duplicated candidates, channel by channel (see the module docstring), at
     most `budget.total`; never empty while any channel has a product the user did not
     order."""
+    return list(candidates_by_id(inputs, budget, seed).values())
+
+
+#: `Candidate(product, channel, rank)` without the named tuple's Python-level `__new__`
+#: (a trigger builds a few hundred).
+_candidate = functools.partial(tuple.__new__, Candidate)
+
+
+def candidates_by_id(
+    inputs: CandidateInputs, budget: CandidateBudget, seed: int = 0
+) -> dict[str, Candidate]:
+    """`merge_candidates` by product id, in the same order (the ranker's lookup of a
+    product's channel)."""
     ordered = set(inputs.last_k.get(EventType.ORDER, ()))
     chosen: dict[str, Candidate] = {}
+    total = budget.total
 
     def take(channel: Channel, products: Sequence[str], limit: int) -> None:
-        taken = 0
+        room = min(limit, total - len(chosen))
+        if room <= 0:
+            return
         for rank, product in enumerate(products):
-            if len(chosen) >= budget.total or taken >= limit:
-                return
-            if product in ordered or product in chosen:
+            if product in chosen or product in ordered:
                 continue
-            chosen[product] = Candidate(product, channel, rank)
-            taken += 1
+            chosen[product] = _candidate((product, channel, rank))
+            room -= 1
+            if not room:
+                return
 
     reengage = reengagement(inputs.last_k)
     top = list(inputs.affinities[: budget.affinity_categories])
@@ -160,7 +178,7 @@ def merge_candidates(
             share = budget.explore // count + (1 if index < budget.explore % count else 0)
             take(Channel.EXPLORE, inputs.trending_by_category.get(category, ()), share)
     take(Channel.TRENDING, inputs.trending_overall, budget.total)
-    return list(chosen.values())
+    return chosen
 
 
 def channel_counts(candidates: Sequence[Candidate]) -> dict[Channel, int]:
@@ -225,18 +243,21 @@ class SharedView:
         categories the user has not touched; a cold start gets trending products in
         `language` (when known)."""
         touched = {category for category, _ in affinities}
-        unexplored = [
-            c
-            for c in self.categories_by_popularity
-            if c not in touched and self.trending_by_category.get(c)
-        ]
+        unexplored = itertools.islice(
+            (
+                c
+                for c in self.categories_by_popularity
+                if c not in touched and self.trending_by_category.get(c)
+            ),
+            4 * budget.explore_categories,
+        )
         return CandidateInputs(
             affinities=affinities,
             trending_by_category=self.trending_by_category,
             trending_overall=self.trending_overall,
             newest=self.newest,
             last_k=last_k,
-            unexplored=unexplored[: 4 * budget.explore_categories],
+            unexplored=list(unexplored),
             language=language,
             trending_in_language=self.trending_by_language.get(language or "", ()),
         )

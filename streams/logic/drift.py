@@ -185,12 +185,15 @@ class LiveSample:
         self.per_call = per_call
         self.size = 0
         self._next = 0
+        self._picks: dict[int, NDArray[np.int64]] = {}
 
     def add(self, matrix: NDArray[np.float64], scores: NDArray[np.float64]) -> None:
         n = len(matrix)
         if n == 0:
             return
-        picked = np.linspace(0, n - 1, min(self.per_call, n)).astype(np.int64)
+        picked = self._picks.get(n)
+        if picked is None:  # the same few sizes again and again
+            picked = self._picks[n] = np.linspace(0, n - 1, min(self.per_call, n)).astype(np.int64)
         capacity = len(self.rows)
         slots = (self._next + np.arange(len(picked))) % capacity  # one copy, no loop
         self.rows[slots] = matrix[picked]

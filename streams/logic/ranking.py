@@ -228,46 +228,76 @@ _PRODUCT_COLUMNS = slice(_USER_COLUMNS.stop, _USER_COLUMNS.stop + len(PRODUCT_FE
 _PAIR_COLUMNS = slice(_PRODUCT_COLUMNS.stop, len(FEATURES))
 
 
-@dataclass(frozen=True, slots=True)
 class ProductTable:
-    """Many products' parts as arrays: built once for every candidate of a round of
-    triggers (most users share most candidates), then gathered per user by row number."""
+    """Many products' parts as arrays, gathered per user by row number: every candidate
+    of a round of triggers has a row (most users share most candidates). The ranker keeps
+    one table across rounds and `put`s a product's context only when it is new (its
+    cached features were read again), so a round re-uses the rows earlier rounds wrote
+    instead of building thousands of them again."""
 
-    row: dict[str, int]  # product id -> row
-    values: NDArray[np.float64]  # the products' `ProductContext.values`, one row each
-    category: NDArray[np.intp]  # per row, its index in `categories`; len(categories): none
-    categories: dict[str, int]
-    language: NDArray[np.intp]  # per row, its index in `languages`; -1: none
-    languages: dict[str, int]
+    __slots__ = ("_category", "_contexts", "_language", "_values", "categories", "languages", "row")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.row: dict[str, int] = {}  # product id -> row
+        self.categories: dict[str, int] = {}  # category -> its code in `category`
+        self.languages: dict[str, int] = {}  # language -> its code in `language`
+        self._contexts: list[ProductContext] = []  # what each row was written from
+        self._values = np.empty((capacity, len(PRODUCT_FEATURES)), dtype=np.float64)
+        self._category = np.empty(capacity, dtype=np.intp)
+        self._language = np.empty(capacity, dtype=np.intp)
 
     @classmethod
     def of(cls, product_ids: Sequence[str], products: Sequence[ProductContext]) -> ProductTable:
-        categories: dict[str, int] = {}
-        languages: dict[str, int] = {}
-        for product in products:
-            if product.category is not None:
-                categories.setdefault(product.category, len(categories))
-            if product.language is not None:
-                languages.setdefault(product.language, len(languages))
-        none = len(categories)
-        count = len(products)
-        values = np.array([product.values for product in products], dtype=np.float64)
-        return cls(
-            row={product_id: index for index, product_id in enumerate(product_ids)},
-            values=values.reshape(count, len(PRODUCT_FEATURES)),
-            category=np.fromiter(
-                (none if p.category is None else categories[p.category] for p in products),
-                np.intp,
-                count,
-            ),
-            categories=categories,
-            language=np.fromiter(
-                (-1 if p.language is None else languages[p.language] for p in products),
-                np.intp,
-                count,
-            ),
-            languages=languages,
-        )
+        table = cls(max(len(product_ids), 1))
+        table.put(product_ids, products)
+        return table
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @property
+    def values(self) -> NDArray[np.float64]:
+        """The products' `ProductContext.values`, one row each."""
+        return self._values[: len(self.row)]
+
+    @property
+    def category(self) -> NDArray[np.intp]:
+        """Per row, its code in `categories`; -1: none."""
+        return self._category[: len(self.row)]
+
+    @property
+    def language(self) -> NDArray[np.intp]:
+        """Per row, its code in `languages`; -1: none."""
+        return self._language[: len(self.row)]
+
+    def put(self, product_ids: Sequence[str], products: Sequence[ProductContext]) -> None:
+        """Give each product a row holding its context (rewritten when the context is
+        not the one the row was written from)."""
+        row, contexts = self.row, self._contexts
+        for product_id, product in zip(product_ids, products, strict=True):
+            at = row.get(product_id)
+            if at is None:
+                at = row[product_id] = len(contexts)
+                contexts.append(product)
+                if at == len(self._values):
+                    self._grow()
+            elif contexts[at] is product:
+                continue
+            else:
+                contexts[at] = product
+            self._values[at] = product.values
+            self._category[at] = _code(self.categories, product.category)
+            self._language[at] = _code(self.languages, product.language)
+
+    def _grow(self) -> None:
+        self._values = np.concatenate([self._values, np.empty_like(self._values)])
+        self._category = np.concatenate([self._category, np.empty_like(self._category)])
+        self._language = np.concatenate([self._language, np.empty_like(self._language)])
+
+
+def _code(codes: dict[str, int], name: str | None) -> int:
+    """`name`'s code in `codes` (a new one when it has none); -1 for None."""
+    return -1 if name is None else codes.setdefault(name, len(codes))
 
 
 def feature_matrix(
@@ -277,14 +307,15 @@ def feature_matrix(
     matrix: the ranker's call. Whole columns at a time: the user's part copied, the
     products' gathered from the table, the pairs looked up per category and language
     rather than per candidate."""
-    rows = np.fromiter((table.row[p] for p in product_ids), np.intp, len(product_ids))
+    rows = np.fromiter(map(table.row.__getitem__, product_ids), np.intp, len(product_ids))
     matrix = np.empty((len(rows), len(FEATURES)), dtype=np.float64)
     if not len(rows):
         return matrix
     matrix[:, 0] = position
     matrix[:, _USER_COLUMNS] = user.values
     matrix[:, _PRODUCT_COLUMNS] = table.values[rows]
-    # Per category (the last slot: no category): the user's affinity and its rank.
+    # Per category code (the last slot, code -1: no category): the user's affinity and
+    # its rank.
     affinity = np.zeros(len(table.categories) + 1)
     ranks = np.full(len(table.categories) + 1, float(UNRANKED))
     for category, value in user.affinity.items():

@@ -43,12 +43,14 @@ def rerank(
     held: list[str] = []  # kept out of the window by a rule, in their order
     sellers: dict[str, int] = {}
     foreign = 0
-    for product in ranked:
+    rest = iter(ranked)
+    for product in rest:
         if product in bought:
             continue
         if len(top) >= rules.window:
             held.append(product)
-            continue
+            held.extend(p for p in rest if p not in bought)  # past the window: as ranked
+            break
         seller = seller_of.get(product)
         if seller is not None and sellers.get(seller, 0) >= rules.per_seller:
             held.append(product)

@@ -20,63 +20,154 @@ takes in every trigger as it arrives; when more than the bound wait, the oldest 
 are not urgent are shed (`shed`): acknowledged unranked and counted. What that costs a
 shopper: a session start, category change or view count that could not be ranked within
 the look-ahead's worth of work keeps the feed they have until their next trigger; a
-click, add-to-cart, wishlist or order is never shed. Pure: no Faust, no I/O.
+click, add-to-cart, wishlist or order is never shed.
+
+The queue keeps its order as triggers arrive (who waits, who has high intent waiting, the
+triggers that could be shed), so picking a round or shedding costs about what it picks or
+sheds, not what waits: a ranker that is behind holds thousands of triggers, most of them
+served already but not acknowledged yet (acknowledged in arrival order only), and a round
+that looked at every one of them twice cost it more the further behind it was. Pure: no
+Faust, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+import collections
+from collections.abc import Set
 from dataclasses import dataclass
 
 
 @dataclass(slots=True)
 class Waiting:
-    """A trigger in the ranker's look-ahead, in arrival order."""
+    """A trigger in the queue, in arrival order."""
 
     user_id: str
     sequence: int
     high_intent: bool
-    served: bool = False
+    served: bool = False  # ranked (or superseded, or shed): nothing left to do
+    picked: bool = False  # in a round that is being ranked, or served
 
 
-def next_round(
-    waiting: Sequence[Waiting], users: int, busy: Set[str] = frozenset()
-) -> list[list[int]]:
-    """Up to `users` users to serve next: per user, the positions in `waiting` of every
-    trigger of theirs not served yet (the one with the highest sequence is the one to
-    rank). Users with a high-intent trigger waiting come first, then the rest; within
-    each, by the arrival of their first waiting trigger. Users in `busy` (being ranked
-    right now) wait for the next round: what arrived for them since is ranked after."""
-    positions: dict[str, list[int]] = {}
-    urgent: set[str] = set()
-    for position, trigger in enumerate(waiting):
-        if trigger.served or trigger.user_id in busy:
-            continue
-        positions.setdefault(trigger.user_id, []).append(position)
-        if trigger.high_intent:
-            urgent.add(trigger.user_id)
-    ordered = [u for u in positions if u in urgent] + [u for u in positions if u not in urgent]
-    return [positions[user] for user in ordered[:users]]
+class TriggerQueue:
+    """The triggers a ranker holds, in arrival order, until they are acknowledged.
 
+    Positions count from the first trigger ever added, so batches that finish out of
+    order still mark their own, and the front moves only over served triggers."""
 
-def shed(waiting: Sequence[Waiting], limit: int, busy: Set[str] = frozenset()) -> list[int]:
-    """The positions of the triggers to shed so that at most `limit` wait unserved: the
-    oldest that are not high intent, and not of a user in `busy` (being ranked: their
-    triggers are acknowledged once that feed is written). High-intent triggers are
-    never shed (when only they are over the bound, nothing is)."""
-    unserved = sum(1 for trigger in waiting if not trigger.served)
-    excess = unserved - limit
-    if excess <= 0:
-        return []
-    chosen: list[int] = []
-    for position, trigger in enumerate(waiting):
-        if not trigger.served and not trigger.high_intent and trigger.user_id not in busy:
-            chosen.append(position)
-            if len(chosen) == excess:
+    def __init__(self) -> None:
+        self._waiting: collections.deque[Waiting] = collections.deque()
+        self._acknowledged = 0  # triggers popped off the front so far
+        #: user -> positions of their triggers not picked yet; in the order of each
+        #: user's first such trigger.
+        self._users: dict[str, list[int]] = {}
+        #: Users with a high-intent trigger not picked yet, in the order of the first.
+        self._urgent: dict[str, None] = {}
+        #: Positions of triggers that are not urgent, in arrival order: what `shed`
+        #: takes from the front (entries picked since are skipped there).
+        self._calm: collections.deque[int] = collections.deque()
+        #: Triggers not picked yet.
+        self.unpicked = 0
+
+    def __len__(self) -> int:
+        """Triggers held: not acknowledged yet, served or not."""
+        return len(self._waiting)
+
+    def __getitem__(self, position: int) -> Waiting:
+        return self._waiting[position - self._acknowledged]
+
+    def add(self, user_id: str, sequence: int, high_intent: bool) -> int:
+        """Queue a trigger; its position."""
+        position = self._acknowledged + len(self._waiting)
+        self._waiting.append(Waiting(user_id, sequence, high_intent))
+        self._users.setdefault(user_id, []).append(position)
+        if high_intent:
+            self._urgent.setdefault(user_id)
+        else:
+            self._calm.append(position)
+        self.unpicked += 1
+        return position
+
+    def add_served(self) -> int:
+        """Hold a place with nothing to serve (a malformed trigger, dead-lettered), so
+        what comes after it is acknowledged in order; its position."""
+        position = self._acknowledged + len(self._waiting)
+        self._waiting.append(Waiting("", -1, False, served=True, picked=True))
+        return position
+
+    def next_round(self, users: int, busy: Set[str] = frozenset()) -> list[list[int]]:
+        """Up to `users` users to serve next, picked: per user, the positions of every
+        trigger of theirs not picked yet (the one with the highest sequence is the one
+        to rank, `latest`). Users with a high-intent trigger waiting come first, in the
+        order of their first one, then the rest, in the order of their first waiting
+        trigger. Users in `busy` (being ranked right now) wait for the next round:
+        what arrived for them since is ranked after."""
+        chosen: list[str] = []
+        for user in self._urgent:
+            if len(chosen) >= users:
                 break
-    return chosen
+            if user not in busy:
+                chosen.append(user)
+        if len(chosen) < users:
+            taken = set(chosen)
+            for user in self._users:
+                if len(chosen) >= users:
+                    break
+                if user not in busy and user not in taken:
+                    chosen.append(user)
+        groups = []
+        for user in chosen:
+            positions = self._users.pop(user)
+            self._urgent.pop(user, None)
+            for position in positions:
+                self[position].picked = True
+            self.unpicked -= len(positions)
+            groups.append(positions)
+        return groups
 
+    def latest(self, positions: list[int]) -> int:
+        """The position, among `positions`, of the trigger with the highest sequence."""
+        return max(positions, key=lambda position: self[position].sequence)
 
-def latest(waiting: Sequence[Waiting], positions: Sequence[int]) -> int:
-    """The position, among `positions`, of the trigger with the highest sequence."""
-    return max(positions, key=lambda position: waiting[position].sequence)
+    def shed(self, limit: int, busy: Set[str] = frozenset()) -> list[int]:
+        """Shed the oldest triggers that are not urgent so that at most `limit` wait
+        unpicked, none of a user in `busy` (being ranked: their triggers are
+        acknowledged once that feed is written); how many were. High-intent triggers
+        are never shed (when only they are over the bound, nothing is). Their
+        positions; `served([])` then gives how many became acknowledgeable."""
+        excess = self.unpicked - limit
+        kept: list[int] = []  # of busy users: still waiting, at the front again after
+        shed: list[int] = []
+        while len(shed) < excess and self._calm:
+            position = self._calm.popleft()
+            if position < self._acknowledged:
+                continue
+            entry = self[position]
+            if entry.picked:
+                continue
+            if entry.user_id in busy:
+                kept.append(position)
+                continue
+            entry.picked = entry.served = True
+            mine = self._users[entry.user_id]
+            mine.remove(position)
+            if not mine:
+                del self._users[entry.user_id]
+            self.unpicked -= 1
+            shed.append(position)
+        self._calm.extendleft(reversed(kept))
+        return shed
+
+    def served(self, groups: list[list[int]]) -> int:
+        """Mark a batch's triggers served; how many at the front are now acknowledgeable
+        (popped: the caller acknowledges that many of its own, in order)."""
+        for positions in groups:
+            for position in positions:
+                self[position].served = True
+        done = 0
+        while self._waiting and self._waiting[0].served:
+            self._waiting.popleft()
+            done += 1
+        self._acknowledged += done
+        while self._calm and self._calm[0] < self._acknowledged:
+            self._calm.popleft()
+        return done

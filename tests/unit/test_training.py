@@ -26,6 +26,7 @@ from sinks.model_store import ModelStore, model_version
 from streams.logic.ranking import (
     FEATURES,
     UNRANKED,
+    ProductContext,
     ProductTable,
     feature_matrix,
     feature_row,
@@ -301,6 +302,36 @@ def test_the_rankers_matrix_equals_the_row_definition(catalog: dict[str, Catalog
             np.testing.assert_array_equal(
                 feature_matrix(user, ids, table), expected.reshape(len(ids), len(FEATURES))
             )
+
+
+def test_a_table_kept_across_rounds_gives_the_rows_a_fresh_one_would(
+    catalog: dict[str, CatalogItem],
+) -> None:
+    """The ranker keeps one `ProductTable` across rounds: products it has rows for are
+    re-used, rows whose context changed are rewritten, and it grows past its capacity."""
+    user = user_context(empty_user(T), {"c0000": 4.0}, {}, "hi", CONFIG)
+    every = product(T, views=500).counts
+    ids = list(catalog)[:30]
+
+    def contexts(views: int) -> list[ProductContext]:
+        return [
+            product_context(product(T, views=views + n), every, catalog[p])
+            for n, p in enumerate(ids)
+        ]
+
+    kept = ProductTable(capacity=4)
+    first = contexts(1)
+    kept.put(ids[:10], first[:10])
+    later = contexts(7)  # the same products read again, and new ones
+    kept.put(ids[5:], [*first[5:10], *later[10:]])
+    kept.put(ids[:5], later[:5])
+    now = [*later[:5], *first[5:10], *later[10:]]
+    assert len(kept) == len(ids)
+    for chosen in (ids, ids[::-4], ids[3:9]):
+        np.testing.assert_array_equal(
+            feature_matrix(user, chosen, kept),
+            feature_matrix(user, chosen, ProductTable.of(ids, now)),
+        )
 
 
 def test_the_model_folder_publishes_only_written_versions(tmp_path: Path) -> None:

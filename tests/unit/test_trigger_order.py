@@ -3,65 +3,81 @@ their latest trigger, arrival order otherwise (`streams.logic.trigger_order`).""
 
 from __future__ import annotations
 
-from streams.logic.trigger_order import Waiting, latest, next_round, shed
+from streams.logic.trigger_order import TriggerQueue
+
+
+def queue_of(*triggers: tuple[str, int, bool], served: int = 0) -> TriggerQueue:
+    """A queue of (user, sequence, high intent) triggers, the first `served` of them (of
+    as many users) ranked and served already."""
+    queue = TriggerQueue()
+    for trigger in triggers[:served]:
+        queue.add(*trigger)
+    assert queue.served(queue.next_round(served)) == served
+    for trigger in triggers[served:]:
+        queue.add(*trigger)
+    return queue
+
+
+def users(queue: TriggerQueue, groups: list[list[int]]) -> list[str]:
+    return [queue[group[0]].user_id for group in groups]
 
 
 def test_users_with_a_high_intent_trigger_come_first_then_the_rest_in_arrival_order() -> None:
-    waiting = [
-        Waiting("a", 1, False),
-        Waiting("b", 2, False),
-        Waiting("c", 3, True),
-        Waiting("d", 4, False),
-        Waiting("e", 5, True),
-    ]
-    groups = next_round(waiting, 10)
-    assert [waiting[g[0]].user_id for g in groups] == ["c", "e", "a", "b", "d"]
+    queue = queue_of(
+        ("a", 1, False), ("b", 2, False), ("c", 3, True), ("d", 4, False), ("e", 5, True)
+    )
+    assert users(queue, queue.next_round(10)) == ["c", "e", "a", "b", "d"]
+    assert queue.next_round(10) == []  # every one picked
 
 
 def test_a_user_is_served_once_at_their_latest_trigger_covering_the_earlier_ones() -> None:
-    waiting = [
-        Waiting("a", 10, False),
-        Waiting("b", 11, False),
-        Waiting("a", 12, True),
-        Waiting("a", 13, False),
-    ]
-    groups = next_round(waiting, 10)
+    queue = queue_of(("a", 10, False), ("b", 11, False), ("a", 12, True), ("a", 13, False))
+    groups = queue.next_round(10)
     assert groups[0] == [0, 2, 3]  # "a" has a click waiting: first, every trigger of theirs
-    assert waiting[latest(waiting, groups[0])].sequence == 13
+    assert queue[queue.latest(groups[0])].sequence == 13
     assert groups[1] == [1]
 
 
 def test_served_triggers_wait_no_more_and_a_round_is_bounded() -> None:
-    waiting = [Waiting(f"u{i}", i, i % 2 == 0, served=i < 3) for i in range(10)]
-    groups = next_round(waiting, 3)
+    queue = queue_of(*((f"u{i}", i, i % 2 == 0) for i in range(10)), served=3)
+    groups = queue.next_round(3)
     assert len(groups) == 3
-    served = {position for group in groups for position in group}
-    assert not served & {0, 1, 2}
+    assert not {position for group in groups for position in group} & {0, 1, 2}
     # The urgent users (even positions) that still wait come first.
-    assert [waiting[g[0]].user_id for g in groups] == ["u4", "u6", "u8"]
+    assert users(queue, groups) == ["u4", "u6", "u8"]
+    assert users(queue, queue.next_round(3)) == ["u3", "u5", "u7"]
 
 
 def test_nothing_waiting_gives_an_empty_round() -> None:
-    assert next_round([Waiting("a", 1, True, served=True)], 5) == []
+    assert queue_of(("a", 1, True), served=1).next_round(5) == []
+    queue = TriggerQueue()
+    queue.add_served()  # a malformed trigger holds its place, with nothing to serve
+    assert queue.next_round(5) == [] and queue.served([]) == 1 and len(queue) == 0
 
 
 def test_over_the_bound_the_oldest_triggers_that_are_not_urgent_are_shed() -> None:
-    waiting = [
-        Waiting("a", 1, False, served=True),  # served: neither counted nor shed
-        Waiting("b", 2, True),
-        Waiting("c", 3, False),
-        Waiting("d", 4, False),
-        Waiting("e", 5, True),
-        Waiting("f", 6, False),
-    ]
-    assert shed(waiting, 5) == []  # five wait: within the bound
-    assert shed(waiting, 3) == [2, 3]  # the two oldest not urgent, clicks kept
-    assert shed(waiting, 0) == [2, 3, 5]  # every one not urgent, and no more
+    def fresh() -> TriggerQueue:
+        return queue_of(
+            ("a", 1, False),  # served: neither counted nor shed
+            ("b", 2, True),
+            ("c", 3, False),
+            ("d", 4, False),
+            ("e", 5, True),
+            ("f", 6, False),
+            served=1,
+        )
+
+    assert fresh().shed(5) == []  # five wait: within the bound
+    assert fresh().shed(3) == [2, 3]  # the two oldest not urgent, clicks kept
+    queue = fresh()
+    assert queue.shed(0) == [2, 3, 5]  # every one not urgent, and no more
+    assert users(queue, queue.next_round(10)) == ["b", "e"]  # the shed are not served
+    assert queue.served([]) == 0  # b still ranking: nothing after it is acknowledged
 
 
 def test_high_intent_triggers_are_never_shed() -> None:
-    waiting = [Waiting(f"u{i}", i, True) for i in range(10)]
-    assert shed(waiting, 2) == []
+    queue = queue_of(*((f"u{i}", i, True) for i in range(10)))
+    assert queue.shed(2) == []
 
 
 def test_the_look_ahead_acknowledges_shed_triggers_in_arrival_order_and_never_a_waiting_one() -> (
@@ -89,9 +105,25 @@ def test_the_look_ahead_acknowledges_shed_triggers_in_arrival_order_and_never_a_
 
 
 def test_a_user_being_ranked_waits_for_the_next_batch_and_is_not_shed() -> None:
-    waiting = [Waiting("a", 1, True), Waiting("b", 2, False), Waiting("a", 3, False)]
-    assert next_round(waiting, 10, busy={"a"}) == [[1]]
-    assert shed(waiting, 1, busy={"b"}) == [2]  # b is being ranked; a's view count goes
+    queue = queue_of(("a", 1, True), ("b", 2, False), ("a", 3, False))
+    assert queue.next_round(10, busy={"a"}) == [[1]]
+    queue = queue_of(("a", 1, True), ("b", 2, False), ("a", 3, False))
+    assert queue.shed(1, busy={"b"}) == [2]  # b is being ranked; a's view count goes
+    assert queue.shed(0, busy={"b"}) == []  # b's trigger stays ...
+    assert queue.shed(0) == [1]  # ... until b's batch is done
+    assert queue.next_round(10) == [[0]]  # a, at their click
+
+
+def test_the_queue_forgets_what_was_acknowledged() -> None:
+    """A ranker runs for weeks: what the queue keeps is bounded by what it holds."""
+    queue = TriggerQueue()
+    for i in range(10_000):
+        queue.add(f"u{i % 50}", i, i % 3 == 0)
+        if i % 100 == 99:
+            while groups := queue.next_round(32):
+                assert queue.served(groups) >= 0
+            assert len(queue) == 0 and queue.unpicked == 0
+    assert not queue._users and not queue._urgent and not queue._calm
 
 
 def test_batches_that_finish_out_of_order_acknowledge_in_arrival_order() -> None:
