@@ -29,6 +29,7 @@ import functools
 import gc
 import itertools
 import logging
+import math
 import os
 import socket
 import time
@@ -103,13 +104,20 @@ REPORT_EVERY_S = 10.0
 #: call, RANK_CONCURRENCY calls are in progress at once (one ranks while another waits
 #: for Redis), and the next starts as soon as one ends, so a click that arrives waits
 #: for one batch to end, not for a whole round. Every trigger Faust delivers joins the
-#: look-ahead at once; when
-#: more than LOOKAHEAD wait unserved, the oldest that are not urgent are shed (acked
-#: unranked, counted): a ranker that stays behind still serves clicks within a round or
-#: two, and its memory stays bounded.
+#: look-ahead at once; when more than LOOKAHEAD wait unpicked, or one that is not urgent
+#: waited CALM_WAIT_S, the oldest that are not urgent are shed (acked unranked, counted):
+#: a ranker that stays behind still serves clicks within a round or two, and its memory
+#: stays bounded.
 LOOKAHEAD = 4096
-#: Only high-intent triggers can be over LOOKAHEAD (they are never shed); at this many
-#: waiting, the look-ahead takes no more until some are served.
+#: A session start, category change or view count not ranked within this long is shed
+#: when the ranker is that far behind: the shopper keeps the feed they have until their
+#: next trigger. Acknowledgements go in arrival order, so without it one such trigger
+#: left waiting while clicks went first held back every later acknowledgement, and the
+#: look-ahead filled to LOOKAHEAD_LIMIT and stopped taking in clicks (closed loop at
+#: ~1,940 events/s: clicks taken in 4.4 s after publishing, p50).
+CALM_WAIT_S = 2.0
+#: Held triggers (served or not, not acknowledged yet) at which the look-ahead takes no
+#: more until some are acknowledged; only high-intent ones can keep it there.
 LOOKAHEAD_LIMIT = 4 * LOOKAHEAD
 #: Triggers handed from the Faust stream to the look-ahead at most at once.
 INTAKE = 1024
@@ -138,6 +146,26 @@ class RankerCounters:
     dead_lettered: int = 0
     candidates: int = 0  # candidates merged, over every written feed
     channels: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass(slots=True)
+class HighIntentWaits:
+    """Where a high-intent trigger's time goes in the ranker, since the last report: in
+    ms after the worker published it (wall clocks, the worker's and this process's),
+    when it was taken into the look-ahead and when a round picked it; and how long each
+    round took (ms) with how many users. The report says which part a slow click waited
+    in: Kafka and Faust's delivery, the queue, or the ranking itself."""
+
+    taken_in: list[float] = field(default_factory=list)
+    picked: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)
+    users: int = 0  # over every round
+
+    def clear(self) -> None:
+        self.taken_in.clear()
+        self.picked.clear()
+        self.rounds.clear()
+        self.users = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +250,7 @@ class FeedRanker:
         self.drift = DriftMonitor(len(FEATURES), drift_threshold)
         #: Triggers in the agent's look-ahead (served or not, not yet acknowledged).
         self.waiting = 0
+        self.waits = HighIntentWaits()
         #: Where `_compute` runs a batch's merging, scoring and re-ranking.
         self._computing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
         #: The products' parts of the rows, kept across rounds (only `_compute` uses it).
@@ -669,7 +698,7 @@ class _LookAhead:
             self._queue.add_served()
             return
         high_intent = trigger.reason is Reason.HIGH_INTENT
-        position = self._queue.add(trigger.user_id, trigger.sequence, high_intent)
+        position = self._queue.add(trigger.user_id, trigger.sequence, high_intent, time.monotonic())
         self._triggers[position] = trigger
 
     def next_round(
@@ -685,11 +714,13 @@ class _LookAhead:
                 del self._triggers[position]
         return chosen, groups, sum(len(positions) - 1 for positions in groups)
 
-    def shed(self, limit: int, busy: AbstractSet[str] = frozenset()) -> int:
-        """Shed the oldest triggers that are not urgent beyond `limit` waiting
-        (`TriggerQueue.shed`); how many were. `served([])` then gives the events that
-        became acknowledgeable."""
-        positions = self._queue.shed(limit, busy)
+    def shed(
+        self, limit: int, busy: AbstractSet[str] = frozenset(), waited_s: float = math.inf
+    ) -> int:
+        """Shed the oldest triggers that are not urgent beyond `limit` waiting, and any
+        that waited `waited_s` (`TriggerQueue.shed`); how many were. `served([])` then
+        gives the events that became acknowledgeable."""
+        positions = self._queue.shed(limit, busy, time.monotonic() - waited_s)
         for position in positions:
             del self._triggers[position]
         return len(positions)
@@ -717,19 +748,26 @@ async def _rank_in_batches(
     ahead = _LookAhead()
     busy: set[str] = set()  # users whose batch is being ranked
     batches: set[asyncio.Future[None]] = set()
+    waits = ranker.waits
 
     async def served(triggers: list[RankTrigger], groups: list[list[int]]) -> None:
+        began = time.perf_counter()
         await until_applied(
             functools.partial(ranker.rank_many, triggers),
             give_up=stopping,
         )
+        waits.rounds.append((time.perf_counter() - began) * 1000)
+        waits.users += len(triggers)
         busy.difference_update(trigger.user_id for trigger in triggers)
         for event in ahead.served(groups):
             await stream.ack(event)
 
     async def look_at(event: Any) -> None:
         try:
-            ahead.add(event, decode_trigger(event.value))
+            trigger = decode_trigger(event.value)
+            ahead.add(event, trigger)
+            if trigger.reason is Reason.HIGH_INTENT:
+                waits.taken_in.append(time.time() * 1000 - trigger.published_at_ms)
         except InvalidTrigger as exc:
             await dead_letter(event, exc)
             ahead.add(event, None)
@@ -740,12 +778,16 @@ async def _rank_in_batches(
                 await look_at(queue.get_nowait())
             ranker.waiting = len(ahead)
             if len(batches) < RANK_CONCURRENCY:
-                if len(ahead) > LOOKAHEAD:  # shedding looks at every trigger: per batch
-                    ranker.counters.shed += ahead.shed(LOOKAHEAD, busy)
+                if shed := ahead.shed(LOOKAHEAD, busy, CALM_WAIT_S):
+                    ranker.counters.shed += shed
                     for event in ahead.served([]):  # shed at the front: ack them now
                         await stream.ack(event)
                 chosen, groups, superseded = ahead.next_round(RANK_BATCH, busy)
                 if chosen:
+                    now_ms = time.time() * 1000
+                    waits.picked.extend(
+                        now_ms - t.published_at_ms for t in chosen if t.reason is Reason.HIGH_INTENT
+                    )
                     ranker.counters.superseded += superseded
                     busy.update(trigger.user_id for trigger in chosen)
                     batches.add(asyncio.ensure_future(served(chosen, groups)))
@@ -872,7 +914,26 @@ def _report_progress(app: faust.App, ranker: FeedRanker) -> None:
             ranker.waiting,
             now.dead_lettered - before.dead_lettered,
         )
+        waits = ranker.waits
+        if waits.rounds:
+            log.info(
+                "ranker: high intent taken in %s ms after publishing, picked %s ms; "
+                "rounds %s ms (%.1f users a round)",
+                _p50_p99(waits.taken_in),
+                _p50_p99(waits.picked),
+                _p50_p99(waits.rounds),
+                waits.users / len(waits.rounds),
+            )
+        waits.clear()
         reported = dataclasses.replace(now, channels=collections.Counter())
+
+
+def _p50_p99(values: list[float]) -> str:
+    """`p50 / p99` of `values` (nearest rank), or `-` when there are none."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[len(ordered) // 2]:.0f} / {ordered[int(len(ordered) * 0.99)]:.0f}"
 
 
 def _background_work(

@@ -16,11 +16,11 @@ offset is committed past a trigger that waits.
 A ranker that stays behind (more triggers per second than it can rank, on a busy machine)
 would let its queue grow without end, and then even a click waits behind it: high intent
 first helps only among the triggers the ranker can see. So the look-ahead is bounded and
-takes in every trigger as it arrives; when more than the bound wait, the oldest ones that
-are not urgent are shed (`shed`): acknowledged unranked and counted. What that costs a
-shopper: a session start, category change or view count that could not be ranked within
-the look-ahead's worth of work keeps the feed they have until their next trigger; a
-click, add-to-cart, wishlist or order is never shed.
+takes in every trigger as it arrives; when more than the bound wait, or one that is not
+urgent has waited too long, the oldest ones that are not urgent are shed (`shed`):
+acknowledged unranked and counted. What that costs a shopper: a session start, category
+change or view count that could not be ranked in time keeps the feed they have until
+their next trigger; a click, add-to-cart, wishlist or order is never shed.
 
 The queue keeps its order as triggers arrive (who waits, who has high intent waiting, the
 triggers that could be shed), so picking a round or shedding costs about what it picks or
@@ -33,6 +33,7 @@ Faust, no I/O.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Set
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ class Waiting:
     user_id: str
     sequence: int
     high_intent: bool
+    arrived: float = 0.0  # when the ranker took it in (the caller's clock, in seconds)
     served: bool = False  # ranked (or superseded, or shed): nothing left to do
     picked: bool = False  # in a round that is being ranked, or served
 
@@ -75,10 +77,11 @@ class TriggerQueue:
     def __getitem__(self, position: int) -> Waiting:
         return self._waiting[position - self._acknowledged]
 
-    def add(self, user_id: str, sequence: int, high_intent: bool) -> int:
-        """Queue a trigger; its position."""
+    def add(self, user_id: str, sequence: int, high_intent: bool, arrived: float = 0.0) -> int:
+        """Queue a trigger that arrived at `arrived` (seconds, any clock `shed` is given
+        too); its position."""
         position = self._acknowledged + len(self._waiting)
-        self._waiting.append(Waiting(user_id, sequence, high_intent))
+        self._waiting.append(Waiting(user_id, sequence, high_intent, arrived))
         self._users.setdefault(user_id, []).append(position)
         if high_intent:
             self._urgent.setdefault(user_id)
@@ -128,22 +131,33 @@ class TriggerQueue:
         """The position, among `positions`, of the trigger with the highest sequence."""
         return max(positions, key=lambda position: self[position].sequence)
 
-    def shed(self, limit: int, busy: Set[str] = frozenset()) -> list[int]:
-        """Shed the oldest triggers that are not urgent so that at most `limit` wait
-        unpicked, none of a user in `busy` (being ranked: their triggers are
-        acknowledged once that feed is written); how many were. High-intent triggers
-        are never shed (when only they are over the bound, nothing is). Their
-        positions; `served([])` then gives how many became acknowledgeable."""
-        excess = self.unpicked - limit
+    def shed(
+        self, limit: int, busy: Set[str] = frozenset(), arrived_before: float = -math.inf
+    ) -> list[int]:
+        """Shed the oldest triggers that are not urgent while more than `limit` wait
+        unpicked, and any that arrived before `arrived_before`; none of a user in
+        `busy` (being ranked: their triggers are acknowledged once that feed is
+        written). High-intent triggers are never shed (when only they are over the
+        bound, nothing is). Their positions; `served([])` then gives how many became
+        acknowledgeable.
+
+        The age matters as much as the count: triggers are acknowledged in arrival
+        order, so one that waits unpicked holds back the acknowledgement of every later
+        one, served or not, and the look-ahead (which stops taking triggers in at its
+        limit) fills with them: a ranker that is behind and serves clicks first could
+        otherwise stop seeing new clicks."""
         kept: list[int] = []  # of busy users: still waiting, at the front again after
         shed: list[int] = []
-        while len(shed) < excess and self._calm:
-            position = self._calm.popleft()
-            if position < self._acknowledged:
+        calm = self._calm
+        while calm:
+            position = calm[0]
+            if position < self._acknowledged or self[position].picked:
+                calm.popleft()
                 continue
             entry = self[position]
-            if entry.picked:
-                continue
+            if self.unpicked <= limit and entry.arrived >= arrived_before:
+                break
+            calm.popleft()
             if entry.user_id in busy:
                 kept.append(position)
                 continue
@@ -154,7 +168,7 @@ class TriggerQueue:
                 del self._users[entry.user_id]
             self.unpicked -= 1
             shed.append(position)
-        self._calm.extendleft(reversed(kept))
+        calm.extendleft(reversed(kept))
         return shed
 
     def served(self, groups: list[list[int]]) -> int:

@@ -75,6 +75,22 @@ def test_over_the_bound_the_oldest_triggers_that_are_not_urgent_are_shed() -> No
     assert queue.served([]) == 0  # b still ranking: nothing after it is acknowledged
 
 
+def test_triggers_that_are_not_urgent_are_shed_once_they_waited_too_long() -> None:
+    """Acknowledged in arrival order: one left waiting would hold back every later
+    acknowledgement, however few wait unpicked."""
+    queue = TriggerQueue()
+    queue.add("a", 1, False, arrived=10.0)
+    queue.add("b", 2, True, arrived=10.5)
+    queue.add("c", 3, False, arrived=11.0)
+    queue.add("d", 4, False, arrived=12.0)
+    assert queue.shed(100, arrived_before=10.0) == []  # none is older
+    assert queue.shed(100, busy={"a"}, arrived_before=11.5) == [2]  # a is being ranked
+    assert queue.shed(100, arrived_before=11.5) == [0]  # ... and then it is not
+    assert queue.served([]) == 1  # a acknowledged; b (a click) waits, so c and d do too
+    assert queue.served(queue.next_round(10)) == 3
+    assert len(queue) == 0
+
+
 def test_high_intent_triggers_are_never_shed() -> None:
     queue = queue_of(*((f"u{i}", i, True) for i in range(10)))
     assert queue.shed(2) == []
