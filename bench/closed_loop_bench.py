@@ -36,6 +36,7 @@ import dataclasses
 import itertools
 import random
 import re
+import statistics
 import sys
 import tempfile
 import threading
@@ -47,7 +48,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from freshness_bench import Schedule
-from harness import Isolated, Table, WorkerProcess, ensure_stack, percentiles, write_results
+from harness import (
+    Isolated,
+    Table,
+    WorkerProcess,
+    ensure_stack,
+    percentiles,
+    wait_until_drained,
+    write_results,
+)
 
 from jobs.catalog import generated_items, load_items
 from jobs.traffic import TrafficParams, simulate
@@ -68,6 +77,24 @@ RANKER_REPORT = re.compile(
     r"ranker: (?P<triggers>\d+) triggers in .*?: (?P<written>\d+) feeds written .*?"
     r"(?P<stale>\d+) stale, (?P<superseded>\d+) superseded, (?P<shed>\d+) shed"
 )
+
+
+#: Its report of where high-intent triggers waited (`streams.ranker.HighIntentWaits`).
+RANKER_WAITS = re.compile(
+    r"ranker: high intent taken in (?P<taken_in>\d+) / \d+ ms after publishing, "
+    r"picked (?P<picked>\d+) / \d+ ms; rounds (?P<rounds>\d+) / \d+ ms"
+)
+
+
+def ranker_waits(text: str) -> dict[str, float]:
+    """The median over the ranker's reports in `text` of each p50 in its waits line: a
+    high-intent trigger taken into the look-ahead (Kafka and Faust's delivery), picked
+    for a round (and the queue before it), and a round's length."""
+    found = [match.groupdict() for match in RANKER_WAITS.finditer(text)]
+    return {
+        name: statistics.median(int(values[name]) for values in found) if found else 0.0
+        for name in ("taken_in", "picked", "rounds")
+    }
 
 
 def ranker_reports(text: str) -> dict[str, int]:
@@ -389,7 +416,17 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
             for event in past:
                 producer.send(event)
-        time.sleep(8.0)  # the worker applies it, the ranker writes the first feeds
+        # The worker applies it and the ranker writes the first feeds; the loop starts
+        # once both have caught up, so it measures the steady state, not this backlog.
+        drained = wait_until_drained(
+            settings,
+            [
+                (settings.app_id, settings.events_topic),
+                (settings.ranker_app_id, settings.trigger_topic),
+            ],
+            timeout_s=120,
+        )
+        print(f"  applied and ranked in {drained:.1f} s")
         if not (worker.alive() and ranker.alive()):
             raise RuntimeError(f"a process died:\n{worker.tail()}\n{ranker.tail()}")
         shopper_rate = args.shoppers / 0.45  # one event per ~0.45 s of think time
@@ -425,7 +462,8 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         elapsed = time.monotonic() - began
         if not (worker.alive() and ranker.alive()):
             raise RuntimeError(f"a process died:\n{worker.tail()}\n{ranker.tail()}")
-        ranked = ranker_reports(ranker.log.read_text(errors="replace")[ranker_log_from:])
+        ranker_log = ranker.log.read_text(errors="replace")[ranker_log_from:]
+        ranked, waits = ranker_reports(ranker_log), ranker_waits(ranker_log)
     model, holdout = outcome.arms["model"], outcome.arms["holdout"]
     latency = percentiles(outcome.latencies_ms)
     total_rate = (outcome.events + sum(sent_background)) / elapsed
@@ -447,6 +485,7 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         },
         "clicks_not_reflected": outcome.missed,
         "ranker": ranked,
+        "ranker_waits_ms": waits,
         "training": {
             "ndcg@20": trained.report["test"]["ndcg@20"],
             "auc": trained.report["test"]["auc"],
@@ -489,6 +528,12 @@ def run(iso: Isolated, args: argparse.Namespace, models: str) -> int:  # noqa: P
         "/s",
         "a later trigger of the user's came / not urgent, no time",
     )
+    for name, label in (
+        ("taken_in", "taken in after publishing"),
+        ("picked", "picked for a round"),
+        ("rounds", "a round ranked"),
+    ):
+        table.add(f"ranker: high intent {label}, p50", waits[name], "ms", "median of its reports")
     table.print()
     print(f"wrote {write_results(f'closed_loop_{int(args.rate)}', result)}")
     return 0

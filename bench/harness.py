@@ -42,7 +42,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,6 +462,39 @@ def end_offsets(settings: Settings, topic: str) -> int:
         )
     finally:
         consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topic: str) -> int:
+    """Messages on `topic` that consumer group `group` has not committed yet, summed over
+    the partitions (a partition it never committed counts from its start)."""
+    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+
+    consumer = Consumer({**kafka_config(settings), "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_until_drained(
+    settings: Settings, groups: Sequence[tuple[str, str]], timeout_s: float
+) -> float:
+    """Wait until every (group, topic) has committed all of its topic; the seconds it
+    took. Raises TimeoutError with the lags left after `timeout_s`."""
+    began = time.monotonic()
+    while True:
+        lags = {group: group_lag(settings, group, topic) for group, topic in groups}
+        if not any(lags.values()):
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout_s:
+            raise TimeoutError(f"not drained after {timeout_s:.0f} s: {lags}")
+        time.sleep(0.5)
 
 
 def exported_tree(ref: str) -> contextlib.AbstractContextManager[Path]:
