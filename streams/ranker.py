@@ -308,8 +308,12 @@ class FeedRanker:
         item_of = dict(zip(wanted, items, strict=True))
         product_of = dict(zip(wanted, products, strict=True))
         model = self._models.model
+        kept_table = self._on_thread(len(triggers))
         ranked_feeds, scored = await self._compute(
-            len(triggers), functools.partial(self._ranked, model, live, at_ms, item_of, product_of)
+            len(triggers),
+            functools.partial(
+                self._ranked, model, live, at_ms, item_of, product_of, kept_table=kept_table
+            ),
         )
         self.counters.scoring_errors += scored.failed
         for rows, values in scored.drift:
@@ -335,9 +339,16 @@ class FeedRanker:
         ranked inline: handing it to the thread cost more than it holds the loop. One
         thread, so no two batches compute at once; the work changes nothing the loop
         reads (counters and the drift sample are updated by the caller)."""
-        if triggers <= 1:
+        if not self._on_thread(triggers):
             return work()
         return await asyncio.get_running_loop().run_in_executor(self._computing, work)
+
+    @staticmethod
+    def _on_thread(triggers: int) -> bool:
+        """Whether `_compute` runs a batch of `triggers` on the computing thread: the
+        only place the kept product table is written, so that a single trigger ranked
+        inline meanwhile never writes it from the loop's thread at the same time."""
+        return triggers > 1
 
     def _live(  # noqa: PLR0917
         self,
@@ -370,10 +381,18 @@ class FeedRanker:
         at_ms: int,
         item_of: dict[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
+        *,
+        kept_table: bool,
     ) -> tuple[list[Feed], _Scored]:
         """Each live trigger's feed: scored by `model` when there is one, popularity
-        otherwise (`_compute`; the counters and the drift sample are the caller's)."""
-        scored = self._scores(model, live, at_ms, item_of, product_of) if model else _Scored()
+        otherwise (`_compute`; the counters and the drift sample are the caller's).
+        `kept_table`: the rows come from the table kept across rounds (on the computing
+        thread only), else from one of the round's own."""
+        scored = (
+            self._scores(model, live, at_ms, item_of, product_of, kept_table=kept_table)
+            if model
+            else _Scored()
+        )
         popularity_of: dict[str, float] = {}
         if len(scored.scores) < len(live):  # some fall back or are in the holdout
             popularity_of = {p: product.popularity for p, product in product_of.items()}
@@ -487,13 +506,19 @@ class FeedRanker:
         ids: Sequence[str],
         item_of: Mapping[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
+        *,
+        kept: bool,
     ) -> ProductTable:
-        """The products' parts of the rows for a whole round of triggers: the table kept
-        across rounds, with the rows of products read again since rewritten (`_compute`
-        only: one thread writes it). Started afresh when it holds CACHE_ENTRIES."""
+        """The products' parts of the rows for a whole round of triggers. `kept`: the
+        table kept across rounds, with the rows of products read again since rewritten
+        (on the computing thread only: one thread writes it), started afresh when it
+        holds CACHE_ENTRIES; otherwise a table of the round's own."""
+        contexts = [product_of[p].context(item_of[p]) for p in ids]
+        if not kept:
+            return ProductTable.of(ids, contexts)
         if len(self._rows) > CACHE_ENTRIES:
             self._rows = ProductTable()
-        self._rows.put(ids, [product_of[p].context(item_of[p]) for p in ids])
+        self._rows.put(ids, contexts)
         return self._rows
 
     async def score_now(
@@ -514,9 +539,11 @@ class FeedRanker:
         if not ids:
             return None
         items, products = await asyncio.gather(self._items(ids), self._products(ids))
-        # A table of its own: the ranker's is written on the computing thread.
-        table = ProductTable.of(
-            ids, [product.context(item) for product, item in zip(products, items, strict=True)]
+        table = self._table(
+            ids,
+            dict(zip(ids, items, strict=True)),
+            dict(zip(ids, products, strict=True)),
+            kept=False,  # on the loop's thread
         )
         matrix = self._matrix(
             user_id, share, last_k, language=language, at_ms=at_ms, ids=ids, table=table
@@ -530,6 +557,8 @@ class FeedRanker:
         at_ms: int,
         item_of: Mapping[str, CatalogItem | None],
         product_of: Mapping[str, _Product],
+        *,
+        kept_table: bool,
     ) -> _Scored:
         """The model's click probability per candidate, by the ranking's index, for
         every ranking not in the holdout, from one scoring call, with each ranking's rows
@@ -540,7 +569,10 @@ class FeedRanker:
             return _Scored()
         try:
             table = self._table(
-                list(dict.fromkeys(p for r in chosen for p in r.ids)), item_of, product_of
+                list(dict.fromkeys(p for r in chosen for p in r.ids)),
+                item_of,
+                product_of,
+                kept=kept_table,
             )
             matrices = [
                 self._matrix(
